@@ -1,0 +1,136 @@
+"""RobotClient: a DEALER that talks to a RobotServer with timeouts, never hanging on a dead server.
+
+Replies are matched by sequence number and stale ones dropped. Only idempotent requests (`hello`,
+`state`) are retried; after any timeout the socket is rebuilt so a queued request can never be
+delivered late to a server that comes back (the "lazy pirate" pattern). The client briefly spins
+on the reply before sleeping in poll: on loopback that halves the round trip.
+"""
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from .errors import ServerError, ServerTimeout
+from .latency import LatencyStats
+from .protocol import IDEMPOTENT_OPS, VERSION, decode, encode
+
+_now = time.time
+
+
+class RobotClient:
+    def __init__(self, endpoint: str, *, timeout: float = 5.0, retries: int = 2, spin: float = 0.0003,
+                 context=None):
+        self.endpoint = endpoint
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.spin = spin
+        self.ctx = context or zmq.Context.instance()
+        self.seq = 0
+        self.latency = LatencyStats()
+        self.info: dict | None = None
+        self.sock = None
+        self._connect()
+
+    def _connect(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(self.endpoint)
+
+    # -- generic request ---------------------------------------------------------------------
+    def request(self, op: str, **fields) -> dict:
+        attempts = self.retries + 1 if op in IDEMPOTENT_OPS else 1
+        wait = self.timeout / attempts
+        for _ in range(attempts):
+            self.seq += 1
+            seq = self.seq
+            fields["v"] = VERSION
+            fields["op"] = op
+            fields["seq"] = seq
+            t_send = fields["t"] = _now()
+            try:
+                self.sock.send(encode(fields), zmq.NOBLOCK)
+            except zmq.Again:
+                self._connect()
+                continue
+            reply = self._wait(seq, t_send + wait)
+            if reply is not None:
+                t_recv = _now()
+                if not reply.get("ok"):
+                    err = reply.get("error") or {}
+                    raise ServerError(err.get("code", "unknown"), err.get("message", "error"), op)
+                self.latency.record(op, t_send, t_recv, reply)
+                return reply
+            self._connect()
+        raise ServerTimeout(f"no reply from the robot server at {self.endpoint} to {op!r} within "
+                            f"{self.timeout:g} s; is it running?")
+
+    def _wait(self, seq: int, deadline: float):
+        sock = self.sock
+        spin_until = _now() + self.spin
+        while True:
+            try:
+                data = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                now = _now()
+                if now < spin_until:
+                    continue
+                if now >= deadline or not sock.poll(max(1, int((deadline - now) * 1000))):
+                    if _now() >= deadline:
+                        return None
+                continue
+            try:
+                reply = decode(data)
+            except Exception:
+                continue  # garbage on our own socket: ignore, keep waiting
+            if isinstance(reply, dict) and reply.get("seq") == seq:
+                return reply
+            # a stale reply to an earlier, timed-out request: drop it
+
+    # -- operations --------------------------------------------------------------------------
+    def hello(self) -> dict:
+        self.info = self.request("hello")
+        return self.info
+
+    def reset(self, seed=None, options=None) -> dict:
+        return self.request("reset", seed=seed, options=options or {})["state"]
+
+    def step(self, cmd: dict) -> dict:
+        return self.request("step", cmd=cmd)["state"]
+
+    def command(self, cmd: dict) -> dict:
+        return self.request("command", cmd=cmd)["state"]
+
+    def state(self) -> dict:
+        return self.request("state")["state"]
+
+    def estop(self) -> dict:
+        return self.request("estop")["state"]
+
+    def clear_estop(self) -> dict:
+        return self.request("clear_estop")["state"]
+
+    def reset_faults(self) -> dict:
+        return self.request("reset_faults")["state"]
+
+    def close(self, shutdown: bool = False) -> None:
+        """Close the socket; with `shutdown`, first ask a server we spawned to exit."""
+        if self.sock is None:
+            return
+        if shutdown:
+            try:
+                old, self.timeout = self.timeout, min(self.timeout, 1.0)
+                self.request("close")
+                self.timeout = old
+            except Exception:
+                pass
+        self.sock.close(0)
+        self.sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,72 @@
+"""Command channels: what a client may ask for, and strict validation of what arrives off the wire.
+
+Validation only *rejects* (wrong type, shape, non-finite, unknown channel): a rejected command is
+never partly applied. Out-of-range but well-formed values pass here and are clipped by the safety layer.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import RequestError
+
+# channel -> shape (() is a scalar)
+CHANNELS: dict[str, tuple[int, ...]] = {
+    "arm_position": (7,),
+    "arm_velocity": (7,),
+    "ee_delta": (3,),
+    "gripper": (),
+    "torso": (),
+    "head": (2,),
+    "base_twist": (2,),
+}
+
+
+def _as_vector(name: str, value, shape: tuple[int, ...]):
+    if shape == ():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind == "f":
+                value = float(value)
+            else:
+                raise RequestError("bad_command", f"channel {name!r} takes a number, got {type(value).__name__}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise RequestError("bad_command", f"channel {name!r} has a non-finite value {value}")
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "fiu":
+            raise RequestError("bad_command", f"channel {name!r} takes numbers, got dtype {value.dtype}")
+        arr = value.astype(np.float64)
+    elif isinstance(value, (list, tuple)):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise RequestError("bad_command", f"channel {name!r} takes a list of numbers")
+        arr = np.array(value, dtype=np.float64)
+    else:
+        raise RequestError("bad_command", f"channel {name!r} takes an array of shape {shape}, "
+                                          f"got {type(value).__name__}")
+    if arr.shape != shape:
+        raise RequestError("bad_command", f"channel {name!r} takes shape {shape}, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise RequestError("bad_command", f"channel {name!r} has non-finite values {arr.tolist()}")
+    return arr
+
+
+def parse_command(cmd, supported=None) -> dict:
+    """Validate a wire command map into {channel: float | float64 array}; raise RequestError on any fault."""
+    if not isinstance(cmd, dict):
+        raise RequestError("bad_command", f"command must be a map of channels, got {type(cmd).__name__}")
+    if "arm_position" in cmd and "arm_velocity" in cmd:
+        raise RequestError("bad_command", "arm_position and arm_velocity are exclusive in one command")
+    if "ee_delta" in cmd and ("arm_position" in cmd or "arm_velocity" in cmd):
+        raise RequestError("bad_command", "ee_delta cannot be combined with arm_position/arm_velocity")
+    out = {}
+    for name, value in cmd.items():
+        shape = CHANNELS.get(name) if isinstance(name, str) else None
+        if shape is None:
+            raise RequestError("unknown_channel", f"unknown command channel {name!r}; "
+                                                  f"known: {', '.join(CHANNELS)}")
+        if supported is not None and name not in supported:
+            raise RequestError("unsupported_channel", f"channel {name!r} is not supported by this backend")
+        out[name] = _as_vector(name, value, shape)
+    return out

@@ -1,0 +1,158 @@
+"""TOML configs: shipped ones by name (`sim`, `fetch_dynamixel`) or any file by path, strictly checked.
+
+Every key is declared with its type and default, so a typo or a wrong value is an error that names
+the file, the table and the key, instead of a silently ignored setting.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+_num = (int, float)
+
+
+def _vec3(v):
+    return isinstance(v, list) and len(v) == 3 and all(isinstance(x, _num) and not isinstance(x, bool) for x in v)
+
+
+# table -> key -> (type(s), default, check or None, what the check wants)
+SCHEMA: dict[str, dict[str, tuple]] = {
+    "server": {
+        "backend": (str, "kinematic", lambda v: v in ("kinematic", "dynamixel", "mujoco"),
+                    "one of 'kinematic', 'dynamixel', 'mujoco'"),
+        "clock": (str, "lockstep", lambda v: v in ("lockstep", "realtime"), "'lockstep' or 'realtime'"),
+        "control_period": (_num, 0.04, lambda v: 0.001 <= v <= 1.0, "between 0.001 and 1.0 s"),
+        "endpoint": (str, "", None, ""),
+        "stream_endpoint": (str, "", None, ""),
+        "insecure": (bool, False, None, ""),
+    },
+    "server.kinematic": {
+        "action_latency_steps": (int, 0, lambda v: 0 <= v <= 50, "between 0 and 50"),
+        "observation_noise": (_num, 0.0, lambda v: 0 <= v <= 0.1, "between 0 and 0.1 (rad)"),
+        "speed_randomization": (_num, 0.0, lambda v: 0 <= v < 1, "in [0, 1)"),
+    },
+    "server.safety": {
+        "profile": (str, "default", lambda v: v in ("default", "moveit"), "'default' or 'moveit'"),
+        "arm_acceleration": (_num, 0.0, lambda v: v >= 0, ">= 0 (0 = the profile's value)"),
+        "workspace_min": (list, [0.0, -0.9, 0.05], _vec3, "a list of 3 numbers (m)"),
+        "workspace_max": (list, [1.3, 0.9, 1.7], _vec3, "a list of 3 numbers (m)"),
+        "floor_height": (_num, 0.05, lambda v: -1 <= v <= 2, "between -1 and 2 m"),
+        "max_ee_step": (_num, 0.06, lambda v: 0 < v <= 0.2, "in (0, 0.2] m"),
+        "max_joint_step": (_num, 1.0, lambda v: 0 < v <= 6.3, "in (0, 6.3] rad"),
+        "watchdog_timeout": (_num, 0.25, lambda v: 0.01 <= v <= 10, "between 0.01 and 10 s"),
+    },
+    "client": {
+        "endpoint": (str, "", None, ""),
+        "timeout": (_num, 5.0, lambda v: 0 < v <= 600, "in (0, 600] s"),
+        "retries": (int, 2, lambda v: 0 <= v <= 10, "between 0 and 10"),
+    },
+}
+
+
+def resolve(name_or_path: str | os.PathLike | None) -> Path:
+    """A shipped config name, or a path to a TOML file."""
+    if name_or_path is None:
+        name_or_path = "sim"
+    text = str(name_or_path)
+    if os.sep not in text and not text.endswith(".toml"):
+        path = CONFIG_DIR / f"{text}.toml"
+        if not path.exists():
+            shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+            raise ConfigError(f"no shipped config named {text!r} (shipped: {', '.join(shipped)}); "
+                              "or give a path to a .toml file")
+        return path
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    return path
+
+
+def load(name_or_path=None, overrides: dict | None = None) -> dict:
+    """Read, check and default-fill a config. `overrides` is {"table": {"key": value}} applied on top."""
+    if isinstance(name_or_path, dict):
+        raw = {k: v for k, v in name_or_path.items() if k != "source"}
+        where = name_or_path.get("source", "<dict>")
+        raw = _unflatten(raw)
+    else:
+        path = resolve(name_or_path)
+        where = str(path)
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    flat = _flatten(raw, where)
+    for table, values in (overrides or {}).items():
+        flat.setdefault(table, {}).update(values)
+    out = {}
+    for table, keys in SCHEMA.items():
+        given = flat.pop(table, {})
+        section = {}
+        for key, (typ, default, check, wants) in keys.items():
+            if key not in given:
+                section[key] = default
+                continue
+            value = given.pop(key)
+            if isinstance(value, bool) and typ is not bool or not isinstance(value, typ):
+                tname = "number" if typ is _num else getattr(typ, "__name__", str(typ))
+                raise ConfigError(f"{where}: [{table}] {key}: expected a {tname}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where}: [{table}] {key}: must be finite, got {value!r}")
+            if check is not None and not check(value):
+                raise ConfigError(f"{where}: [{table}] {key}: expected {wants}, got {value!r}")
+            section[key] = value
+        if given:
+            raise ConfigError(f"{where}: [{table}] unknown key(s) {', '.join(sorted(given))}; "
+                              f"known: {', '.join(keys)}")
+        out[table] = section
+    if flat:
+        raise ConfigError(f"{where}: unknown table(s) {', '.join(f'[{t}]' for t in sorted(flat))}; "
+                          f"known: {', '.join(f'[{t}]' for t in SCHEMA)}")
+    out["source"] = where
+    return out
+
+
+def _unflatten(raw: dict) -> dict:
+    """Accept the flat {"server.safety": {...}} form that `load` returns, as well as nested TOML."""
+    out: dict = {}
+    for key, body in raw.items():
+        top, _, sub = key.partition(".")
+        if sub:
+            out.setdefault(top, {})[sub] = body
+        else:
+            out.setdefault(top, {}).update(body if isinstance(body, dict) else {"": body})
+    return out
+
+
+def _flatten(raw: dict, where: str) -> dict:
+    """{"server": {"safety": {...}, "clock": ...}} -> {"server": {...}, "server.safety": {...}}."""
+    flat: dict[str, dict] = {}
+    for top, body in raw.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: top-level key {top!r} must be a table like [{top}]")
+        flat.setdefault(top, {})
+        for key, value in body.items():
+            if isinstance(value, dict):
+                flat[f"{top}.{key}"] = dict(value)
+            else:
+                flat[top][key] = value
+    return flat
+
+
+def safety_config(cfg: dict):
+    from .safety import SafetyConfig
+    s = cfg["server.safety"]
+    return SafetyConfig(profile=s["profile"], arm_acceleration=s["arm_acceleration"] or None,
+                        workspace_min=tuple(s["workspace_min"]), workspace_max=tuple(s["workspace_max"]),
+                        floor_height=s["floor_height"], max_ee_step=s["max_ee_step"],
+                        max_joint_step=s["max_joint_step"], watchdog_timeout=s["watchdog_timeout"])

@@ -1,0 +1,113 @@
+"""The one safety layer, applied by every backend, so a policy trains under the clipping it meets on the robot.
+
+Two kinds of protection live here:
+- *Clipping* of accepted targets (joint limits, workspace box and floor, maximum step per command,
+  base twist limits). Whatever was clipped is returned as flags that end up in the state.
+- *Motion limiting*: `MotionLimiter.step` moves joints toward their targets under velocity and
+  acceleration limits and brakes before position limits. The simulator integrates with it and the
+  hardware loop streams its output to the servos, so both move the same way.
+Rejection of malformed input (types, shapes, non-finite values) happens before this, in `commands`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .description import (ARM, BASE_ACC_V, BASE_ACC_W, BASE_MAX_V, BASE_MAX_W, FETCH, NJ,
+                          RobotDescription, motion_profile)
+
+
+@dataclass
+class SafetyConfig:
+    """Limits from the config's `[server.safety]` table (defaults are the shipped `sim` values)."""
+
+    profile: str = "default"
+    arm_acceleration: float | None = None
+    workspace_min: tuple[float, float, float] = (0.0, -0.90, 0.05)
+    workspace_max: tuple[float, float, float] = (1.30, 0.90, 1.70)
+    floor_height: float = 0.05
+    max_ee_step: float = 0.06  # m per command, per axis (the env's full-scale action is 0.05)
+    max_joint_step: float = 1.0  # rad (or m) between the current position and a joint target
+    watchdog_timeout: float = 0.25  # s without a command (realtime clock) -> hold
+    base_max_v: float = BASE_MAX_V
+    base_max_w: float = BASE_MAX_W
+    extra: dict = field(default_factory=dict)
+
+
+def _braking_speed(distance: np.ndarray, acc: np.ndarray, dt: float) -> np.ndarray:
+    """Largest speed from which a discrete (semi-implicit Euler) decelerating joint stops within `distance`.
+
+    Braking from v at a·dt per step covers v²/(2a) + v·dt/2, so solve that for v.
+    """
+    adt = acc * dt
+    return adt * (np.sqrt(0.25 + 2.0 * np.maximum(distance, 0.0) / (adt * dt)) - 0.5)
+
+
+class MotionLimiter:
+    """Moves joints toward position targets (or at commanded velocities) within vel/acc/position limits.
+
+    The arm's seven joints are scaled together so a Cartesian move stays straight in joint space;
+    the torso, gripper and head move independently. Works on (NJ,) arrays or batches (..., NJ).
+    """
+
+    def __init__(self, description: RobotDescription = FETCH, profile: str = "default",
+                 arm_acceleration: float | None = None):
+        prof = motion_profile(profile, arm_acceleration)
+        self.lower = description.lower
+        self.upper = description.upper
+        self.vel = np.array(prof.velocity)
+        self.acc = np.array(prof.acceleration)
+        self.arm = np.zeros(NJ, bool)
+        self.arm[ARM] = True
+
+    def step(self, q, v, target, vel_target, vel_mode, dt: float, speed_scale=1.0):
+        """One period `dt`: returns (q_new, v_new). Position never leaves [lower, upper]."""
+        vmax = self.vel * speed_scale
+        acc = self.acc
+        err = target - q
+        dist = np.abs(err)
+        # Position mode: reach the target this period if allowed, never faster than we can stop.
+        reach = dist / dt
+        allowed = np.minimum(vmax, _braking_speed(dist, acc, dt))
+        scale = np.where(reach > allowed, allowed / np.maximum(reach, 1e-12), 1.0)
+        arm_scale = scale[..., ARM].min(axis=-1, keepdims=True)
+        scale[..., ARM] = arm_scale
+        v_des = np.where(vel_mode, np.clip(vel_target, -vmax, vmax), err / dt * scale)
+        # Brake before the position limits whatever was asked.
+        v_des = np.clip(v_des, -_braking_speed(q - self.lower, acc, dt),
+                        _braking_speed(self.upper - q, acc, dt))
+        dv = v_des - v
+        lim = acc * dt
+        over = np.abs(dv) / lim
+        k = np.where(over > 1.0, 1.0 / np.maximum(over, 1e-12), 1.0)
+        k[..., ARM] = k[..., ARM].min(axis=-1, keepdims=True)
+        v_new = v + dv * k
+        q_new = np.clip(q + v_new * dt, self.lower, self.upper)
+        v_new = np.where((q_new == self.lower) | (q_new == self.upper), 0.0, v_new)
+        return q_new, v_new
+
+    def stopping_target(self, q, v, dt: float):
+        """Where each joint can come to rest from velocity v: the hold target after a watchdog or e-stop."""
+        stop = v * np.abs(v) / (2.0 * self.acc) + v * dt / 2.0
+        return np.clip(q + stop, self.lower, self.upper)
+
+
+class BaseLimiter:
+    """Diff-drive twist (v, ω) under speed and acceleration limits."""
+
+    def __init__(self, max_v=BASE_MAX_V, max_w=BASE_MAX_W, acc_v=BASE_ACC_V, acc_w=BASE_ACC_W):
+        self.max_v, self.max_w, self.acc_v, self.acc_w = max_v, max_w, acc_v, acc_w
+
+    def step(self, v, w, v_cmd, w_cmd, dt):
+        dv = min(max(v_cmd - v, -self.acc_v * dt), self.acc_v * dt)
+        dw = min(max(w_cmd - w, -self.acc_w * dt), self.acc_w * dt)
+        return v + dv, w + dw
+
+
+def clip_flags(name: str, value: np.ndarray, lo, hi, reason: str, flags: list) -> np.ndarray:
+    """Clip `value` to [lo, hi]; append `name.reason` to flags when anything changed."""
+    out = np.clip(value, lo, hi)
+    if not np.array_equal(out, value):
+        flags.append(f"{name}.{reason}")
+    return out

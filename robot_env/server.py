@@ -1,0 +1,331 @@
+"""RobotServer: one backend behind a ROUTER (requests) and an XPUB (numbered state stream).
+
+Every request is validated before anything is applied; a bad one gets an error reply naming the
+problem and the server keeps serving. The state stream is serialized only while someone subscribes.
+Clocks (DESIGN.md): *lockstep* advances the backend by one control period per `step`; *realtime*
+advances it on the wall clock, answers `step` one control period after applying the command, and
+runs the command watchdog.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import zmq
+
+from . import protocol
+from .backend import Backend
+from .commands import parse_command
+from .description import FETCH
+from .errors import RequestError
+from .protocol import VERSION, encode, error_reply, parse_request
+
+log = logging.getLogger("robot_env.server")
+_now = time.time
+
+
+class RobotServer:
+    def __init__(self, backend: Backend, endpoint: str, stream_endpoint: str, *, clock: str = "lockstep",
+                 control_period: float = 0.04, watchdog_timeout: float = 0.25,
+                 exit_on_close: bool = False, watch_fd: int | None = None, context=None):
+        self.backend = backend
+        self.clock = "realtime" if backend.realtime_only else clock
+        self.period = control_period
+        self.watchdog_timeout = watchdog_timeout
+        self.exit_on_close = exit_on_close
+        self.watch_fd = watch_fd
+        self.parent = os.getppid()
+        self.ctx = context or zmq.Context.instance()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.MAXMSGSIZE, protocol.HARD_MAX_MESSAGE)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.bind(endpoint)
+        self.pub = self.ctx.socket(zmq.XPUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 1000)
+        self.pub.bind(stream_endpoint)
+        self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.stream_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.subscribers = 0
+        self.stream_seq = 0
+        self.estopped = False
+        self.watchdog_tripped = False
+        self.last_command = None  # wall time of the last motion command (realtime watchdog)
+        self.deferred: list = []  # realtime steps awaiting their control period: (deadline, frames, reply)
+        self.last_advance = _now()
+        self.running = False
+        self.stats = {"requests": 0, "errors": 0, "overruns": 0}
+        self._handlers = {
+            "hello": self._hello, "reset": self._reset, "step": self._step, "command": self._command,
+            "state": self._state, "estop": self._estop, "clear_estop": self._clear_estop,
+            "reset_faults": self._reset_faults, "close": self._close,
+        }
+        self._hello_body = self._make_hello()
+
+    # -- main loop ---------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)
+        if self.watch_fd is not None:
+            poller.register(self.watch_fd, zmq.POLLIN)
+        router, pub = self.router, self.pub
+        realtime = self.clock == "realtime"
+        self.running = True
+        next_tick = _now() + self.period
+        last_parent_check = _now()
+        try:
+            while self.running:
+                if realtime:
+                    now = _now()
+                    due = next_tick if not self.deferred else min(next_tick, self.deferred[0][0])
+                    timeout = max(0.0, due - now) * 1000.0
+                else:
+                    timeout = 500.0
+                events = dict(poller.poll(timeout))
+                if router in events:
+                    # Drain what is queued without going back to poll: cheaper under load.
+                    for _ in range(64):
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._on_request(frames)
+                if pub in events:
+                    self._on_subscription()
+                if self.watch_fd is not None and self.watch_fd in events:
+                    if not os.read(self.watch_fd, 4096):
+                        log.info("parent gone (pipe closed); shutting down")
+                        break
+                now = _now()
+                if realtime:
+                    if now >= next_tick:
+                        self._tick(now)
+                        next_tick += self.period
+                        if next_tick < now:  # fell behind: skip, don't burst
+                            self.stats["overruns"] += 1
+                            next_tick = now + self.period
+                    if self.deferred and self.deferred[0][0] <= now:
+                        self._finish_deferred(now)
+                if now - last_parent_check > 0.5:
+                    last_parent_check = now
+                    if os.getppid() != self.parent:
+                        log.info("parent process died; shutting down")
+                        break
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.router.closed:
+            return
+        try:
+            self.backend.close()
+        finally:
+            self.router.close(0)
+            self.pub.close(0)
+
+    # -- request handling --------------------------------------------------------------------
+    def _on_request(self, frames: list) -> None:
+        tr = _now()
+        self.stats["requests"] += 1
+        if len(frames) == 2:
+            ident, payload = frames
+            head = [ident]
+        elif len(frames) == 3 and frames[1] == b"":  # a REQ client: keep its delimiter
+            ident, _, payload = frames
+            head = [ident, b""]
+        else:
+            self.stats["errors"] += 1
+            self.router.send_multipart([frames[0], error_reply(
+                None, "malformed", f"expected one message frame, got {len(frames) - 1}")])
+            return
+        seq = t = None
+        try:
+            req = parse_request(payload)
+            seq, t = req["seq"], req.get("t")
+            reply = self._handlers[req["op"]](req, tr)
+        except RequestError as exc:
+            self.stats["errors"] += 1
+            self.router.send_multipart(head + [error_reply(seq, exc.code, exc.message, t)])
+            return
+        except Exception as exc:  # a bug or a backend failure: report it, keep serving
+            log.exception("request failed")
+            self.stats["errors"] += 1
+            self.router.send_multipart(head + [error_reply(seq, "internal", f"{type(exc).__name__}: {exc}", t)])
+            return
+        if reply is None:  # deferred (realtime step)
+            self.deferred[-1][1] = head
+            return
+        reply["v"] = VERSION
+        reply["seq"] = seq
+        reply["ok"] = True
+        reply["t"] = t
+        reply["tr"] = tr
+        reply["tx"] = _now()
+        self.router.send_multipart(head + [encode(reply)])
+
+    def _sample(self) -> dict:
+        """The backend's state with the server's view on top: mode, stream number, sample time."""
+        st = self.backend.state()
+        faults = st["faults"]
+        st["mode"] = ("estop" if self.estopped else "fault" if faults else
+                      "watchdog" if self.watchdog_tripped else "ok")
+        self.stream_seq += 1
+        st["seq"] = self.stream_seq
+        st["ts"] = _now()
+        if self.subscribers:
+            self.pub.send_multipart([b"state", encode(st)])
+        return st
+
+    def _guard_motion(self, op: str) -> None:
+        if self.estopped:
+            raise RequestError("estop", f"{op} refused: the e-stop is latched; send clear_estop first")
+
+    def _hello(self, req, tr):
+        return dict(self._hello_body)
+
+    def _make_hello(self) -> dict:
+        b = self.backend
+        desc = getattr(b, "description", FETCH)
+        return {
+            "protocol": VERSION,
+            "backend": b.kind,
+            "clock": self.clock,
+            "control_period": self.period,
+            "watchdog_timeout": self.watchdog_timeout,
+            "description": desc.to_dict(),
+            "description_hash": desc.hash(),
+            "joint_names": list(desc.names),
+            "channels": sorted(b.channels),
+            "max_ee_step": getattr(getattr(b, "ctl", None), "cfg", None).max_ee_step
+            if hasattr(b, "ctl") else None,
+            "stream_endpoint": self.stream_endpoint,
+            "pid": os.getpid(),
+        }
+
+    def _reset(self, req, tr):
+        self._guard_motion("reset")
+        seed = req.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise RequestError("bad_request", "reset 'seed' must be a non-negative integer or nil")
+        options = req.get("options") or {}
+        if not isinstance(options, dict):
+            raise RequestError("bad_request", "reset 'options' must be a map")
+        self.backend.reset(seed, options)
+        self.watchdog_tripped = False
+        self.last_command = None
+        self.deferred.clear()
+        self.last_advance = _now()
+        return {"ta": _now(), "state": self._sample()}
+
+    def _apply(self, req, op):
+        self._guard_motion(op)
+        cmd = parse_command(req.get("cmd"), self.backend.channels)
+        if self.clock == "realtime":
+            now = _now()
+            self._advance_to(now)
+            self.last_command = now
+            self.watchdog_tripped = False
+        self.backend.apply(cmd)
+        return _now()
+
+    def _step(self, req, tr):
+        ta = self._apply(req, "step")
+        if self.clock == "lockstep":
+            self.backend.advance(self.period)
+            return {"ta": ta, "state": self._sample()}
+        self.deferred.append([ta + self.period, None, req.get("seq"), req.get("t"), tr, ta])
+        return None
+
+    def _command(self, req, tr):
+        ta = self._apply(req, "command")
+        return {"ta": ta, "state": self._sample()}
+
+    def _state(self, req, tr):
+        if self.clock == "realtime":
+            self._advance_to(_now())
+        return {"state": self._sample()}
+
+    def _estop(self, req, tr):
+        self.estopped = True
+        self.backend.hold()
+        log.warning("e-stop latched")
+        return {"state": self._sample()}
+
+    def _clear_estop(self, req, tr):
+        self.estopped = False
+        self.last_command = None
+        return {"state": self._sample()}
+
+    def _reset_faults(self, req, tr):
+        self.backend.reset_faults()
+        return {"state": self._sample()}
+
+    def _close(self, req, tr):
+        if self.exit_on_close:
+            self.running = False
+        return {}
+
+    # -- realtime clock ----------------------------------------------------------------------
+    def _advance_to(self, now: float) -> None:
+        dt = now - self.last_advance
+        if dt > 0:
+            self.backend.advance(dt)
+            self.last_advance = now
+
+    def _tick(self, now: float) -> None:
+        self._advance_to(now)
+        if (self.last_command is not None and not self.watchdog_tripped and not self.estopped
+                and now - self.last_command > self.watchdog_timeout):
+            self.watchdog_tripped = True
+            self.backend.hold()
+            log.warning("command watchdog: no command for %.3f s; holding", now - self.last_command)
+        if self.subscribers:
+            self._sample()
+
+    def _finish_deferred(self, now: float) -> None:
+        self._advance_to(now)
+        while self.deferred and self.deferred[0][0] <= now:
+            deadline, head, seq, t, tr, ta = self.deferred.pop(0)
+            overrun = now - deadline
+            if overrun > 0.25 * self.period:
+                self.stats["overruns"] += 1
+            reply = {"v": VERSION, "seq": seq, "ok": True, "t": t, "tr": tr, "ta": ta,
+                     "state": self._sample(), "overrun": overrun}
+            reply["tx"] = _now()
+            self.router.send_multipart(head + [encode(reply)])
+
+    def _on_subscription(self) -> None:
+        while True:
+            try:
+                msg = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] == b"\x01":
+                self.subscribers += 1
+            elif msg[:1] == b"\x00":
+                self.subscribers = max(0, self.subscribers - 1)
+
+
+def build_server(cfg: dict, *, endpoint: str | None = None, stream_endpoint: str | None = None,
+                 **kwargs) -> RobotServer:
+    """Construct the backend a config names and the server around it (binding the sockets)."""
+    from .backend import load_backend
+    from .config import safety_config
+    from .endpoints import check_bind, private_ipc, stream_endpoint_for
+
+    srv = cfg["server"]
+    ep = endpoint or srv["endpoint"] or private_ipc()[0]
+    sep = stream_endpoint or srv["stream_endpoint"] or stream_endpoint_for(ep)
+    for e in (ep, sep):
+        warning = check_bind(e, srv["insecure"])
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+    settings = dict(cfg.get(f"server.{srv['backend']}", {}))
+    backend = load_backend(srv["backend"], safety=safety_config(cfg), control_period=srv["control_period"],
+                           **settings)
+    return RobotServer(backend, ep, sep, clock=srv["clock"], control_period=srv["control_period"],
+                       watchdog_timeout=cfg["server.safety"]["watchdog_timeout"], **kwargs)

@@ -1,0 +1,86 @@
+"""Start a robot server as a child process that dies with its parent, and wait until it is ready.
+
+A plain `subprocess` (no multiprocessing resource tracker). The child watches a pipe from the
+parent (EOF = parent gone) and its parent pid, so it cannot outlive us even after SIGKILL.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+
+from .endpoints import private_ipc
+from .errors import RobotEnvError
+
+
+class ServerProcess:
+    """A spawned server: endpoints, and `close()` that leaves no process behind."""
+
+    def __init__(self, cfg: dict, *, endpoint: str | None = None, ready_timeout: float = 30.0):
+        ep, sep = (endpoint, None) if endpoint else private_ipc()
+        self._stderr = tempfile.TemporaryFile()
+        read_fd, self._watch_w = os.pipe()
+        cmd = [sys.executable, "-m", "robot_env.cli", "serve", "--config-json", json.dumps(cfg),
+               "--endpoint", ep, "--watch-fd", "0", "--exit-on-close", "--ready"]
+        if sep:
+            cmd += ["--stream-endpoint", sep]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, stdin=read_fd, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     env=env, close_fds=True)
+        os.close(read_fd)
+        self.endpoint, self.stream_endpoint = self._wait_ready(ready_timeout)
+
+    def _wait_ready(self, timeout: float) -> tuple[str, str]:
+        deadline = time.monotonic() + timeout
+        out = self.proc.stdout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([out], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            line = out.readline().decode(errors="replace").strip()
+            if not line:  # EOF: the child died before it was ready
+                self.proc.wait(5)
+                raise RobotEnvError(f"robot server failed to start (exit {self.proc.returncode}):\n"
+                                    f"{self.stderr_text()}")
+            if line.startswith("READY "):
+                _, ep, sep = line.split()
+                return ep, sep
+        self.close()
+        raise RobotEnvError(f"robot server not ready within {timeout:g} s:\n{self.stderr_text()}")
+
+    def stderr_text(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")[-4000:]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the watch pipe (the server exits on EOF), then escalate if it lingers."""
+        if self._watch_w is not None:
+            os.close(self._watch_w)
+            self._watch_w = None
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(2.0)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._stderr.close()
+
+    def __del__(self):
+        try:
+            if self._watch_w is not None:
+                os.close(self._watch_w)
+        except Exception:
+            pass

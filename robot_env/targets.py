@@ -1,0 +1,171 @@
+"""Turns validated commands into joint targets under the safety layer; shared by every backend.
+
+Cartesian deltas are resolved with one damped-least-squares IK step from the *measured* joint
+positions each command: no target wind-up when the arm lags (as it does on hardware), and the
+gripper orientation is held at what it was when Cartesian control began.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .description import ARM, FETCH, GRIPPER, HEAD, NJ, TORSO, RobotDescription
+from .kinematics import dls_step, fk_frames, jacobian, orientation_error
+from .safety import BaseLimiter, MotionLimiter, SafetyConfig, clip_flags
+
+
+class Kinematics:
+    """FK (+ Jacobian) of one joint vector, computed once and reused by IK and the state."""
+
+    __slots__ = ("q", "pos", "rot", "origins", "axes", "_jac")
+
+    def __init__(self, q: np.ndarray):
+        self.q = q
+        self.pos, self.rot, self.origins, self.axes = fk_frames(float(q[TORSO]), q[ARM].tolist())
+        self._jac = None
+
+    @property
+    def jac(self):
+        if self._jac is None:
+            self._jac = jacobian(self.pos, self.origins, self.axes)
+        return self._jac
+
+
+class TargetController:
+    """Joint and base targets plus the safety clipping that produced them."""
+
+    def __init__(self, safety: SafetyConfig, description: RobotDescription = FETCH):
+        self.cfg = safety
+        self.limiter = MotionLimiter(description, safety.profile, safety.arm_acceleration)
+        self.base = BaseLimiter(max_v=safety.base_max_v, max_w=safety.base_max_w)
+        self.lower, self.upper = self.limiter.lower, self.limiter.upper
+        self.ws_lo = np.array(safety.workspace_min, dtype=float)
+        self.ws_hi = np.array(safety.workspace_max, dtype=float)
+        self.ws_hi_list = list(safety.workspace_max)
+        self.target = np.zeros(NJ)
+        self.vel_target = np.zeros(NJ)
+        self.vel_mode = np.zeros(NJ, bool)
+        self.base_cmd = (0.0, 0.0)
+        self.hold_rot = None
+
+    def reset(self, q: np.ndarray) -> None:
+        self.target = q.copy()
+        self.vel_target[:] = 0.0
+        self.vel_mode[:] = False
+        self.base_cmd = (0.0, 0.0)
+        self.hold_rot = None
+
+    def hold(self, q: np.ndarray, v: np.ndarray, dt: float) -> None:
+        """Stop where each joint can stop (no jerk), base twist to zero."""
+        self.target = self.limiter.stopping_target(q, v, dt)
+        self.vel_mode[:] = False
+        self.vel_target[:] = 0.0
+        self.base_cmd = (0.0, 0.0)
+
+    def _inside(self, pos) -> bool:
+        lo, hi = self.ws_lo, self.ws_hi_list
+        return (lo[0] <= pos[0] <= hi[0] and lo[1] <= pos[1] <= hi[1]
+                and max(lo[2], self.cfg.floor_height) <= pos[2] <= hi[2])
+
+    def apply(self, cmd: dict, kin: Kinematics) -> list[str]:
+        """Set targets from a validated command; `kin` is the FK at the measured joints."""
+        flags: list[str] = []
+        q = kin.q
+        if "ee_delta" in cmd:
+            self._ee_delta(cmd["ee_delta"], kin, flags)
+        elif "arm_position" in cmd:
+            self._arm_position(cmd["arm_position"], q, flags)
+        elif "arm_velocity" in cmd:
+            vmax = self.limiter.vel[ARM]
+            self.vel_target[ARM] = clip_flags("arm_velocity", cmd["arm_velocity"], -vmax, vmax,
+                                              "velocity_limit", flags)
+            self.vel_mode[ARM] = True
+            self.hold_rot = None
+        if "gripper" in cmd:
+            self.target[GRIPPER] = self._scalar("gripper", cmd["gripper"], GRIPPER, flags)
+        if "torso" in cmd:
+            self.target[TORSO] = self._scalar("torso", cmd["torso"], TORSO, flags)
+            self.vel_mode[TORSO] = False
+        if "head" in cmd:
+            self.target[HEAD] = clip_flags("head", cmd["head"], self.lower[HEAD], self.upper[HEAD],
+                                           "position_limit", flags)
+        if "base_twist" in cmd:
+            v, w = cmd["base_twist"]
+            cv = min(max(v, -self.base.max_v), self.base.max_v)
+            cw = min(max(w, -self.base.max_w), self.base.max_w)
+            if (cv, cw) != (v, w):
+                flags.append("base_twist.velocity_limit")
+            self.base_cmd = (cv, cw)
+        return flags
+
+    def _scalar(self, name, value, i, flags) -> float:
+        lo, hi = self.lower[i], self.upper[i]
+        if value < lo or value > hi:
+            flags.append(f"{name}.position_limit")
+            return min(max(value, lo), hi)
+        return value
+
+    def _arm_position(self, target, q, flags) -> None:
+        lo, hi = self.lower[ARM], self.upper[ARM]
+        tgt = clip_flags("arm_position", target, lo, hi, "position_limit", flags)
+        step = self.cfg.max_joint_step
+        tgt = clip_flags("arm_position", tgt, q[ARM] - step, q[ARM] + step, "max_step", flags)
+        pos, _, _, _ = fk_frames(float(q[TORSO]), tgt.tolist())
+        if not self._inside(pos):
+            # Largest fraction of the move whose end keeps the gripper inside the workspace.
+            start = q[ARM]
+            ok = 0.0
+            if self._inside(fk_frames(float(q[TORSO]), start.tolist())[0]):
+                lo_a, hi_a = 0.0, 1.0
+                for _ in range(12):
+                    mid = 0.5 * (lo_a + hi_a)
+                    if self._inside(fk_frames(float(q[TORSO]), (start + mid * (tgt - start)).tolist())[0]):
+                        lo_a = mid
+                    else:
+                        hi_a = mid
+                ok = lo_a
+            tgt = start + ok * (tgt - start)
+            flags.append("arm_position.workspace")
+        self.target[ARM] = tgt
+        self.vel_mode[ARM] = False
+        self.hold_rot = None
+
+    def _ee_delta(self, delta, kin: Kinematics, flags) -> None:
+        m = self.cfg.max_ee_step
+        delta = clip_flags("ee_delta", delta, -m, m, "max_step", flags)
+        goal = kin.pos[0] + delta[0], kin.pos[1] + delta[1], kin.pos[2] + delta[2]
+        lo, hi = self.ws_lo, self.ws_hi_list
+        gx = min(max(goal[0], lo[0]), hi[0])
+        gy = min(max(goal[1], lo[1]), hi[1])
+        gz = min(max(goal[2], lo[2]), hi[2])
+        if (gx, gy, gz) != goal:
+            flags.append("ee_delta.workspace")
+        if gz < self.cfg.floor_height:
+            gz = self.cfg.floor_height
+            flags.append("ee_delta.floor")
+        if self.hold_rot is None:
+            self.hold_rot = kin.rot
+        wx, wy, wz = orientation_error(kin.rot, self.hold_rot)
+        err = (gx - kin.pos[0], gy - kin.pos[1], gz - kin.pos[2], wx, wy, wz)
+        q_arm = kin.q[ARM]
+        lo_j, hi_j = self.lower[ARM], self.upper[ARM]
+        new = q_arm + dls_step(kin.jac, err)
+        if (new < lo_j).any() or (new > hi_j).any():
+            # Freeze the joints that would pass a limit and let the others take up the motion.
+            jac = [row[:] for row in kin.jac]
+            stuck = np.flatnonzero((new < lo_j) | (new > hi_j))
+            for row in jac:
+                for i in stuck:
+                    row[i] = 0.0
+            new = np.clip(q_arm + dls_step(jac, err), lo_j, hi_j)
+            flags.append("ee_delta.joint_limit")
+        self.target[ARM] = new
+        self.vel_mode[ARM] = False
+
+
+def ee_velocity(kin: Kinematics, dq: np.ndarray) -> np.ndarray:
+    """Gripper twist (vx, vy, vz, wx, wy, wz) from joint velocities: J·dq_arm plus the torso's lift."""
+    J = kin.jac
+    d = dq[ARM].tolist()
+    out = [sum(a * b for a, b in zip(row, d)) for row in J]
+    out[2] += float(dq[TORSO])
+    return np.array(out)

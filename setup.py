@@ -1,0 +1,32 @@
+"""robot-env: a Gymnasium bridge over ZeroMQ to a Fetch-style robot server (simulator or hardware)."""
+from setuptools import setup
+
+setup(
+    name="robot-env",
+    version="0.1.0",
+    description="Gymnasium environments for a Fetch-style mobile manipulator over ZeroMQ: "
+    "simulator and Dynamixel hardware behind one robot server.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["robot_env", "robot_env.envs", "drivers", "simulators"],
+    package_data={"robot_env": ["configs/*.toml"]},
+    install_requires=[
+        "numpy>=1.24",
+        "pyzmq>=25",
+        "msgpack>=1.0",
+        "gymnasium>=1.0",
+        "pyserial>=3.5",
+        "tomli>=2.0; python_version<'3.11'",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "pytest-benchmark>=4"],
+        # The comparison anchor for `robot-env bench`: Gymnasium-Robotics' Fetch envs assert on mujoco>=3.12.
+        "anchor": ["gymnasium-robotics>=1.4", "mujoco<3.12"],
+    },
+    entry_points={"console_scripts": ["robot-env=robot_env.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,129 @@
+"""The kinematic simulator: joints follow their targets under the safety layer's motion limits.
+
+No contact or dynamics, so it is fast and exactly repeatable under a seed: the embedded default
+for training. Sim-to-real knobs (all off by default): action latency in control steps,
+Gaussian noise on measured joints, per-joint speed scaling drawn at reset.
+"""
+from __future__ import annotations
+
+import collections
+import math
+
+import numpy as np
+
+from robot_env.backend import Backend
+from robot_env.commands import CHANNELS
+from robot_env.description import ARM, FETCH, NJ, READY_ARM, READY_TORSO, TORSO
+from robot_env.errors import RequestError
+from robot_env.kinematics import rot_to_quat
+from robot_env.safety import SafetyConfig
+from robot_env.targets import Kinematics, TargetController, ee_velocity
+
+
+class KinematicSim(Backend):
+    kind = "kinematic"
+    channels = frozenset(CHANNELS)
+
+    def __init__(self, safety: SafetyConfig | None = None, control_period: float = 0.04,
+                 action_latency_steps: int = 0, observation_noise: float = 0.0,
+                 speed_randomization: float = 0.0, description=FETCH):
+        self.description = description
+        self.period = control_period
+        self.ctl = TargetController(safety or SafetyConfig(), description)
+        self.latency_steps = int(action_latency_steps)
+        self.noise = float(observation_noise)
+        self.speed_rand = float(speed_randomization)
+        self.pending: collections.deque = collections.deque()
+        self.rng = np.random.default_rng()
+        self.reset(None, {})
+
+    # -- Backend interface -------------------------------------------------------------------
+    def reset(self, seed, options) -> None:
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        q = np.zeros(NJ)
+        q[TORSO] = READY_TORSO
+        q[ARM] = READY_ARM
+        arm = options.get("initial_arm_position")
+        if arm is not None:
+            arm = np.asarray(arm, dtype=float)
+            if arm.shape != (7,) or not np.isfinite(arm).all():
+                raise RequestError("bad_options", "initial_arm_position must be 7 finite joint positions")
+            q[ARM] = arm
+        torso = options.get("initial_torso")
+        if torso is not None:
+            q[TORSO] = float(torso)
+        lim = self.ctl.limiter
+        clipped = np.clip(q, lim.lower, lim.upper)
+        if not np.array_equal(clipped, q):
+            raise RequestError("bad_options", "initial pose is outside the joint limits")
+        self.q = q
+        self.v = np.zeros(NJ)
+        self.base = [0.0, 0.0, 0.0, 0.0, 0.0]  # x, y, theta, v, w
+        self.time = 0.0
+        self.pending.clear()
+        self.speed_scale = (1.0 - self.speed_rand * self.rng.random(NJ)) if self.speed_rand else 1.0
+        self.ctl.reset(q)
+        self.clipped: list[str] = []
+        self._measure()
+
+    def apply(self, command: dict) -> list[str]:
+        if self.latency_steps:
+            self.pending.append((self.time + self.latency_steps * self.period - 1e-9, command))
+            return self.clipped
+        self.clipped = self.ctl.apply(command, self.kin)
+        return self.clipped
+
+    def advance(self, dt: float) -> None:
+        while dt > 1e-12:
+            h = min(dt, self.period)
+            while self.pending and self.pending[0][0] <= self.time:
+                self.clipped = self.ctl.apply(self.pending.popleft()[1], self.kin)
+            ctl = self.ctl
+            self.q, self.v = ctl.limiter.step(self.q, self.v, ctl.target, ctl.vel_target, ctl.vel_mode,
+                                              h, self.speed_scale)
+            self._drive(h)
+            self.time += h
+            dt -= h
+        self._measure()
+
+    def hold(self) -> None:
+        self.pending.clear()
+        self.ctl.hold(self.q, self.v, self.period)
+
+    def state(self) -> dict:
+        kin = self.kin
+        x, y, th, v, w = self.base
+        return {
+            "time": self.time,
+            "q": self.q_meas,
+            "dq": self.v.copy(),
+            "effort": np.zeros(NJ),
+            "target": self.ctl.target.copy(),
+            "ee": np.array(kin.pos + rot_to_quat(kin.rot)),
+            "ee_vel": ee_velocity(kin, self.v),
+            "base": np.array(self.base),
+            "objects": {},
+            "faults": [],
+            "clipped": self.clipped,
+        }
+
+    # -- internals ---------------------------------------------------------------------------
+    def _measure(self) -> None:
+        """Sample the sensors: what the state reports and what IK linearises around."""
+        q = self.q
+        if self.noise:
+            q = q + self.rng.normal(0.0, self.noise, NJ)
+        self.q_meas = q
+        self.kin = Kinematics(q)
+
+    def _drive(self, h: float) -> None:
+        x, y, th, v, w = self.base
+        v_cmd, w_cmd = self.ctl.base_cmd
+        if v or w or v_cmd or w_cmd:
+            v, w = self.ctl.base.step(v, w, v_cmd, w_cmd, h)
+            th_mid = th + 0.5 * w * h
+            x += v * math.cos(th_mid) * h
+            y += v * math.sin(th_mid) * h
+            th = math.atan2(math.sin(th + w * h), math.cos(th + w * h))
+            self.base = [x, y, th, v, w]
