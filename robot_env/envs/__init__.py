@@ -1,0 +1,5 @@
+"""Gymnasium environments and wrappers."""
+from .fetch_reach import FetchReachEnv
+from .wrappers import LatencyInfo
+
+__all__ = ["FetchReachEnv", "LatencyInfo"]

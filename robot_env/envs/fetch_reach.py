@@ -1,0 +1,155 @@
+"""FetchReach over the bridge: Gymnasium-Robotics' FetchReach task on whichever backend a config names.
+
+The task is pinned to Gymnasium-Robotics' FetchReach-v4 (observation layout, goal range, success
+threshold, rewards, 50 steps), so results compare; only the robot behind it changes. With no
+config endpoint the env starts an embedded simulator server and stops it on `close()`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import gymnasium as gym
+from gymnasium import spaces
+
+from ..description import ARM, GRIPPER
+from ..session import Session
+
+DISTANCE_THRESHOLD = 0.05
+TARGET_RANGE = 0.15
+ACTION_SCALE = 0.05  # m per step for a full-scale action, as Gymnasium-Robotics' mocap delta
+OBS_BOUND = 5.0
+
+
+def goal_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(a - b, axis=-1)
+
+
+class FetchReachEnv(gym.Env):
+    """Goal-conditioned reaching; `control` is "ee_delta" (default, Box(4)) or "joint_velocity" (Box(8)).
+
+    Observation `observation` (10): gripper position (3), finger positions (2), gripper linear
+    velocity × dt (3), finger velocities × dt (2), as FetchReach. Goals are gripper positions.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config=None, reward_type: str = "sparse", control: str = "ee_delta",
+                 block_gripper: bool = True, overrides: dict | None = None, render_mode=None):
+        if reward_type not in ("sparse", "dense"):
+            raise ValueError(f"reward_type must be 'sparse' or 'dense', got {reward_type!r}")
+        if control not in ("ee_delta", "joint_velocity"):
+            raise ValueError(f"control must be 'ee_delta' or 'joint_velocity', got {control!r}")
+        if render_mode is not None:
+            raise ValueError("FetchReachEnv has no render modes; use the state stream or `robot-env plot`")
+        self.reward_type = reward_type
+        self.control = control
+        self.block_gripper = block_gripper
+        self._session = Session(config, overrides)
+        self._client = self._session.client
+        info = self._session.info
+        self.dt = float(info["control_period"])
+        self.backend_kind = info["backend"]
+        n_act = 4 if control == "ee_delta" else 8
+        self.action_space = spaces.Box(-1.0, 1.0, (n_act,), dtype=np.float32)
+        # Finite bounds (check_env prefers them): the gripper never leaves a few metres of the base,
+        # and velocities are multiplied by dt.
+        obs_box = spaces.Box(-OBS_BOUND, OBS_BOUND, (10,), dtype=np.float64)
+        goal_box = spaces.Box(-OBS_BOUND, OBS_BOUND, (3,), dtype=np.float64)
+        self.observation_space = spaces.Dict(
+            {"observation": obs_box, "achieved_goal": goal_box, "desired_goal": goal_box})
+        lim = info["description"]["joints"]
+        self._arm_vmax = np.array([j["velocity"] for j in lim[ARM]])
+        self._width_max = float(lim[GRIPPER]["upper"])
+        self.goal = np.zeros(3)
+        self.initial_gripper_xpos = np.zeros(3)
+        self._state: dict | None = None
+        self._closed = False
+
+    # -- Gymnasium API -----------------------------------------------------------------------
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        options = dict(options or {})
+        goal = options.pop("goal", None)
+        srv_opts = {}
+        if "initial_arm_position" in options:
+            srv_opts["initial_arm_position"] = np.asarray(options.pop("initial_arm_position"), dtype=float)
+        if options:
+            raise ValueError(f"unknown reset options {sorted(options)}; known: goal, initial_arm_position")
+        # The server's RNG (noise, randomization) is seeded from ours so one seed fixes the episode.
+        srv_seed = int(self.np_random.integers(2**31)) if seed is not None else None
+        st = self._client.reset(seed=srv_seed, options=srv_opts)
+        self._state = st
+        self.initial_gripper_xpos = np.array(st["ee"][:3])
+        if goal is None:
+            goal = self.initial_gripper_xpos + self.np_random.uniform(-TARGET_RANGE, TARGET_RANGE, size=3)
+        else:
+            goal = np.asarray(goal, dtype=float)
+            if goal.shape != (3,) or not np.isfinite(goal).all():
+                raise ValueError(f"options['goal'] must be 3 finite numbers, got {goal!r}")
+        self.goal = goal.copy()
+        obs = self._obs(st)
+        return obs, {"is_success": self._success(obs["achieved_goal"])}
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != self.action_space.shape:
+            raise ValueError(f"action must have shape {self.action_space.shape}, got {action.shape}")
+        if not np.isfinite(action).all():
+            raise ValueError(f"action has non-finite values: {action}")
+        action = np.clip(action, -1.0, 1.0)
+        if self.control == "ee_delta":
+            cmd = {"ee_delta": action[:3] * ACTION_SCALE}
+        else:
+            cmd = {"arm_velocity": action[:7] * self._arm_vmax}
+        if not self.block_gripper:
+            cmd["gripper"] = float((action[-1] + 1.0) * 0.5 * self._width_max)
+        st = self._client.step(cmd)
+        self._state = st
+        obs = self._obs(st)
+        achieved = obs["achieved_goal"]
+        success = self._success(achieved)
+        reward = float(self.compute_reward(achieved, self.goal, None))
+        return obs, reward, False, False, {"is_success": success}
+
+    def compute_reward(self, achieved_goal, desired_goal, info):
+        """Vectorized over leading dims, as HER relabelling calls it."""
+        d = goal_distance(np.asarray(achieved_goal), np.asarray(desired_goal))
+        if self.reward_type == "sparse":
+            return -(d > DISTANCE_THRESHOLD).astype(np.float32)
+        return -d
+
+    def compute_terminated(self, achieved_goal, desired_goal, info):
+        return False
+
+    def compute_truncated(self, achieved_goal, desired_goal, info):
+        return False
+
+    def close(self):
+        if not self._closed:
+            self._closed = True
+            self._session.close()
+
+    # -- extras ------------------------------------------------------------------------------
+    @property
+    def latency(self):
+        """Running round-trip / bridge / action-to-observation latency percentiles of this env's client."""
+        return self._client.latency
+
+    @property
+    def robot_state(self) -> dict | None:
+        """The last full state the server returned (joints, mode, faults, clipped flags, stamps)."""
+        return self._state
+
+    # -- internals ---------------------------------------------------------------------------
+    def _obs(self, st: dict) -> dict:
+        ee = st["ee"]
+        q, dq = st["q"], st["dq"]
+        half_w, half_v = 0.5 * q[GRIPPER], 0.5 * dq[GRIPPER]
+        dt = self.dt
+        grip = ee[:3].copy()
+        v = st["ee_vel"]
+        obs = np.array([ee[0], ee[1], ee[2], half_w, half_w, v[0] * dt, v[1] * dt, v[2] * dt,
+                        half_v * dt, half_v * dt])
+        return {"observation": obs, "achieved_goal": grip, "desired_goal": self.goal.copy()}
+
+    def _success(self, achieved) -> float:
+        return float(goal_distance(achieved, self.goal) < DISTANCE_THRESHOLD)
