@@ -98,6 +98,17 @@ def dls_step(jac, err, damping: float = 0.05, orientation_weight: float = 0.5) -
     return J.T @ np.linalg.solve(A, e)
 
 
+def limited_step(q: np.ndarray, jac, err, lower, upper, **kw) -> np.ndarray:
+    """A DLS step that respects joint limits: joints that would pass a limit are frozen at it
+    (their Jacobian columns zeroed) and the rest take up the motion in one more solve."""
+    new = q + dls_step(jac, err, **kw)
+    out = (new < lower) | (new > upper)
+    if out.any():
+        jac = [[0.0 if out[i] else v for i, v in enumerate(row)] for row in jac]
+        new = q + dls_step(jac, err, **kw)
+    return np.clip(new, lower, upper)
+
+
 def solve_ik(torso: float, arm, target_pos, target_rot=None, lower=None, upper=None,
              iterations: int = 100, tol: float = 1e-4) -> tuple[np.ndarray, float]:
     """Iterated DLS IK to a gripper position (and rotation, default: pointing down), joint limits clipped.
@@ -118,8 +129,7 @@ def solve_ik(torso: float, arm, target_pos, target_rot=None, lower=None, upper=N
         err_norm = math.sqrt(e[0] ** 2 + e[1] ** 2 + e[2] ** 2)
         if err_norm < tol and math.sqrt(wx * wx + wy * wy + wz * wz) < 10 * tol:
             break
-        q = np.clip(q + dls_step(jacobian(pos, origins, axes), e, damping=0.02, orientation_weight=1.0),
-                    lower, upper)
+        q = limited_step(q, jacobian(pos, origins, axes), e, lower, upper, damping=0.02, orientation_weight=1.0)
     pos, _, _, _ = fk_frames(torso, q.tolist())
     err_norm = math.dist(pos, (tx, ty, tz))
     return q, err_norm

@@ -36,12 +36,16 @@ class SafetyConfig:
 
 
 def _braking_speed(distance: np.ndarray, acc: np.ndarray, dt: float) -> np.ndarray:
-    """Largest speed from which a discrete (semi-implicit Euler) decelerating joint stops within `distance`.
+    """Largest speed from which a joint integrated by semi-implicit Euler stops within `distance`.
 
-    Braking from v at a·dt per step covers v²/(2a) + v·dt/2, so solve that for v.
+    Braking from v at a·dt per step covers D(v) = dt·Σ_k (v − k·a·dt) over the steps with a positive
+    term. D is piecewise linear: find the segment n (n full braking steps) holding `distance` and
+    invert exactly, so a joint on this curve never passes a limit and never brakes harder than a.
     """
     adt = acc * dt
-    return adt * (np.sqrt(0.25 + 2.0 * np.maximum(distance, 0.0) / (adt * dt)) - 0.5)
+    d = np.maximum(distance, 0.0)
+    n = np.floor((np.sqrt(1.0 + 8.0 * d / (adt * dt)) - 1.0) * 0.5)
+    return (d / dt + adt * n * (n + 1.0) * 0.5) / (n + 1.0)
 
 
 class MotionLimiter:
@@ -75,16 +79,18 @@ class MotionLimiter:
         scale[..., ARM] = arm_scale
         v_des = np.where(vel_mode, np.clip(vel_target, -vmax, vmax), err / dt * scale)
         # Brake before the position limits whatever was asked.
-        v_des = np.clip(v_des, -_braking_speed(q - self.lower, acc, dt),
-                        _braking_speed(self.upper - q, acc, dt))
+        brake_lo = -_braking_speed(q - self.lower, acc, dt)
+        brake_hi = _braking_speed(self.upper - q, acc, dt)
+        v_des = np.clip(v_des, brake_lo, brake_hi)
         dv = v_des - v
         lim = acc * dt
         over = np.abs(dv) / lim
         k = np.where(over > 1.0, 1.0 / np.maximum(over, 1e-12), 1.0)
         k[..., ARM] = k[..., ARM].min(axis=-1, keepdims=True)
-        v_new = v + dv * k
+        # The shared arm scale keeps the direction, but must never slow down a joint's braking.
+        v_new = np.clip(v + dv * k, np.maximum(brake_lo, v - lim), np.minimum(brake_hi, v + lim))
+        # On the braking curve a joint lands on a limit at most; the clip only absorbs round-off.
         q_new = np.clip(q + v_new * dt, self.lower, self.upper)
-        v_new = np.where((q_new == self.lower) | (q_new == self.upper), 0.0, v_new)
         return q_new, v_new
 
     def stopping_target(self, q, v, dt: float):

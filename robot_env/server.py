@@ -138,9 +138,11 @@ class RobotServer:
             ident, _, payload = frames
             head = [ident, b""]
         else:
+            # Keep a REQ client's delimiter, or the REQ socket drops the error reply and waits forever.
+            head = [frames[0], b""] if len(frames) > 3 and frames[1] == b"" else [frames[0]]
             self.stats["errors"] += 1
-            self.router.send_multipart([frames[0], error_reply(
-                None, "malformed", f"expected one message frame, got {len(frames) - 1}")])
+            self.router.send_multipart(head + [error_reply(
+                None, "malformed", f"expected one message frame, got {len(frames) - len(head)}")])
             return
         seq = t = None
         try:

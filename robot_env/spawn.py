@@ -21,7 +21,11 @@ class ServerProcess:
     """A spawned server: endpoints, and `close()` that leaves no process behind."""
 
     def __init__(self, cfg: dict, *, endpoint: str | None = None, ready_timeout: float = 30.0):
-        ep, sep = (endpoint, None) if endpoint else private_ipc()
+        srv = cfg["server"]
+        ep = endpoint or srv["endpoint"]
+        sep = srv["stream_endpoint"] or None
+        if not ep:
+            ep, sep = private_ipc()
         self._stderr = tempfile.TemporaryFile()
         read_fd, self._watch_w = os.pipe()
         cmd = [sys.executable, "-m", "robot_env.cli", "serve", "--config-json", json.dumps(cfg),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .description import ARM, FETCH, GRIPPER, HEAD, NJ, TORSO, RobotDescription
-from .kinematics import dls_step, fk_frames, jacobian, orientation_error
+from .kinematics import fk_frames, jacobian, limited_step, orientation_error
 from .safety import BaseLimiter, MotionLimiter, SafetyConfig, clip_flags
 
 
@@ -148,15 +148,8 @@ class TargetController:
         err = (gx - kin.pos[0], gy - kin.pos[1], gz - kin.pos[2], wx, wy, wz)
         q_arm = kin.q[ARM]
         lo_j, hi_j = self.lower[ARM], self.upper[ARM]
-        new = q_arm + dls_step(kin.jac, err)
-        if (new < lo_j).any() or (new > hi_j).any():
-            # Freeze the joints that would pass a limit and let the others take up the motion.
-            jac = [row[:] for row in kin.jac]
-            stuck = np.flatnonzero((new < lo_j) | (new > hi_j))
-            for row in jac:
-                for i in stuck:
-                    row[i] = 0.0
-            new = np.clip(q_arm + dls_step(jac, err), lo_j, hi_j)
+        new = limited_step(q_arm, kin.jac, err, lo_j, hi_j)
+        if (new == lo_j).any() or (new == hi_j).any():
             flags.append("ee_delta.joint_limit")
         self.target[ARM] = new
         self.vel_mode[ARM] = False

@@ -1,0 +1,429 @@
+"""`robot-env bench`: env steps/s and latency over ipc and tcp, next to the transport floor and FetchReach-v4.
+
+Everything is measured in the same run, on this machine, with the same fixed random action
+sequence: nothing is hard-coded. Rows:
+
+- robot-env ipc / tcp: `gymnasium.make("robot_env/FetchReach-v0")` on the embedded kinematic
+  simulator, over the default private ipc endpoint and over tcp on 127.0.0.1, with the latency
+  percentiles the client measured (`env.unwrapped.latency`).
+- bare zmq round trip: a DEALER in this process and a ROUTER in a child process on an abstract ipc
+  endpoint, exchanging messages of the sizes a step request and its reply have. No msgpack, no
+  simulator: the floor the transport puts under every step.
+- FetchReach-v4 in-process: Gymnasium-Robotics' MuJoCo task in a child Python (``--anchor-python``
+  or this one), same actions, same warm-up, same reset-on-truncation.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+WARMUP = 300
+SEED = 0
+ANCHOR_HINT = ('pip install "gymnasium-robotics" "mujoco<3.12"  (or pass --anchor-python PATH '
+               'to a Python that has them)')
+
+# A ROUTER that answers every request with a reply of a fixed size, as the robot server's loop
+# does (poll, then drain without blocking). It exits when stdin closes (the parent is done or gone).
+_ECHO_SCRIPT = r"""
+import os, sys, zmq
+endpoint, reply_size = sys.argv[1], int(sys.argv[2])
+ctx = zmq.Context()
+router = ctx.socket(zmq.ROUTER)
+router.setsockopt(zmq.LINGER, 0)
+router.bind(endpoint)
+reply = b"r" * reply_size
+poller = zmq.Poller()
+poller.register(router, zmq.POLLIN)
+poller.register(0, zmq.POLLIN)
+print("READY", flush=True)
+running = True
+while running:
+    events = dict(poller.poll(1000))
+    if router in events:
+        for _ in range(64):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            router.send_multipart(frames[:-1] + [reply])
+    if 0 in events and not os.read(0, 4096):
+        running = False
+    if os.getppid() == 1:
+        running = False
+router.close(0)
+ctx.term()
+"""
+
+# Gymnasium-Robotics' FetchReach-v4, in-process, timed exactly like `_time_env`.
+_ANCHOR_SCRIPT = r"""
+import json, platform, sys, time, warnings
+warnings.filterwarnings("ignore")
+import numpy as np
+import gymnasium as gym
+import gymnasium_robotics
+import mujoco
+gym.register_envs(gymnasium_robotics)
+steps, warmup, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+actions = np.random.default_rng(seed).uniform(-1, 1, (steps, 4)).astype(np.float32)
+env = gym.make("FetchReach-v4")
+env.reset(seed=seed)
+for i in range(warmup):
+    _, _, term, trunc, _ = env.step(actions[i % steps])
+    if term or trunc:
+        env.reset()
+env.reset(seed=seed)
+t0 = time.perf_counter()
+for a in actions:
+    _, _, term, trunc, _ = env.step(a)
+    if term or trunc:
+        env.reset()
+secs = time.perf_counter() - t0
+env.close()
+print(json.dumps({"steps": steps, "seconds": secs, "steps_per_s": steps / secs,
+                  "gymnasium": gym.__version__, "gymnasium_robotics": gymnasium_robotics.__version__,
+                  "mujoco": mujoco.__version__, "python": platform.python_version(),
+                  "executable": sys.executable}))
+"""
+
+
+# -- measurements ------------------------------------------------------------------------------
+def _actions(steps: int) -> np.ndarray:
+    return np.random.default_rng(SEED).uniform(-1, 1, (steps, 4)).astype(np.float32)
+
+
+def _time_env(env, actions: np.ndarray) -> dict:
+    """Warm up, reset the latency stats, then time len(actions) steps (resetting on truncation)."""
+    steps = len(actions)
+    env.reset(seed=SEED)
+    for i in range(WARMUP):
+        _, _, term, trunc, _ = env.step(actions[i % steps])
+        if term or trunc:
+            env.reset()
+    env.reset(seed=SEED)
+    env.unwrapped.latency.reset()
+    t0 = time.perf_counter()
+    for a in actions:
+        _, _, term, trunc, _ = env.step(a)
+        if term or trunc:
+            env.reset()
+    secs = time.perf_counter() - t0
+    return {"steps": steps, "seconds": secs, "steps_per_s": steps / secs,
+            "latency": env.unwrapped.latency.summary()}
+
+
+def _message_sizes(env) -> tuple[int, int]:
+    """Bytes on the wire of one step request and its reply, as the client encodes them."""
+    from .envs.fetch_reach import ACTION_SCALE
+    from .protocol import VERSION, encode
+
+    client = env.unwrapped._client
+    cmd = {"ee_delta": np.full(3, 0.5) * ACTION_SCALE}
+    request = {"cmd": cmd, "v": VERSION, "op": "step", "seq": client.seq + 1, "t": time.time()}
+    env.reset(seed=SEED)
+    reply = client.request("step", cmd=cmd)
+    return len(encode(request)), len(encode(reply))
+
+
+def _free_tcp_pair(host: str = "127.0.0.1", tries: int = 50) -> int:
+    """A port p with p and p + 1 both free (the server puts its state stream on p + 1)."""
+    for _ in range(tries):
+        with socket.socket() as a:
+            a.bind((host, 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind((host, port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("could not find two adjacent free tcp ports on 127.0.0.1")
+
+
+def _bench_ipc(actions) -> tuple[dict, tuple[int, int]]:
+    import gymnasium as gym
+
+    env = gym.make("robot_env/FetchReach-v0", config="sim")
+    try:
+        res = _time_env(env, actions)
+        res["endpoint"] = env.unwrapped._session.client.endpoint
+        sizes = _message_sizes(env)
+    finally:
+        env.close()
+    return res, sizes
+
+
+def _bench_tcp(actions) -> dict:
+    import gymnasium as gym
+
+    from . import config as config_mod
+    from .spawn import ServerProcess
+
+    endpoint = f"tcp://127.0.0.1:{_free_tcp_pair()}"
+    cfg = config_mod.load("sim")
+    cfg["server"]["endpoint"] = endpoint
+    env = gym.make("robot_env/FetchReach-v0", config=cfg)
+    server = None
+    note = None
+    if not env.unwrapped._session.client.endpoint.startswith("tcp://"):
+        # The spawned server did not listen where [server] endpoint says: start it ourselves on
+        # that endpoint and point the env's client at it, so this row really is tcp.
+        used = env.unwrapped._session.client.endpoint
+        env.close()
+        note = (f"the env spawned its server on {used} despite [server] endpoint = {endpoint!r}; "
+                "bench started the tcp server itself")
+        server = ServerProcess(cfg, endpoint=endpoint)
+        client_cfg = config_mod.load("sim")
+        client_cfg["client"]["endpoint"] = server.endpoint
+        env = gym.make("robot_env/FetchReach-v0", config=client_cfg)
+    try:
+        res = _time_env(env, actions)
+        res["endpoint"] = env.unwrapped._session.client.endpoint
+    finally:
+        env.close()
+        if server is not None:
+            server.close()
+    if not res["endpoint"].startswith("tcp://"):
+        raise RuntimeError(f"tcp row ran over {res['endpoint']}, not tcp")
+    if note:
+        res["note"] = note
+    return res
+
+
+def _bench_zmq_echo(steps: int, request_size: int, reply_size: int) -> dict:
+    """Round trips between a DEALER here and a ROUTER in a child process, over abstract ipc."""
+    import zmq
+
+    from .endpoints import private_ipc
+    from .latency import Histogram
+
+    endpoint = private_ipc("echo")[0]
+    proc = subprocess.Popen([sys.executable, "-c", _ECHO_SCRIPT, endpoint, str(reply_size)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ctx = zmq.Context()
+    sock = None
+    try:
+        line = proc.stdout.readline().decode(errors="replace").strip()
+        if line != "READY":
+            proc.wait(5)
+            raise RuntimeError(f"zmq echo process failed to start: {proc.stderr.read().decode(errors='replace')}")
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        payload = b"q" * request_size
+        spin = 0.0003  # as RobotClient: spin briefly on the reply before sleeping in poll
+        now = time.time
+
+        def round_trip() -> None:
+            sock.send(payload)
+            spin_until = now() + spin
+            while True:
+                try:
+                    sock.recv(zmq.NOBLOCK)
+                    return
+                except zmq.Again:
+                    if now() < spin_until:
+                        continue
+                    if not sock.poll(5000):
+                        raise RuntimeError("zmq echo process stopped answering")
+
+        for _ in range(WARMUP):
+            round_trip()
+        hist = Histogram()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            ts = now()
+            round_trip()
+            hist.add(now() - ts)
+        secs = time.perf_counter() - t0
+    finally:
+        if sock is not None:
+            sock.close(0)
+        ctx.term()
+        proc.stdin.close()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    return {"round_trips": steps, "seconds": secs, "round_trips_per_s": steps / secs,
+            "request_bytes": request_size, "reply_bytes": reply_size, "endpoint": "ipc://@...",
+            "rtt": hist.summary(), "p50_us": 1e6 * hist.percentile(50)}
+
+
+def _bench_anchor(steps: int, python: str) -> tuple[dict | None, str | None]:
+    """FetchReach-v4 in a child Python; (result, None) or (None, why it did not run)."""
+    timeout = 120.0 + 0.05 * (steps + WARMUP)
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.run([python, "-c", _ANCHOR_SCRIPT, str(steps), str(WARMUP), str(SEED)],
+                                  stdout=subprocess.PIPE, stderr=err, timeout=timeout)
+        except FileNotFoundError:
+            return None, f"{python!r} does not exist"
+        except subprocess.TimeoutExpired:
+            return None, f"FetchReach-v4 did not finish within {timeout:.0f} s"
+        err.seek(0)
+        stderr = err.read().decode(errors="replace").strip()
+    result = None
+    for line in reversed(proc.stdout.decode(errors="replace").splitlines()):
+        if line.startswith("{"):
+            try:
+                result = json.loads(line)
+            except ValueError:
+                pass
+            break
+    if proc.returncode == 0 and result and result.get("steps_per_s", 0) > 0:
+        return result, None
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    tail = "\n".join("    " + ln for ln in lines[-6:]) or "    (no error output)"
+    why = f"FetchReach-v4 failed in {python} (exit {proc.returncode}):\n{tail}"
+    missing = re.search(r"No module named '([\w.]+)'", stderr)
+    if missing:
+        why = f"module {missing.group(1)!r} is not installed in {python}, so FetchReach-v4 cannot run there"
+    elif "AssertionError" in stderr and "mujoco" in stderr.lower():
+        why = (f"FetchReach-v4 failed in {python} with an assertion inside mujoco "
+               f"(gymnasium-robotics needs mujoco<3.12):\n{tail}")
+    return None, why
+
+
+# -- report ------------------------------------------------------------------------------------
+def _clean(obj):
+    """NaN -> None so the JSON is strict."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _ms(v) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+
+def _rows(res: dict) -> list[list[str]]:
+    anchor = res.get("anchor")
+    a_rate = anchor["steps_per_s"] if anchor else None
+
+    def ratio(rate):
+        return f"{rate / a_rate:.2f}×" if a_rate else "—"
+
+    rows = []
+    for key, label in (("ipc", "robot-env ipc"), ("tcp", "robot-env tcp")):
+        r = res[key]
+        lat = r["latency"]
+        rows.append([label, f"{r['steps_per_s']:,.0f}", ratio(r["steps_per_s"]),
+                     f"{_ms(lat['rtt']['p50_ms'])} / {_ms(lat['rtt']['p99_ms'])}",
+                     f"{_ms(lat['bridge']['p50_ms'])} / {_ms(lat['bridge']['p99_ms'])}"])
+    z = res["zmq_echo"]
+    rows.append([f"bare zmq round trip (ipc, {z['request_bytes']} B → {z['reply_bytes']} B)",
+                 f"{z['round_trips_per_s']:,.0f}", ratio(z["round_trips_per_s"]),
+                 f"{_ms(z['rtt']['p50_ms'])} / {_ms(z['rtt']['p99_ms'])}", "—"])
+    if anchor:
+        rows.append(["FetchReach-v4 in-process (anchor)", f"{a_rate:,.0f}", "1.00×", "—", "—"])
+    else:
+        rows.append(["FetchReach-v4 in-process (anchor)", "not run", "—", "—", "—"])
+    return rows
+
+
+HEADER = ["", "steps/s", "vs anchor", "rtt p50 / p99 ms", "bridge p50 / p99 ms"]
+
+
+def _text_table(rows) -> str:
+    table = [HEADER] + rows
+    widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
+
+    def fmt(r):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    lines = [fmt(HEADER), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+def _markdown_table(rows) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# -- entry point -------------------------------------------------------------------------------
+def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool = True, out=None) -> int:
+    import gymnasium
+
+    import robot_env  # noqa: F401  (registers the env)
+
+    steps = int(steps)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    actions = _actions(steps)
+    print(f"robot-env bench: {steps} timed steps per row after {WARMUP} warm-up steps, fixed random "
+          f"actions (seed {SEED}), reset on truncation; Python {platform.python_version()} on "
+          f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs", flush=True)
+
+    res: dict = {"steps": steps, "warmup": WARMUP, "seed": SEED,
+                 "python": platform.python_version(), "platform": platform.platform(),
+                 "cpus": os.cpu_count(), "gymnasium": gymnasium.__version__,
+                 "robot_env": robot_env.__version__, "backend": "kinematic (embedded sim, lockstep)"}
+    print("  robot-env over ipc ...", flush=True)
+    res["ipc"], (req_bytes, rep_bytes) = _bench_ipc(actions)
+    print("  robot-env over tcp ...", flush=True)
+    res["tcp"] = _bench_tcp(actions)
+    print("  bare zmq round trip ...", flush=True)
+    res["zmq_echo"] = _bench_zmq_echo(steps, req_bytes, rep_bytes)
+
+    res["anchor"] = None
+    res["anchor_note"] = None
+    if anchor:
+        python = anchor_python or sys.executable
+        print(f"  FetchReach-v4 in-process ({python}) ...", flush=True)
+        res["anchor"], res["anchor_note"] = _bench_anchor(steps, python)
+    else:
+        res["anchor_note"] = "skipped (--no-anchor)"
+
+    a = res["anchor"]
+    res["ratio_vs_anchor"] = None if not a else {
+        "ipc": res["ipc"]["steps_per_s"] / a["steps_per_s"],
+        "tcp": res["tcp"]["steps_per_s"] / a["steps_per_s"],
+        "zmq_echo": res["zmq_echo"]["round_trips_per_s"] / a["steps_per_s"]}
+
+    rows = _rows(res)
+    print()
+    print(_text_table(rows))
+    print()
+    ipc_rtt = res["ipc"]["latency"]["rtt"]["p50_ms"] * 1e3
+    floor = res["zmq_echo"]["p50_us"]
+    print(f"transport floor: a bare zmq round trip takes {floor:.0f} µs p50, "
+          f"{floor / ipc_rtt:.0%} of the {ipc_rtt:.0f} µs p50 round trip of an ipc env step.")
+    if "note" in res["tcp"]:
+        print(f"note: {res['tcp']['note']}")
+    if a:
+        print(f"anchor: Gymnasium-Robotics {a['gymnasium_robotics']}, mujoco {a['mujoco']}, "
+              f"Python {a['python']} ({a['executable']})")
+    elif anchor:
+        print(f"note: anchor not run, so no ratio: {res['anchor_note']}\n"
+              f"  to include it: {ANCHOR_HINT}")
+    print()
+    print("Markdown:")
+    print()
+    print(_markdown_table(rows))
+    if out:
+        with open(out, "w") as fh:
+            json.dump(_clean(res), fh, indent=2)
+            fh.write("\n")
+        print(f"\nwrote {out}")
+    return 0

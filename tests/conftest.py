@@ -1,0 +1,35 @@
+import os
+
+import pytest
+
+import robot_env  # noqa: F401  (registers the envs)
+
+# One torch/BLAS thread per process: the server needs the other core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def no_leftover_servers():
+    """Assert that a test leaves no robot-env server process of ours behind."""
+    def servers():
+        out = set()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = fh.read().split(b"\0")
+                with open(f"/proc/{pid}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if b"robot_env.cli" in cmd and b"serve" in cmd and ppid == os.getpid():
+                out.add(int(pid))
+        return out
+    before = servers()
+    yield servers
+    import time
+    deadline = time.time() + 5
+    while servers() - before and time.time() < deadline:
+        time.sleep(0.05)
+    assert not servers() - before, "a spawned server outlived its env"

@@ -1,0 +1,160 @@
+"""The Gymnasium env end to end on the embedded simulator (a real server subprocess over ipc)."""
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from robot_env.demo import run_episodes, scripted_action
+from robot_env.envs import LatencyInfo
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = gym.make("robot_env/FetchReach-v0")
+    yield e
+    e.close()
+
+
+def test_check_env_passes():
+    e = gym.make("robot_env/FetchReach-v0")
+    try:
+        check_env(e.unwrapped, skip_render_check=True)
+    finally:
+        e.close()
+
+
+def test_spaces_match_fetch_reach(env):
+    assert env.action_space.shape == (4,)
+    assert env.observation_space["observation"].shape == (10,)
+    assert env.observation_space["achieved_goal"].shape == (3,)
+    assert env.observation_space["desired_goal"].shape == (3,)
+    assert env.spec.max_episode_steps == 50
+
+
+def test_goal_within_range_of_start(env):
+    for seed in range(20):
+        obs, info = env.reset(seed=seed)
+        delta = obs["desired_goal"] - env.unwrapped.initial_gripper_xpos
+        assert np.all(np.abs(delta) <= 0.15)
+        np.testing.assert_allclose(obs["achieved_goal"], obs["observation"][:3])
+
+
+def test_seeded_episodes_are_identical(env):
+    def rollout(seed):
+        obs, _ = env.reset(seed=seed)
+        rng = np.random.default_rng(seed)
+        traj = [obs["observation"].copy()]
+        for _ in range(30):
+            obs, r, *_ = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+            traj.append(obs["observation"].copy())
+        return np.array(traj), obs["desired_goal"]
+
+    a, ga = rollout(7)
+    b, gb = rollout(7)
+    c, gc = rollout(8)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ga, gb)
+    assert not np.array_equal(ga, gc)
+
+
+def test_scripted_agent_reaches_90_percent(env):
+    successes, steps, _ = run_episodes(env, episodes=30, seed=100)
+    assert np.mean(successes) >= 0.9
+    assert steps == 30 * 50
+
+
+def test_full_scale_action_moves_gripper(env):
+    obs, _ = env.reset(seed=0, options={"goal": np.zeros(3)})
+    p0 = obs["achieved_goal"].copy()
+    for _ in range(3):
+        obs, *_ = env.step(np.array([1, 0, 0, 0], np.float32))
+    moved3 = obs["achieved_goal"][0] - p0[0]
+    assert moved3 > 0.03  # bounded by the arm's URDF joint velocities, see DESIGN.md
+    p = obs["achieved_goal"].copy()
+    obs, *_ = env.step(np.array([1, 0, 0, 0], np.float32))
+    assert 0.0 < obs["achieved_goal"][0] - p[0] <= 0.05 + 1e-9
+
+
+def test_compute_reward_vectorized_sparse_and_dense():
+    e = gym.make("robot_env/FetchReach-v0", reward_type="dense")
+    try:
+        a = np.zeros((5, 3))
+        b = np.stack([np.array([d, 0, 0]) for d in (0.0, 0.01, 0.049, 0.051, 0.2)])
+        dense = e.unwrapped.compute_reward(a, b, None)
+        np.testing.assert_allclose(dense, -np.abs(b[:, 0]))
+    finally:
+        e.close()
+    u = gym.make("robot_env/FetchReach-v0")
+    try:
+        sparse = u.unwrapped.compute_reward(a, b, None)
+        np.testing.assert_array_equal(sparse, [0, 0, 0, -1, -1])
+        assert sparse.dtype == np.float32
+        u.reset(seed=1)
+        obs, r, _, _, info = u.step(np.zeros(4, np.float32))
+        assert r == u.unwrapped.compute_reward(obs["achieved_goal"], obs["desired_goal"], info)
+        assert r in (0.0, -1.0) and info["is_success"] in (0.0, 1.0)
+        assert (r == 0.0) == (info["is_success"] == 1.0)
+    finally:
+        u.close()
+
+
+def test_reset_options_set_goal_and_start(env):
+    goal = np.array([0.65, 0.05, 0.75])
+    arm = np.array([0.1, -0.7, 0.0, 1.6, 0.0, 0.67, 0.0])
+    obs, _ = env.reset(seed=0, options={"goal": goal, "initial_arm_position": arm})
+    np.testing.assert_array_equal(obs["desired_goal"], goal)
+    np.testing.assert_allclose(env.unwrapped.robot_state["q"][1:8], arm)
+    with pytest.raises(ValueError):
+        env.reset(options={"goal": [1, 2]})
+    with pytest.raises(ValueError):
+        env.reset(options={"bogus": 1})
+
+
+def test_actions_are_clipped_and_nonfinite_rejected(env):
+    env.reset(seed=3)
+    obs_big, *_ = env.step(np.array([100, 0, 0, 0], np.float32))
+    env.reset(seed=3)
+    obs_one, *_ = env.step(np.array([1, 0, 0, 0], np.float32))
+    np.testing.assert_array_equal(obs_big["observation"], obs_one["observation"])
+    before = env.unwrapped.robot_state["q"].copy()
+    for bad in ([np.nan, 0, 0, 0], [0, np.inf, 0, 0]):
+        with pytest.raises(ValueError, match="non-finite"):
+            env.step(np.array(bad, np.float32))
+    np.testing.assert_array_equal(env.unwrapped.robot_state["q"], before)
+
+
+def test_joint_velocity_control():
+    e = gym.make("robot_env/FetchReach-v0", control="joint_velocity")
+    try:
+        assert e.action_space.shape == (8,)
+        check_env(e.unwrapped, skip_render_check=True)
+        e.reset(seed=0)
+        q0 = e.unwrapped.robot_state["q"].copy()
+        a = np.zeros(8, np.float32)
+        a[0] = 1.0  # shoulder pan at full speed
+        for _ in range(5):
+            e.step(a)
+        q1 = e.unwrapped.robot_state["q"]
+        assert q1[1] - q0[1] > 0.1
+        np.testing.assert_allclose(q1[2:8], q0[2:8], atol=1e-9)
+    finally:
+        e.close()
+
+
+def test_latency_wrapper_and_property(env):
+    w = LatencyInfo(env)
+    w.reset(seed=0)
+    _, _, _, _, info = w.step(scripted_action(w.reset(seed=0)[0]))
+    lat = info["latency"]
+    assert lat["rtt"]["n"] > 0 and lat["rtt"]["p99_ms"] >= lat["rtt"]["p50_ms"] > 0
+    assert "latency" not in env.step(np.zeros(4, np.float32))[4]
+
+
+def test_close_twice_leaves_no_process(no_leftover_servers):
+    e = gym.make("robot_env/FetchReach-v0")
+    server = e.unwrapped._session.server
+    pid = server.proc.pid
+    e.reset(seed=0)
+    e.close()
+    e.close()
+    assert server.proc.poll() is not None, f"server {pid} still running"
