@@ -62,30 +62,39 @@ class MotionLimiter:
         self.upper = description.upper
         self.vel = np.array(prof.velocity)
         self.acc = np.array(prof.acceleration)
-        self.arm = np.zeros(NJ, bool)
-        self.arm[ARM] = True
+        self._cache: dict = {}
+
+    def _constants(self, dt: float):
+        """Per-period constants, cached: the step runs every control period and numpy calls dominate."""
+        c = self._cache.get(dt)
+        if c is None:
+            acc3 = np.concatenate([self.acc] * 3)
+            adt3 = acc3 * dt
+            c = (adt3, 8.0 / (adt3 * dt), 1.0 / dt, self.acc * dt)
+            self._cache[dt] = c
+        return c
 
     def step(self, q, v, target, vel_target, vel_mode, dt: float, speed_scale=1.0):
         """One period `dt`: returns (q_new, v_new). Position never leaves [lower, upper]."""
+        adt3, k8, inv_dt, lim = self._constants(dt)
         vmax = self.vel * speed_scale
-        acc = self.acc
         err = target - q
-        dist = np.abs(err)
+        # One braking evaluation for: distance to target, room to the lower and the upper limit.
+        d = np.maximum(np.concatenate((np.abs(err), q - self.lower, self.upper - q), axis=-1), 0.0)
+        n = np.floor((np.sqrt(1.0 + k8 * d) - 1.0) * 0.5)
+        brake = (d * inv_dt + adt3 * n * (n + 1.0) * 0.5) / (n + 1.0)
+        to_target, brake_lo, brake_hi = brake[..., :NJ], -brake[..., NJ:2 * NJ], brake[..., 2 * NJ:]
         # Position mode: reach the target this period if allowed, never faster than we can stop.
-        reach = dist / dt
-        allowed = np.minimum(vmax, _braking_speed(dist, acc, dt))
-        scale = np.where(reach > allowed, allowed / np.maximum(reach, 1e-12), 1.0)
-        arm_scale = scale[..., ARM].min(axis=-1, keepdims=True)
-        scale[..., ARM] = arm_scale
-        v_des = np.where(vel_mode, np.clip(vel_target, -vmax, vmax), err / dt * scale)
+        reach = d[..., :NJ] * inv_dt
+        allowed = np.minimum(vmax, to_target) + 1e-12  # the 1e-12 makes an idle joint's scale 1, not 0/0
+        scale = allowed / np.maximum(reach + 1e-12, allowed)
+        scale[..., ARM] = scale[..., ARM].min(axis=-1, keepdims=True)
+        v_des = err * inv_dt * scale
+        if np.any(vel_mode):
+            v_des = np.where(vel_mode, np.clip(vel_target, -vmax, vmax), v_des)
         # Brake before the position limits whatever was asked.
-        brake_lo = -_braking_speed(q - self.lower, acc, dt)
-        brake_hi = _braking_speed(self.upper - q, acc, dt)
-        v_des = np.clip(v_des, brake_lo, brake_hi)
-        dv = v_des - v
-        lim = acc * dt
-        over = np.abs(dv) / lim
-        k = np.where(over > 1.0, 1.0 / np.maximum(over, 1e-12), 1.0)
+        dv = np.clip(v_des, brake_lo, brake_hi) - v
+        k = np.minimum(1.0, lim / np.maximum(np.abs(dv), 1e-12))
         k[..., ARM] = k[..., ARM].min(axis=-1, keepdims=True)
         # The shared arm scale keeps the direction, but must never slow down a joint's braking.
         v_new = np.clip(v + dv * k, np.maximum(brake_lo, v - lim), np.minimum(brake_hi, v + lim))
