@@ -70,3 +70,25 @@ def parse_command(cmd, supported=None) -> dict:
             raise RequestError("unsupported_channel", f"channel {name!r} is not supported by this backend")
         out[name] = _as_vector(name, value, shape)
     return out
+
+
+# reset option -> shape; the env's `goal` never reaches the server (it is the env's own task state).
+RESET_OPTIONS: dict[str, tuple[int, ...]] = {"initial_arm_position": (7,), "initial_torso": ()}
+
+
+def parse_reset_options(options) -> dict:
+    """Validate `reset` options like commands: unknown keys, wrong shapes and non-finite values are refused."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise RequestError("bad_options", f"reset options must be a map, got {type(options).__name__}")
+    out = {}
+    for name, value in options.items():
+        shape = RESET_OPTIONS.get(name) if isinstance(name, str) else None
+        if shape is None:
+            raise RequestError("bad_options", f"unknown reset option {name!r}; known: {', '.join(RESET_OPTIONS)}")
+        try:
+            out[name] = _as_vector(name, value, shape)
+        except RequestError as exc:
+            raise RequestError("bad_options", exc.message) from None
+    return out

@@ -88,6 +88,16 @@ def parse_request(data: bytes) -> dict:
     msg = decode(data)
     if not isinstance(msg, dict):
         raise RequestError("malformed", f"a request must be a map, got {type(msg).__name__}")
+    try:
+        return _check_envelope(msg)
+    except RequestError as exc:
+        # Echo a usable seq so the client can match the error reply instead of timing out on it.
+        seq = msg.get("seq")
+        exc.seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+        raise
+
+
+def _check_envelope(msg: dict) -> dict:
     v = msg.get("v")
     if v != VERSION:
         raise RequestError("version", f"protocol version {v!r} is not supported (server speaks {VERSION})")

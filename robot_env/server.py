@@ -17,7 +17,7 @@ import zmq
 
 from . import protocol
 from .backend import Backend
-from .commands import parse_command
+from .commands import parse_command, parse_reset_options
 from .description import FETCH
 from .errors import RequestError
 from .protocol import VERSION, encode, error_reply, parse_request
@@ -151,6 +151,8 @@ class RobotServer:
             reply = self._handlers[req["op"]](req, tr)
         except RequestError as exc:
             self.stats["errors"] += 1
+            if seq is None:
+                seq = getattr(exc, "seq", None)
             self.router.send_multipart(head + [error_reply(seq, exc.code, exc.message, t)])
             return
         except Exception as exc:  # a bug or a backend failure: report it, keep serving
@@ -213,13 +215,15 @@ class RobotServer:
         seed = req.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise RequestError("bad_request", "reset 'seed' must be a non-negative integer or nil")
-        options = req.get("options") or {}
-        if not isinstance(options, dict):
-            raise RequestError("bad_request", "reset 'options' must be a map")
+        options = parse_reset_options(req.get("options"))
+        if self.deferred:  # answer realtime steps still waiting out their period; never drop a reply
+            now = _now()
+            for pending in self.deferred:
+                pending[0] = min(pending[0], now)
+            self._finish_deferred(now)
         self.backend.reset(seed, options)
         self.watchdog_tripped = False
         self.last_command = None
-        self.deferred.clear()
         self.last_advance = _now()
         return {"ta": _now(), "state": self._sample()}
 

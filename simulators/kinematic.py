@@ -39,20 +39,16 @@ class KinematicSim(Backend):
 
     # -- Backend interface -------------------------------------------------------------------
     def reset(self, seed, options) -> None:
+        """`options` arrive validated by the server (`commands.parse_reset_options`)."""
         if seed is not None:
             self.rng = np.random.default_rng(seed)
         q = np.zeros(NJ)
         q[TORSO] = READY_TORSO
         q[ARM] = READY_ARM
-        arm = options.get("initial_arm_position")
-        if arm is not None:
-            arm = np.asarray(arm, dtype=float)
-            if arm.shape != (7,) or not np.isfinite(arm).all():
-                raise RequestError("bad_options", "initial_arm_position must be 7 finite joint positions")
-            q[ARM] = arm
-        torso = options.get("initial_torso")
-        if torso is not None:
-            q[TORSO] = float(torso)
+        if "initial_arm_position" in options:
+            q[ARM] = options["initial_arm_position"]
+        if "initial_torso" in options:
+            q[TORSO] = options["initial_torso"]
         lim = self.ctl.limiter
         clipped = np.clip(q, lim.lower, lim.upper)
         if not np.array_equal(clipped, q):

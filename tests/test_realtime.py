@@ -1,0 +1,163 @@
+"""The realtime clock with the kinematic simulator: steps take one control period, and the command
+watchdog holds the arm and stops the base when commands stop (wall time, realtime only).
+
+Timing assertions are semantic lower bounds (a step cannot answer before its period is over; the
+watchdog cannot trip before its timeout) or generous upper bounds, not benchmarks.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from robot_env.client import RobotClient
+from robot_env.description import ARM
+from robot_env.session import Session
+
+pytestmark = pytest.mark.timeout(60)
+
+PERIOD = 0.04
+MARGIN = 0.5  # s past the watchdog timeout: enough for the trip, the braking and the base to stop
+
+
+@pytest.fixture(scope="module")
+def session():
+    s = Session(config="sim", overrides={"server": {"clock": "realtime"}})
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def client(session):
+    c = session.client
+    if c.state()["mode"] == "estop":
+        c.clear_estop()
+    c.reset(seed=0)
+    return c
+
+
+def test_hello_reports_realtime(session):
+    assert session.info["clock"] == "realtime"
+    assert session.info["control_period"] == pytest.approx(PERIOD)
+    assert session.info["watchdog_timeout"] == pytest.approx(0.25)
+
+
+def test_step_returns_after_one_control_period(client):
+    for i in range(8):
+        t0 = time.perf_counter()
+        reply = client.request("step", cmd={"ee_delta": [0.002, 0.0, 0.0]})
+        rtt = time.perf_counter() - t0
+        assert rtt >= 0.9 * PERIOD, (i, rtt)
+        assert rtt < 1.0, (i, rtt)  # answered, not hung
+        # server stamps: the state was sampled one period after the command reached the backend
+        assert reply["tx"] - reply["ta"] >= 0.9 * PERIOD
+        assert reply["ta"] >= reply["tr"]
+        assert "overrun" in reply
+        assert reply["state"]["mode"] == "ok"
+
+
+def test_time_follows_the_wall_clock(client):
+    t_sim0 = client.state()["time"]
+    t0 = time.perf_counter()
+    time.sleep(0.2)
+    t_sim1 = client.state()["time"]
+    wall = time.perf_counter() - t0
+    assert t_sim1 - t_sim0 >= 0.9 * 0.2
+    assert t_sim1 - t_sim0 <= wall + 0.1
+
+
+def test_regular_steps_keep_the_watchdog_quiet(client, session):
+    n = int(2 * session.info["watchdog_timeout"] / PERIOD) + 1  # well past the watchdog timeout
+    for _ in range(n):
+        st = client.step({"arm_velocity": [0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]})
+        assert st["mode"] == "ok"
+    assert np.abs(st["dq"][ARM][0]) > 0.05
+
+
+def test_watchdog_holds_arm_and_stops_base(client, session):
+    timeout = session.info["watchdog_timeout"]
+    st = client.command({"arm_velocity": [0.3, -0.3, 0.3, -0.3, 0.3, 0.3, 0.3], "base_twist": [0.5, 0.5]})
+    t_cmd = time.perf_counter()
+    assert st["mode"] == "ok"
+
+    time.sleep(0.1)  # moving, not yet tripped
+    st = client.state()
+    if time.perf_counter() - t_cmd < timeout:
+        assert st["mode"] == "ok"
+    assert np.abs(st["dq"][ARM]).max() > 0.1
+    assert abs(st["base"][3]) > 0.0
+
+    time.sleep(max(0.0, timeout + MARGIN - (time.perf_counter() - t_cmd)))
+    st = client.state()
+    assert st["mode"] == "watchdog"
+    np.testing.assert_allclose(st["dq"][ARM], 0.0, atol=1e-3)
+    assert abs(st["base"][3]) < 1e-3 and abs(st["base"][4]) < 1e-3  # base v, ω
+    q_held = st["q"].copy()
+    time.sleep(0.15)
+    st = client.state()
+    assert st["mode"] == "watchdog"
+    np.testing.assert_allclose(st["q"], q_held, atol=1e-6)  # the arm holds
+
+    st = client.command({"arm_velocity": [0.0] * 7})
+    assert st["mode"] == "ok"
+    st = client.step({"ee_delta": [0.0, 0.0, 0.005]})
+    assert st["mode"] == "ok"
+
+
+def test_watchdog_trips_again_after_new_quiet_period(client, session):
+    timeout = session.info["watchdog_timeout"]
+    client.command({"arm_velocity": [0.2] + [0.0] * 6})
+    time.sleep(timeout + MARGIN)
+    assert client.state()["mode"] == "watchdog"
+    assert client.step({"arm_velocity": [0.2] + [0.0] * 6})["mode"] == "ok"
+    time.sleep(timeout + MARGIN)
+    st = client.state()
+    assert st["mode"] == "watchdog"
+    np.testing.assert_allclose(st["dq"][ARM], 0.0, atol=1e-3)
+
+
+def test_lockstep_never_trips_the_watchdog():
+    """In lockstep, a pause (e.g. for gradient updates) must not trip the watchdog."""
+    s = Session(config="sim")
+    try:
+        c = s.client
+        assert s.info["clock"] == "lockstep"
+        c.step({"arm_velocity": [0.3] * 7})
+        time.sleep(s.info["watchdog_timeout"] + 0.3)
+        st = c.state()
+        assert st["mode"] == "ok"
+        st2 = c.step({"arm_velocity": [0.3] * 7})
+        assert st2["mode"] == "ok"
+        assert np.abs(st2["dq"][ARM]).max() > 0.1  # still moving as commanded, not held
+    finally:
+        s.close()
+
+
+def test_reset_does_not_swallow_another_clients_pending_step(session, client):
+    """A realtime step waits a period for its reply; a reset from someone else meanwhile must not drop it."""
+    other = RobotClient(session.client.endpoint, timeout=2.0)
+    outcome: dict = {}
+
+    def step():
+        t0 = time.perf_counter()
+        try:
+            outcome["state"] = other.step({"ee_delta": [0.0, 0.0, 0.002]})
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+        outcome["elapsed"] = time.perf_counter() - t0
+
+    try:
+        for _ in range(3):
+            outcome.clear()
+            th = threading.Thread(target=step)
+            th.start()
+            time.sleep(0.015)  # the step is now waiting out its control period on the server
+            client.reset(seed=1)
+            th.join(5)
+            assert "error" not in outcome, outcome.get("error")
+            assert outcome["elapsed"] < 1.0
+            assert outcome["state"]["mode"] == "ok"
+    finally:
+        other.close()
