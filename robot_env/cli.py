@@ -15,6 +15,8 @@ def _serve(args) -> int:
     cfg = config.load(json.loads(args.config_json) if args.config_json else args.config)
     if args.clock:
         cfg["server"]["clock"] = args.clock
+    if args.serial_port:
+        cfg["server.dynamixel"]["serial_port"] = args.serial_port
     server = build_server(cfg, endpoint=args.endpoint, stream_endpoint=args.stream_endpoint,
                           exit_on_close=args.exit_on_close, watch_fd=args.watch_fd)
 
@@ -58,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--endpoint", help="request endpoint (default: the config's, or a private ipc one)")
     p.add_argument("--stream-endpoint", help="state stream endpoint (default: next to --endpoint)")
     p.add_argument("--clock", choices=("lockstep", "realtime"), help="override the config's clock")
+    p.add_argument("--serial-port", help="hardware backends: the servo bus device (overrides the config)")
     p.add_argument("--ready", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--exit-on-close", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--watch-fd", type=int, help=argparse.SUPPRESS)

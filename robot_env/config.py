@@ -41,6 +41,22 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "observation_noise": (_num, 0.0, lambda v: 0 <= v <= 0.1, "between 0 and 0.1 (rad)"),
         "speed_randomization": (_num, 0.0, lambda v: 0 <= v < 1, "in [0, 1)"),
     },
+    "server.dynamixel": {
+        "serial_port": (str, "/dev/ttyUSB0", lambda v: bool(v), "a serial device path"),
+        "baud": (int, 1_000_000, lambda v: v in (57600, 115200, 1_000_000, 2_000_000, 3_000_000, 4_000_000),
+                 "a Dynamixel baud rate (57600, 115200, 1000000, 2000000, 3000000 or 4000000)"),
+        "calibration": (str, "fetch_dynamixel_calibration.toml", lambda v: bool(v),
+                        "a calibration TOML (relative to this config file)"),
+        "loop_rate": (_num, 200.0, lambda v: 10 <= v <= 2000, "between 10 and 2000 Hz"),
+        "fast_sync": (bool, True, None, ""),
+        "reply_slack": (_num, 0.02, lambda v: 0 <= v <= 1, "between 0 and 1 s"),
+        "retries": (int, 2, lambda v: 0 <= v <= 10, "between 0 and 10"),
+        "max_bus_errors": (int, 5, lambda v: 1 <= v <= 1000, "between 1 and 1000 consecutive failed cycles"),
+        "bus_watchdog": (_num, 0.1, lambda v: v == 0 or 0.02 <= v <= 2.54, "0 (off) or 0.02 to 2.54 s"),
+        "rest_pose": (str, "tuck", lambda v: v in ("tuck", "ready", "none"), "'tuck', 'ready' or 'none'"),
+        "torque_off_on_close": (bool, True, None, ""),
+        "move_timeout": (_num, 15.0, lambda v: 0.5 <= v <= 120, "between 0.5 and 120 s"),
+    },
     "server.safety": {
         "profile": (str, "default", lambda v: v in ("default", "moveit"), "'default' or 'moveit'"),
         "arm_acceleration": (_num, 0.0, lambda v: v >= 0, ">= 0 (0 = the profile's value)"),
@@ -119,6 +135,10 @@ def load(name_or_path=None, overrides: dict | None = None) -> dict:
         raise ConfigError(f"{where}: unknown table(s) {', '.join(f'[{t}]' for t in sorted(flat))}; "
                           f"known: {', '.join(f'[{t}]' for t in SCHEMA)}")
     out["source"] = where
+    dyn = out["server.dynamixel"]
+    if not os.path.isabs(dyn["calibration"]):
+        base = Path(where).parent if where != "<dict>" else CONFIG_DIR
+        dyn["calibration"] = str((base / dyn["calibration"]).resolve())
     return out
 
 
