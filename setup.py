@@ -20,7 +20,8 @@ setup(
         "tomli>=2.0; python_version<'3.11'",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.2", "pytest-benchmark>=4"],
+        # dynamixel-sdk: the official ROBOTIS SDK, an oracle for the bus emulator and the codec
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "pytest-benchmark>=4", "dynamixel-sdk==4.1.0"],
         # The comparison anchor for `robot-env bench`: Gymnasium-Robotics' Fetch envs assert on mujoco>=3.12.
         "anchor": ["gymnasium-robotics>=1.4", "mujoco<3.12"],
     },

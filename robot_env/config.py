@@ -52,7 +52,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "reply_slack": (_num, 0.02, lambda v: 0 <= v <= 1, "between 0 and 1 s"),
         "retries": (int, 2, lambda v: 0 <= v <= 10, "between 0 and 10"),
         "max_bus_errors": (int, 5, lambda v: 1 <= v <= 1000, "between 1 and 1000 consecutive failed cycles"),
-        "bus_watchdog": (_num, 0.1, lambda v: v == 0 or 0.02 <= v <= 2.54, "0 (off) or 0.02 to 2.54 s"),
+        "bus_watchdog": (_num, 0.3, lambda v: v == 0 or 0.02 <= v <= 2.54, "0 (off) or 0.02 to 2.54 s"),
         "rest_pose": (str, "tuck", lambda v: v in ("tuck", "ready", "none"), "'tuck', 'ready' or 'none'"),
         "torque_off_on_close": (bool, True, None, ""),
         "move_timeout": (_num, 15.0, lambda v: 0.5 <= v <= 120, "between 0.5 and 120 s"),

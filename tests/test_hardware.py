@@ -1,0 +1,223 @@
+"""The hardware backend against the servo-bus emulator on a real pty, and the swap by config end to end."""
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from drivers import control_table as ct
+from drivers.bus import PortError
+from drivers.calibration import load_calibration
+from drivers.hardware import DynamixelBackend
+from robot_env import config
+from robot_env.demo import run_episodes
+from robot_env.description import TUCK_ARM, TUCK_TORSO
+from robot_env.errors import ConfigError, RequestError
+from simulators.servo_bus import EmulatorProcess, ServoBusEmulator
+
+CFG = config.load("fetch_dynamixel")
+SETTINGS = {k: v for k, v in CFG["server.dynamixel"].items() if k != "serial_port"}
+CAL = load_calibration(SETTINGS["calibration"])
+
+
+def make_emulator(link=None, **kw):
+    init = {s.id: (s.to_ticks(0.1) if s.index == 0 else s.to_ticks(0.0)) if s.mode != "velocity" else 0
+            for s in CAL.servos}
+    return ServoBusEmulator({s.id: s.model_number for s in CAL.servos}, initial_positions=init, link=link, **kw)
+
+
+@pytest.fixture
+def rig(tmp_path):
+    emu = make_emulator(link=str(tmp_path / "ttyDXL"))
+    path = emu.start()
+    backend = DynamixelBackend(serial_port=path, **dict(SETTINGS, max_bus_errors=3, move_timeout=8.0))
+    yield emu, backend
+    backend.close()
+    emu.stop()
+
+
+def wait_for(pred, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_startup_holds_present_pose_and_writes_servo_limits(rig):
+    emu, b = rig
+    st = b.state()
+    assert st["q"][0] == pytest.approx(0.1, abs=1e-3)
+    np.testing.assert_allclose(st["q"][1:], 0.0, atol=2e-3)
+    for s in CAL.joints:
+        servo = emu.servo(s.id)
+        assert servo.get("torque_enable") == 1
+        assert servo.get("operating_mode") == {"position": 3, "extended_position": 4,
+                                               "current_position": 5}[s.mode]
+        if s.mode == "position":
+            lo, hi = s.tick_limits()
+            assert (servo.get("min_position_limit"), servo.get("max_position_limit")) == (max(0, lo), min(4095, hi))
+        assert servo.get("bus_watchdog") == 15  # 0.3 s in 20 ms units
+    for s in CAL.wheels:
+        assert emu.servo(s.id).get("operating_mode") == ct.MODE_VELOCITY
+
+
+def test_no_command_moves_a_servo_past_its_limits(rig):
+    emu, b = rig
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        cmd = [{"arm_position": rng.uniform(-10, 10, 7)}, {"arm_velocity": rng.uniform(-20, 20, 7)},
+               {"ee_delta": rng.uniform(-1, 1, 3), "torso": float(rng.uniform(-2, 2))},
+               {"head": rng.uniform(-5, 5, 2), "gripper": float(rng.uniform(-1, 1))}][i % 4]
+        b.apply(cmd)
+        time.sleep(0.01)
+        for s in CAL.joints:
+            goal = emu.servo(s.id).get("goal_position")
+            lo, hi = s.tick_limits()
+            assert lo <= goal <= hi, f"{s.joint}: goal {goal} outside [{lo}, {hi}]"
+        q = b.state()["q"]
+        assert np.all(q >= b.ctl.lower - 2e-3) and np.all(q <= b.ctl.upper + 2e-3)
+
+
+def test_reset_moves_to_ready_and_cartesian_steps_move_the_gripper(rig):
+    emu, b = rig
+    b.reset(None, {})
+    st = b.state()
+    np.testing.assert_allclose(st["ee"][:3], [0.6, 0.0, 0.8], atol=5e-3)
+    p0 = st["ee"][:3].copy()
+    for _ in range(10):
+        b.apply({"ee_delta": np.array([0.0, 0.05, 0.0])})
+        time.sleep(0.04)
+    moved = b.state()["ee"][:3] - p0
+    assert moved[1] > 0.1 and abs(moved[0]) < 0.05
+
+
+def test_hardware_error_faults_names_joint_and_servo_then_reset_faults_recovers(rig):
+    emu, b = rig
+    elbow = CAL.joints[4]
+    emu.set_hardware_error(elbow.id, 1 << 5)  # overload
+    assert wait_for(lambda: b.faults)
+    f = b.faults[0]
+    assert f["servo"] == elbow.id and f["joint"] == "elbow_flex_joint" and "overload" in f["message"]
+    with pytest.raises(RequestError) as info:
+        b.apply({"ee_delta": np.zeros(3)})
+    assert info.value.code == "fault"
+    b.reset_faults()
+    assert b.faults == []
+    assert emu.servo(elbow.id).get("hardware_error_status") == 0
+    assert emu.servo(elbow.id).get("torque_enable") == 1
+    b.apply({"head": np.array([0.3, 0.0])})
+    assert wait_for(lambda: abs(b.state()["q"][9] - 0.3) < 0.01)
+
+
+def test_silent_servo_becomes_a_bus_fault_and_the_arm_holds(rig):
+    emu, b = rig
+    b.apply({"arm_velocity": np.full(7, 0.3)})
+    time.sleep(0.1)
+    emu.silence([CAL.joints[6].id])
+    assert wait_for(lambda: any(f["code"] == "bus" for f in b.faults))
+    emu.unsilence([CAL.joints[6].id])
+    before = b.state()["q"].copy()
+    time.sleep(0.3)
+    # the commanded trajectory holds: goals stop changing
+    goals = [emu.servo(s.id).get("goal_position") for s in CAL.joints]
+    time.sleep(0.2)
+    assert goals == [emu.servo(s.id).get("goal_position") for s in CAL.joints]
+    assert np.abs(b.state()["q"] - before).max() < 0.2
+
+
+def test_tripped_bus_watchdog_is_a_fault_and_reset_faults_rearms_it(rig):
+    emu, b = rig
+    wrist = CAL.joints[7]
+    with emu._lock:
+        emu.servo(wrist.id)._trip_watchdog()
+    assert wait_for(lambda: any(f["code"] == "bus_watchdog" for f in b.faults))
+    assert any(f["servo"] == wrist.id and "wrist_roll_joint" in f["message"] for f in b.faults)
+    b.reset_faults()
+    assert b.faults == [] and emu.servo(wrist.id).get("bus_watchdog") == 15
+
+
+def test_unplugged_adapter_is_a_port_fault_and_reconnects(rig):
+    emu, b = rig
+    emu.close_port()
+    assert wait_for(lambda: any(f["code"] == "port" for f in b.faults))
+    st = b.state()
+    assert any(f["code"] == "port" for f in st["faults"])
+    emu.reopen()
+    b.reset_faults()
+    assert b.faults == []
+    b.apply({"head": np.array([-0.2, 0.1])})
+    assert wait_for(lambda: abs(b.state()["q"][9] + 0.2) < 0.01)
+
+
+def test_close_moves_to_rest_then_turns_torque_off():
+    emu = make_emulator()
+    path = emu.start()
+    try:
+        b = DynamixelBackend(serial_port=path, **SETTINGS)
+        b.close()
+        for s, want in zip(CAL.joints[1:8], TUCK_ARM):
+            assert s.to_units(emu.servo(s.id).get("present_position")) == pytest.approx(want, abs=0.01)
+        assert CAL.joints[0].to_units(emu.servo(CAL.joints[0].id).get("present_position")) == \
+            pytest.approx(TUCK_TORSO, abs=0.002)
+        assert all(emu.servo(s.id).get("torque_enable") == 0 for s in CAL.servos)
+        assert all(emu.servo(s.id).get("bus_watchdog") == 0 for s in CAL.servos)
+    finally:
+        emu.stop()
+
+
+def test_start_up_errors_are_clear(tmp_path):
+    with pytest.raises(PortError, match="ttyNOPE"):
+        DynamixelBackend(serial_port=str(tmp_path / "ttyNOPE"), **SETTINGS)
+    emu = make_emulator()
+    path = emu.start()
+    try:
+        emu.silence([CAL.joints[2].id])
+        with pytest.raises(ConfigError, match=r"servo 3 \(shoulder_lift_joint\) does not answer"):
+            DynamixelBackend(serial_port=path, **SETTINGS)
+    finally:
+        emu.stop()
+    models = {s.id: s.model_number for s in CAL.servos}
+    models[CAL.joints[5].id] = 1120
+    emu = ServoBusEmulator(models)
+    path = emu.start()
+    try:
+        with pytest.raises(ConfigError, match=r"servo 6 \(forearm_roll_joint\) is a XM540-W270"):
+            DynamixelBackend(serial_port=path, **SETTINGS)
+    finally:
+        emu.stop()
+
+
+@pytest.mark.timeout(120)
+def test_same_env_code_reaches_goals_on_the_driver_over_the_emulated_bus(tmp_path, no_leftover_servers):
+    """The swap by config: emulator process, driver server process, the very same env in this process."""
+    emu = EmulatorProcess("fetch_dynamixel", link=str(tmp_path / "ttyDXL"))
+    try:
+        env = gym.make("robot_env/FetchReach-v0", config="fetch_dynamixel",
+                       overrides={"server.dynamixel": {"serial_port": emu.path}})
+        try:
+            u = env.unwrapped
+            assert u.backend_kind == "dynamixel"
+            successes, steps, secs = run_episodes(env, episodes=10, seed=0)
+            assert np.mean(successes) >= 0.9
+            assert steps / secs < 30  # realtime clock: one step per 0.04 s control period
+            assert u.latency.summary()["action_to_obs"]["p50_ms"] >= 0.9 * 40
+        finally:
+            env.close()
+    finally:
+        emu.close()
+
+
+def test_full_twist_saturates_both_wheels_by_one_factor(rig):
+    emu, b = rig
+    left, right = CAL.wheels
+    b.apply({"base_twist": np.array([1.0, 4.5])})
+    time.sleep(1.8)  # past the base's acceleration ramps (0.75 m/s², 3 rad/s²)
+    assert abs(emu.servo(right.id).get("goal_velocity")) == 1023
+    gl = left.direction * emu.servo(left.id).get("goal_velocity")
+    gr = right.direction * emu.servo(right.id).get("goal_velocity")
+    v_l, v_r = 1.0 - 4.5 * 0.18738, 1.0 + 4.5 * 0.18738
+    assert gl / gr == pytest.approx(v_l / v_r, abs=0.01)  # same turning radius as asked
+    st = b.state()
+    assert st["base"][3] > 0.3 and st["base"][4] > 1.0  # odometry sees it drive and turn
