@@ -132,6 +132,7 @@ class DynamixelBackend(Backend):
             self._add_fault(s, "hardware_error", ", ".join(ct.hardware_error_names(hw)) or f"status {hw}")
         bus.write_field(s.id, "torque_enable", 0)
         bus.write_field(s.id, "bus_watchdog", 0)
+        bus.write_field(s.id, "return_delay_time", 0)  # the factory 500 µs per reply would halve the loop rate
         bus.write_field(s.id, "operating_mode", MODES[s.mode])
         if s.mode == "velocity":
             bus.write_field(s.id, "velocity_limit", WHEEL_RAW_MAX)
@@ -330,7 +331,17 @@ class DynamixelBackend(Backend):
             "objects": {},
             "faults": list(self._faults),
             "clipped": self.clipped,
+            "diagnostics": self.diagnostics(),
         }
+
+    def diagnostics(self) -> dict:
+        """Control-loop health: achieved rate, cycle time and jitter (ms), bus counters."""
+        elapsed = time.monotonic() - self.t0
+        return {"loop_hz": self.cycles / elapsed if elapsed > 0 else 0.0,
+                "cycle_p50_ms": 1e3 * self.cycle_time.percentile(50),
+                "cycle_p99_ms": 1e3 * self.cycle_time.percentile(99),
+                "jitter_p99_ms": 1e3 * self.jitter.percentile(99),
+                "bus": dict(self.bus.stats)}
 
     def reset(self, seed, options) -> None:
         """The real arm cannot teleport: move to the start pose and wait until it is there."""

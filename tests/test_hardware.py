@@ -221,3 +221,42 @@ def test_full_twist_saturates_both_wheels_by_one_factor(rig):
     assert gl / gr == pytest.approx(v_l / v_r, abs=0.01)  # same turning radius as asked
     st = b.state()
     assert st["base"][3] > 0.3 and st["base"][4] > 1.0  # odometry sees it drive and turn
+
+
+def test_corrupted_replies_are_retried_without_a_fault(rig):
+    emu, b = rig
+    emu.corrupt(0.05)
+    b.apply({"head": np.array([0.4, 0.2])})
+    assert wait_for(lambda: abs(b.state()["q"][9] - 0.4) < 0.01, timeout=5.0)
+    time.sleep(0.3)
+    emu.corrupt(0.0)
+    d = b.state()["diagnostics"]
+    assert b.faults == []
+    assert d["bus"]["crc_errors"] + d["bus"]["garbage_bytes"] > 0 and d["bus"]["retries"] > 0
+    assert d["loop_hz"] > 50 and d["cycle_p99_ms"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_rests_the_arm_before_torque_off(tmp_path):
+    """Stopping the driver server (SIGTERM) moves the arm to its rest pose first, then torque off."""
+    import signal
+    import subprocess
+    import sys
+    emu = EmulatorProcess("fetch_dynamixel", link=str(tmp_path / "ttyDXL"), control=True)
+    try:
+        srv = subprocess.Popen([sys.executable, "-m", "robot_env.cli", "serve", "--config", "fetch_dynamixel",
+                                "--serial-port", emu.path, "--endpoint", "ipc://@robot-env-sigterm-test"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert "requests on" in srv.stdout.readline() + srv.stdout.readline()
+
+        def field(sid, name):
+            return emu.control.call("field", id=sid, name=name)["value"]
+
+        assert field(CAL.joints[1].id, "torque_enable") == 1
+        srv.send_signal(signal.SIGTERM)
+        assert srv.wait(30) == 0
+        for s, want in zip(CAL.joints[1:8], TUCK_ARM):
+            assert s.to_units(field(s.id, "present_position")) == pytest.approx(want, abs=0.01)
+        assert all(field(s.id, "torque_enable") == 0 for s in CAL.servos)
+    finally:
+        emu.close()
