@@ -122,15 +122,17 @@ def _time_env(env, actions: np.ndarray) -> dict:
 
 
 def _message_sizes(env) -> tuple[int, int]:
-    """Bytes on the wire of one step request and its reply, as the client encodes them."""
+    """Bytes on the wire of one step request and its reply, as the env and the server encode them
+    (the command as a list of floats; the reply's state packed, see `protocol.pack_state`)."""
     from .envs.fetch_reach import ACTION_SCALE
-    from .protocol import VERSION, encode
+    from .protocol import VERSION, encode, pack_state
 
     client = env.unwrapped._client
-    cmd = {"ee_delta": np.full(3, 0.5) * ACTION_SCALE}
+    cmd = {"ee_delta": [0.5 * ACTION_SCALE] * 3}
     request = {"cmd": cmd, "v": VERSION, "op": "step", "seq": client.seq + 1, "t": time.time()}
     env.reset(seed=SEED)
     reply = client.request("step", cmd=cmd)
+    reply["state"] = pack_state(dict(reply["state"]))
     return len(encode(request)), len(encode(reply))
 
 
@@ -222,7 +224,9 @@ def _bench_zmq_echo(steps: int, request_size: int, reply_size: int) -> dict:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
         payload = b"q" * request_size
-        spin = 0.0003  # as RobotClient: spin briefly on the reply before sleeping in poll
+        # Spin briefly on the reply before sleeping in poll, as RobotClient does (it also yields the
+        # CPU each turn, which matters once both ends compute, not on a bare echo: same floor).
+        spin = 0.0003
         now = time.time
 
         def round_trip() -> None:

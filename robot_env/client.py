@@ -3,23 +3,34 @@
 Replies are matched by sequence number and stale ones dropped. Only idempotent requests (`hello`,
 `state`) are retried; after any timeout the socket is rebuilt so a queued request can never be
 delivered late to a server that comes back (the "lazy pirate" pattern). The client briefly spins
-on the reply before sleeping in poll: on loopback that halves the round trip.
+on the reply before sleeping in poll: on loopback that halves the round trip. Each spin turn
+yields the CPU (`sched_yield`), so ZeroMQ's I/O threads, which carry the reply, are never kept
+waiting behind the spinning thread on a machine with few cores.
+
+Replies' states arrive packed (`protocol.pack_state`); `request` returns them with named
+float64 views (`st["q"]`, `st["ee"]`, ...), see `protocol.unpack_state`.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import zmq
 
 from .errors import ServerError, ServerTimeout
 from .latency import LatencyStats
-from .protocol import IDEMPOTENT_OPS, VERSION, decode, encode
+from .protocol import IDEMPOTENT_OPS, VERSION, decode, encode, unpack_state
 
 _now = time.time
+# Spinning on a reply gives the CPU away on every turn: ZeroMQ's I/O threads (ours and the
+# server's) must run for the reply to arrive at all, and on a machine with few cores a plain
+# busy loop makes them wait for the scheduler to preempt it (measured: p99 round trip ~0.7 ms
+# instead of ~0.2 ms on 2 cores).
+_yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
 
 
 class RobotClient:
-    def __init__(self, endpoint: str, *, timeout: float = 5.0, retries: int = 2, spin: float = 0.0003,
+    def __init__(self, endpoint: str, *, timeout: float = 5.0, retries: int = 2, spin: float = 0.0005,
                  context=None):
         self.endpoint = endpoint
         self.timeout = float(timeout)
@@ -62,6 +73,12 @@ class RobotClient:
                     err = reply.get("error") or {}
                     raise ServerError(err.get("code", "unknown"), err.get("message", "error"), op)
                 self.latency.record(op, t_send, t_recv, reply)
+                st = reply.get("state")
+                if st is not None:
+                    try:
+                        unpack_state(st)  # named float64 views into the packed arrays
+                    except Exception as exc:
+                        raise ServerError("malformed", f"undecodable state in the reply: {exc}", op) from None
                 return reply
             self._connect()
         raise ServerTimeout(f"no reply from the robot server at {self.endpoint} to {op!r} within "
@@ -76,6 +93,7 @@ class RobotClient:
             except zmq.Again:
                 now = _now()
                 if now < spin_until:
+                    _yield()
                     continue
                 if now >= deadline or not sock.poll(max(1, int((deadline - now) * 1000))):
                     if _now() >= deadline:

@@ -57,19 +57,23 @@ def forward(torso: float, arm) -> tuple[np.ndarray, np.ndarray]:
     return np.array(pos), np.array(rot).reshape(3, 3)
 
 
-def jacobian(pos, origins, axes) -> list[list[float]]:
-    """Geometric Jacobian rows (vx, vy, vz, wx, wy, wz) x 7 arm joints, from `fk_frames` output."""
-    rows = [[0.0] * 7 for _ in range(6)]
+def jacobian_array(pos, origins, axes) -> np.ndarray:
+    """Geometric Jacobian (6, 7): rows (vx, vy, vz, wx, wy, wz) x 7 arm joints, from `fk_frames` output.
+
+    Built column by column (one tuple per joint) and handed to numpy once: the IK solve and the
+    gripper twist both want it as an array.
+    """
     ex, ey, ez = pos
-    for i, ((ox, oy, oz), (ax, ay, az)) in enumerate(zip(origins, axes)):
+    cols = []
+    for (ox, oy, oz), (ax, ay, az) in zip(origins, axes):
         rx, ry, rz = ex - ox, ey - oy, ez - oz
-        rows[0][i] = ay * rz - az * ry
-        rows[1][i] = az * rx - ax * rz
-        rows[2][i] = ax * ry - ay * rx
-        rows[3][i] = ax
-        rows[4][i] = ay
-        rows[5][i] = az
-    return rows
+        cols.append((ay * rz - az * ry, az * rx - ax * rz, ax * ry - ay * rx, ax, ay, az))
+    return np.array(cols).T
+
+
+def jacobian(pos, origins, axes) -> list[list[float]]:
+    """`jacobian_array` as rows of plain floats."""
+    return jacobian_array(pos, origins, axes).tolist()
 
 
 def orientation_error(rot, rot_des) -> tuple[float, float, float]:
@@ -84,29 +88,49 @@ def orientation_error(rot, rot_des) -> tuple[float, float, float]:
     return 0.5 * ex, 0.5 * ey, 0.5 * ez
 
 
+_DLS_CONSTANTS: dict = {}
+
+
+def _dls_constants(damping: float, orientation_weight: float):
+    """(row weights as a column, row weights, λ²·I), cached per (damping, weight)."""
+    c = _DLS_CONSTANTS.get((damping, orientation_weight))
+    if c is None:
+        w = np.array([1.0, 1.0, 1.0, orientation_weight, orientation_weight, orientation_weight])
+        c = (w[:, None].copy(), w, np.eye(6) * (damping * damping))
+        _DLS_CONSTANTS[(damping, orientation_weight)] = c
+    return c
+
+
+def _dls(J: np.ndarray, e: np.ndarray, lam2: np.ndarray) -> np.ndarray:
+    """Jᵀ (J Jᵀ + λ² I)⁻¹ e for an already weighted J and e (np.dot: cheaper than @ at this size, same bits)."""
+    A = np.dot(J, J.T)
+    A += lam2
+    return np.dot(J.T, np.linalg.solve(A, e))
+
+
 def dls_step(jac, err, damping: float = 0.05, orientation_weight: float = 0.5) -> np.ndarray:
     """One damped-least-squares update dq = Jᵀ (J Jᵀ + λ² I)⁻¹ e for a 6-D task error.
 
     The orientation rows are weighted down so that, near singularities or limits, position wins.
     """
-    J = np.array(jac)
-    e = np.array(err, dtype=float)
-    J[3:] *= orientation_weight
-    e[3:] *= orientation_weight
-    A = J @ J.T
-    A[np.diag_indices(6)] += damping * damping
-    return J.T @ np.linalg.solve(A, e)
+    wcol, w, lam2 = _dls_constants(damping, orientation_weight)
+    return _dls(np.multiply(jac, wcol), np.multiply(err, w), lam2)
 
 
-def limited_step(q: np.ndarray, jac, err, lower, upper, **kw) -> np.ndarray:
+def limited_step(q: np.ndarray, jac, err, lower, upper, damping: float = 0.05,
+                 orientation_weight: float = 0.5) -> np.ndarray:
     """A DLS step that respects joint limits: joints that would pass a limit are frozen at it
     (their Jacobian columns zeroed) and the rest take up the motion in one more solve."""
-    new = q + dls_step(jac, err, **kw)
-    out = (new < lower) | (new > upper)
-    if out.any():
-        jac = [[0.0 if out[i] else v for i, v in enumerate(row)] for row in jac]
-        new = q + dls_step(jac, err, **kw)
-    return np.clip(new, lower, upper)
+    wcol, w, lam2 = _dls_constants(damping, orientation_weight)
+    J = np.multiply(jac, wcol)
+    e = np.multiply(err, w)
+    new = q + _dls(J, e, lam2)
+    clipped = np.minimum(np.maximum(new, lower), upper)  # np.clip, without its wrapper
+    if clipped.tolist() != new.tolist():  # some joint would pass a limit (seven floats: cheaper as lists)
+        J[:, clipped != new] = 0.0
+        new = q + _dls(J, e, lam2)
+        clipped = np.minimum(np.maximum(new, lower), upper)
+    return clipped
 
 
 def solve_ik(torso: float, arm, target_pos, target_rot=None, lower=None, upper=None,
@@ -129,7 +153,8 @@ def solve_ik(torso: float, arm, target_pos, target_rot=None, lower=None, upper=N
         err_norm = math.sqrt(e[0] ** 2 + e[1] ** 2 + e[2] ** 2)
         if err_norm < tol and math.sqrt(wx * wx + wy * wy + wz * wz) < 10 * tol:
             break
-        q = limited_step(q, jacobian(pos, origins, axes), e, lower, upper, damping=0.02, orientation_weight=1.0)
+        q = limited_step(q, jacobian_array(pos, origins, axes), e, lower, upper, damping=0.02,
+                         orientation_weight=1.0)
     pos, _, _, _ = fk_frames(torso, q.tolist())
     err_norm = math.dist(pos, (tx, ty, tz))
     return q, err_norm

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 _LO = 1e-6
 _GROWTH = 1.02
 _K = 1.0 / math.log(_GROWTH)
@@ -25,6 +27,24 @@ class Histogram:
         self.total += seconds
         if seconds > self.max:
             self.max = seconds
+
+    def add_many(self, seconds) -> None:
+        """`add` for a batch of samples, vectorized."""
+        v = np.asarray(seconds, dtype=np.float64)
+        if not v.size:
+            return
+        idx = np.zeros(v.shape, np.int64)
+        pos = v > _LO
+        idx[pos] = (np.log(v[pos] / _LO) * _K).astype(np.int64) + 1
+        np.minimum(idx, _NBINS - 1, out=idx)
+        counts = self.counts
+        for i, c in zip(*np.unique(idx, return_counts=True)):
+            counts[i] += int(c)
+        self.n += int(v.size)
+        self.total += float(v.sum())
+        vmax = float(v.max())
+        if vmax > self.max:
+            self.max = vmax
 
     def percentile(self, p: float) -> float:
         """Upper edge of the bin holding the p-th percentile (within 2%); nan when empty."""
@@ -51,25 +71,52 @@ class LatencyStats:
     (its clock). bridge: rtt - server, what transport and serialization add. action_to_obs: for
     `step`, from the action leaving the client to the observation it caused arriving (includes the
     control period on the realtime clock).
+
+    `record` runs on every request, so it only appends the two durations; they are folded into
+    the histograms in batches of `FOLD` (and whenever the histograms are read): O(1) amortized
+    per sample, bounded memory.
     """
 
+    FOLD = 256
+    _NAMES = ("rtt", "bridge", "server", "action_to_obs")
+
     def __init__(self):
-        self.rtt = Histogram()
-        self.server = Histogram()
-        self.bridge = Histogram()
-        self.action_to_obs = Histogram()
+        self._hists = {name: Histogram() for name in self._NAMES}
+        self._pending: list = []
 
     def record(self, op: str, t_send: float, t_recv: float, reply: dict) -> None:
-        rtt = t_recv - t_send
-        held = reply["tx"] - reply["tr"]
-        self.rtt.add(rtt)
-        self.server.add(held)
-        self.bridge.add(rtt - held if rtt > held else 0.0)
-        if op == "step":
-            self.action_to_obs.add(rtt)
+        p = self._pending
+        p.append((t_recv - t_send, reply["tx"] - reply["tr"], op == "step"))
+        if len(p) >= self.FOLD:
+            self._fold()
+
+    def _fold(self) -> None:
+        pending, self._pending = self._pending, []
+        h = self._hists
+        if len(pending) < 16:  # a few samples (histograms read often): numpy would cost more
+            for rtt, held, is_step in pending:
+                h["rtt"].add(rtt)
+                h["server"].add(held)
+                h["bridge"].add(rtt - held if rtt > held else 0.0)
+                if is_step:
+                    h["action_to_obs"].add(rtt)
+            return
+        a = np.array(pending, dtype=np.float64)
+        rtt, held = a[:, 0], a[:, 1]
+        h["rtt"].add_many(rtt)
+        h["server"].add_many(held)
+        h["bridge"].add_many(np.where(rtt > held, rtt - held, 0.0))
+        h["action_to_obs"].add_many(rtt[a[:, 2] != 0.0])
+
+    def __getattr__(self, name):  # rtt, bridge, server, action_to_obs: the histograms, up to date
+        if name in LatencyStats._NAMES:
+            if self._pending:
+                self._fold()
+            return self._hists[name]
+        raise AttributeError(name)
 
     def summary(self) -> dict:
-        return {name: getattr(self, name).summary() for name in ("rtt", "bridge", "server", "action_to_obs")}
+        return {name: getattr(self, name).summary() for name in self._NAMES}
 
     def reset(self) -> None:
         self.__init__()

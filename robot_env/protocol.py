@@ -3,6 +3,18 @@
 An array travels as msgpack ext type 1: one byte dtype code (from a whitelist), one byte ndim, ndim
 uint32 dims, then the raw bytes. Nothing is ever pickled. Decoding enforces size limits so a
 hostile message costs bounded memory, and every failure is a `RequestError` the server can reply with.
+
+State maps (every reply's `state`, and the PUB stream) carry their float64 vectors packed into one
+buffer instead of one ext array each, which is several times cheaper to encode and decode:
+
+- ``"arrays"``: bin, the vectors' raw little-endian float64 values (``<f8``) back to back;
+- ``"layout"``: str, ``"name:length"`` pairs separated by spaces, in buffer order, e.g.
+  ``"q:11 dq:11 effort:11 target:11 ee:7 ee_vel:6 base:5"``;
+
+every other state field (time, mode, faults, clipped, seq, ts, objects) travels as before. `hello`
+announces the server's layout as ``state_layout``; each state names its own, so a state decodes
+without a hello. `unpack_state` turns a decoded state back into named read-only float64 views
+(``st["q"]``, ...), which is what `RobotClient` returns; `pack_state` is the server's side.
 """
 from __future__ import annotations
 
@@ -116,3 +128,70 @@ def _check_envelope(msg: dict) -> dict:
 def error_reply(seq, code: str, message: str, t=None) -> bytes:
     return encode({"v": VERSION, "seq": seq, "ok": False, "error": {"code": code, "message": message},
                    "t": t})
+
+
+# -- packed state ------------------------------------------------------------------------------
+# The state's float64 vectors, in wire order (see the module docstring). Others travel unpacked.
+STATE_ARRAYS = ("q", "dq", "effort", "target", "ee", "ee_vel", "base")
+_F8 = np.dtype("<f8")  # on a little-endian host, the same object as np.dtype(float)
+_tobytes = np.ndarray.tobytes
+_LAYOUT_OF: dict = {}  # (names, lengths) -> layout string
+_SLICES_OF: dict = {}  # layout string -> (((name, start, stop), ...), nbytes)
+
+
+def pack_state(st: dict) -> dict:
+    """Move the state's 1-D float64 vectors (`STATE_ARRAYS`) into ``arrays`` + ``layout``, in place."""
+    names, arrays, key = [], [], []
+    for k in STATE_ARRAYS:
+        v = st.get(k)
+        # `is`: float64 is a singleton dtype; anything else (other dtypes, big-endian) stays unpacked
+        if v.__class__ is np.ndarray and v.dtype is _F8 and v.ndim == 1:
+            names.append(k)
+            arrays.append(v)
+            key.append(v.shape[0])
+            del st[k]
+    if not arrays:
+        return st
+    key = (*names, *key)
+    layout = _LAYOUT_OF.get(key)
+    if layout is None:
+        layout = _LAYOUT_OF[key] = " ".join(f"{k}:{n}" for k, n in zip(names, key[len(names):]))
+    st["arrays"] = b"".join(map(_tobytes, arrays))
+    st["layout"] = layout
+    return st
+
+
+def _state_slices(layout):
+    slices = _SLICES_OF.get(layout)
+    if slices is None:
+        if not isinstance(layout, str) or len(layout) > 4096:
+            raise ValueError("bad state layout")
+        out, start = [], 0
+        for item in layout.split():
+            name, _, length = item.partition(":")
+            if not name or not length.isdigit():
+                raise ValueError(f"bad state layout item {item!r}")
+            out.append((name, start, start + int(length)))
+            start += int(length)
+        slices = (tuple(out), 8 * start)
+        if len(_SLICES_OF) < 64:
+            _SLICES_OF[layout] = slices
+    return slices
+
+
+def unpack_state(st):
+    """A decoded state with ``arrays``/``layout`` -> the same dict with named float64 views, in place.
+
+    A state without a layout (an older or foreign server) is returned as it is.
+    """
+    if st.__class__ is not dict or "layout" not in st:
+        return st
+    slices, nbytes = _state_slices(st.pop("layout"))
+    data = st.pop("arrays", None)
+    if data.__class__ is not bytes or len(data) != nbytes:
+        raise ValueError(f"state arrays hold {len(data) if isinstance(data, bytes) else 'no'} bytes, "
+                         f"the layout needs {nbytes}")
+    buf = np.frombuffer(data, _F8)
+    for name, a, b in slices:
+        st[name] = buf[a:b]
+    return st

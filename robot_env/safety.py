@@ -65,41 +65,60 @@ class MotionLimiter:
         self._cache: dict = {}
 
     def _constants(self, dt: float):
-        """Per-period constants, cached: the step runs every control period and numpy calls dominate."""
+        """Per-period constants, cached: the step runs every control period and numpy calls dominate.
+
+        Scalars are stored as full arrays: an array-array ufunc is markedly cheaper than an
+        array-scalar one on arrays this small, and gives the same bits. The cache is bounded
+        because the realtime clock advances by wall-clock periods that are rarely equal.
+        """
         c = self._cache.get(dt)
         if c is None:
-            acc3 = np.concatenate([self.acc] * 3)
-            adt3 = acc3 * dt
-            c = (adt3, 8.0 / (adt3 * dt), 1.0 / dt, self.acc * dt)
+            if len(self._cache) >= 8:
+                self._cache.clear()
+            n3 = 3 * NJ
+            adt3 = np.concatenate([self.acc] * 3) * dt
+            inv_dt = 1.0 / dt
+            c = (np.zeros(n3),
+                 2.0 / (adt3 * dt),  # the braking segment, scaled by 1/4 (bit-exact): see `_braking_speed`
+                 np.full(n3, 0.25), np.full(n3, 0.5), np.ones(n3),
+                 np.full(n3, inv_dt), 0.5 * adt3,
+                 np.full(NJ, inv_dt), np.full(NJ, 1e-12), np.ones(NJ), self.acc * dt, np.full(NJ, dt))
             self._cache[dt] = c
         return c
 
     def step(self, q, v, target, vel_target, vel_mode, dt: float, speed_scale=1.0):
-        """One period `dt`: returns (q_new, v_new). Position never leaves [lower, upper]."""
-        adt3, k8, inv_dt, lim = self._constants(dt)
-        vmax = self.vel * speed_scale
+        """One period `dt`: returns (q_new, v_new). Position never leaves [lower, upper].
+
+        Written for few, array-only numpy calls (it runs every control period, often for a single
+        robot): `np.clip` is spelled `minimum(maximum())`, which it is, without its Python wrapper.
+        """
+        zero3, k2, quarter3, half3, one3, inv_dt3, hadt3, inv_dt, eps, one, lim, dtv = self._constants(dt)
+        lower, upper = self.lower, self.upper
+        vmax = self.vel if (type(speed_scale) is float and speed_scale == 1.0) else self.vel * speed_scale
         err = target - q
-        # One braking evaluation for: distance to target, room to the lower and the upper limit.
-        d = np.maximum(np.concatenate((np.abs(err), q - self.lower, self.upper - q), axis=-1), 0.0)
-        n = np.floor((np.sqrt(1.0 + k8 * d) - 1.0) * 0.5)
-        brake = (d * inv_dt + adt3 * n * (n + 1.0) * 0.5) / (n + 1.0)
+        # One braking evaluation for: distance to target, room to the lower and the upper limit
+        # (`_braking_speed`, with n computed as floor(sqrt(1/4 + 2d/(a dt²)) - 1/2), the same bits).
+        d = np.maximum(np.concatenate((np.abs(err), q - lower, upper - q), axis=-1), zero3)
+        n = np.floor(np.sqrt(k2 * d + quarter3) - half3)
+        m = n + one3
+        rate = d * inv_dt3
+        brake = (rate + hadt3 * n * m) / m
         to_target, brake_lo, brake_hi = brake[..., :NJ], -brake[..., NJ:2 * NJ], brake[..., 2 * NJ:]
         # Position mode: reach the target this period if allowed, never faster than we can stop.
-        reach = d[..., :NJ] * inv_dt
-        allowed = np.minimum(vmax, to_target) + 1e-12  # the 1e-12 makes an idle joint's scale 1, not 0/0
-        scale = allowed / np.maximum(reach + 1e-12, allowed)
+        allowed = np.minimum(vmax, to_target) + eps  # the 1e-12 makes an idle joint's scale 1, not 0/0
+        scale = allowed / np.maximum(rate[..., :NJ] + eps, allowed)
         scale[..., ARM] = scale[..., ARM].min(axis=-1, keepdims=True)
         v_des = err * inv_dt * scale
-        if np.any(vel_mode):
-            v_des = np.where(vel_mode, np.clip(vel_target, -vmax, vmax), v_des)
+        if vel_mode.any() if isinstance(vel_mode, np.ndarray) else np.any(vel_mode):
+            v_des = np.where(vel_mode, np.minimum(np.maximum(vel_target, -vmax), vmax), v_des)
         # Brake before the position limits whatever was asked.
-        dv = np.clip(v_des, brake_lo, brake_hi) - v
-        k = np.minimum(1.0, lim / np.maximum(np.abs(dv), 1e-12))
+        dv = np.minimum(np.maximum(v_des, brake_lo), brake_hi) - v
+        k = np.minimum(one, lim / np.maximum(np.abs(dv), eps))
         k[..., ARM] = k[..., ARM].min(axis=-1, keepdims=True)
         # The shared arm scale keeps the direction, but must never slow down a joint's braking.
-        v_new = np.clip(v + dv * k, np.maximum(brake_lo, v - lim), np.minimum(brake_hi, v + lim))
+        v_new = np.minimum(np.maximum(v + dv * k, np.maximum(brake_lo, v - lim)), np.minimum(brake_hi, v + lim))
         # On the braking curve a joint lands on a limit at most; the clip only absorbs round-off.
-        q_new = np.clip(q + v_new * dt, self.lower, self.upper)
+        q_new = np.minimum(np.maximum(q + v_new * dtv, lower), upper)
         return q_new, v_new
 
     def stopping_target(self, q, v, dt: float):

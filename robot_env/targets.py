@@ -6,27 +6,30 @@ gripper orientation is held at what it was when Cartesian control began.
 """
 from __future__ import annotations
 
+from operator import sub as _sub
+
 import numpy as np
 
 from .description import ARM, FETCH, GRIPPER, HEAD, NJ, TORSO, RobotDescription
-from .kinematics import fk_frames, jacobian, limited_step, orientation_error
+from .kinematics import fk_frames, jacobian_array, limited_step, orientation_error
 from .safety import BaseLimiter, MotionLimiter, SafetyConfig, clip_flags
 
 
 class Kinematics:
-    """FK (+ Jacobian) of one joint vector, computed once and reused by IK and the state."""
+    """FK (+ Jacobian, a (6, 7) array) of one joint vector, computed once and reused by IK and the state."""
 
     __slots__ = ("q", "pos", "rot", "origins", "axes", "_jac")
 
     def __init__(self, q: np.ndarray):
         self.q = q
-        self.pos, self.rot, self.origins, self.axes = fk_frames(float(q[TORSO]), q[ARM].tolist())
+        ql = q.tolist()
+        self.pos, self.rot, self.origins, self.axes = fk_frames(ql[TORSO], ql[ARM])
         self._jac = None
 
     @property
     def jac(self):
         if self._jac is None:
-            self._jac = jacobian(self.pos, self.origins, self.axes)
+            self._jac = jacobian_array(self.pos, self.origins, self.axes)
         return self._jac
 
 
@@ -40,12 +43,14 @@ class TargetController:
         self.lower, self.upper = self.limiter.lower, self.limiter.upper
         self.ws_lo = np.array(safety.workspace_min, dtype=float)
         self.ws_hi = np.array(safety.workspace_max, dtype=float)
-        self.ws_hi_list = list(safety.workspace_max)
+        self.ws_lo_list = [float(v) for v in safety.workspace_min]
+        self.ws_hi_list = [float(v) for v in safety.workspace_max]
         self.target = np.zeros(NJ)
         self.vel_target = np.zeros(NJ)
         self.vel_mode = np.zeros(NJ, bool)
         self.base_cmd = (0.0, 0.0)
         self.hold_rot = None
+        self._limits_arm = None
 
     def reset(self, q: np.ndarray) -> None:
         self.target = q.copy()
@@ -60,6 +65,14 @@ class TargetController:
         self.vel_mode[:] = False
         self.vel_target[:] = 0.0
         self.base_cmd = (0.0, 0.0)
+
+    @property
+    def limits_arm(self) -> tuple[list, list]:
+        """The arm's joint limits as float lists, rebuilt when `lower`/`upper` are replaced (hardware narrows them)."""
+        c = self._limits_arm
+        if c is None or c[0] is not self.lower or c[1] is not self.upper:
+            c = self._limits_arm = (self.lower, self.upper, self.lower[ARM].tolist(), self.upper[ARM].tolist())
+        return c[2], c[3]
 
     def _inside(self, pos) -> bool:
         lo, hi = self.ws_lo, self.ws_hi_list
@@ -130,10 +143,15 @@ class TargetController:
         self.hold_rot = None
 
     def _ee_delta(self, delta, kin: Kinematics, flags) -> None:
+        # Three numbers: plain floats are cheaper than numpy here, with the same clipping.
         m = self.cfg.max_ee_step
-        delta = clip_flags("ee_delta", delta, -m, m, "max_step", flags)
-        goal = kin.pos[0] + delta[0], kin.pos[1] + delta[1], kin.pos[2] + delta[2]
-        lo, hi = self.ws_lo, self.ws_hi_list
+        dx, dy, dz = delta.tolist() if isinstance(delta, np.ndarray) else (float(v) for v in delta)
+        cx, cy, cz = min(max(dx, -m), m), min(max(dy, -m), m), min(max(dz, -m), m)
+        if cx != dx or cy != dy or cz != dz:
+            flags.append("ee_delta.max_step")
+        px, py, pz = kin.pos
+        goal = px + cx, py + cy, pz + cz
+        lo, hi = self.ws_lo_list, self.ws_hi_list
         gx = min(max(goal[0], lo[0]), hi[0])
         gy = min(max(goal[1], lo[1]), hi[1])
         gz = min(max(goal[2], lo[2]), hi[2])
@@ -145,11 +163,12 @@ class TargetController:
         if self.hold_rot is None:
             self.hold_rot = kin.rot
         wx, wy, wz = orientation_error(kin.rot, self.hold_rot)
-        err = (gx - kin.pos[0], gy - kin.pos[1], gz - kin.pos[2], wx, wy, wz)
-        q_arm = kin.q[ARM]
-        lo_j, hi_j = self.lower[ARM], self.upper[ARM]
-        new = limited_step(q_arm, kin.jac, err, lo_j, hi_j)
-        if (new == lo_j).any() or (new == hi_j).any():
+        err = (gx - px, gy - py, gz - pz, wx, wy, wz)
+        new = limited_step(kin.q[ARM], kin.jac, err, self.lower[ARM], self.upper[ARM])
+        lo_j, hi_j = self.limits_arm
+        nl = new.tolist()
+        # a joint at a limit: new >= lo and new <= hi after the clip, so one difference is 0 exactly
+        if min(map(_sub, nl, lo_j)) <= 0.0 or min(map(_sub, hi_j, nl)) <= 0.0:
             flags.append("ee_delta.joint_limit")
         self.target[ARM] = new
         self.vel_mode[ARM] = False
@@ -157,8 +176,6 @@ class TargetController:
 
 def ee_velocity(kin: Kinematics, dq: np.ndarray) -> np.ndarray:
     """Gripper twist (vx, vy, vz, wx, wy, wz) from joint velocities: J·dq_arm plus the torso's lift."""
-    J = kin.jac
-    d = dq[ARM].tolist()
-    out = [sum(a * b for a, b in zip(row, d)) for row in J]
-    out[2] += float(dq[TORSO])
-    return np.array(out)
+    out = np.dot(kin.jac, dq[ARM])
+    out[2] += dq[TORSO]
+    return out

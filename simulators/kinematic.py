@@ -89,7 +89,6 @@ class KinematicSim(Backend):
 
     def state(self) -> dict:
         kin = self.kin
-        x, y, th, v, w = self.base
         return {
             "time": self.time,
             "q": self.q_meas,

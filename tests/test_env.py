@@ -158,3 +158,69 @@ def test_close_twice_leaves_no_process(no_leftover_servers):
     e.close()
     e.close()
     assert server.proc.poll() is not None, f"server {pid} still running"
+
+
+@pytest.mark.parametrize("reward_type", ["sparse", "dense"])
+def test_step_reward_and_success_equal_the_vectorized_ones(reward_type):
+    """step computes reward and success for one goal in plain floats: the same values as compute_reward."""
+    e = gym.make("robot_env/FetchReach-v0", reward_type=reward_type)
+    try:
+        u = e.unwrapped
+        rng = np.random.default_rng(3)
+        hits = 0
+        for ep in range(4):
+            obs, _ = e.reset(seed=ep)
+            for _ in range(50):
+                act = np.clip((obs["desired_goal"] - obs["achieved_goal"]) * 20 + rng.normal(0, 0.3, 3), -1, 1)
+                obs, r, _, _, info = e.step(np.append(act, 0.0).astype(np.float32))
+                expect = float(u.compute_reward(obs["achieved_goal"], obs["desired_goal"], info))
+                assert r == expect and type(r) is float
+                assert np.signbit(r) == np.signbit(expect)  # sparse: -0.0 on success, as float32(-False)
+                d = np.linalg.norm(obs["achieved_goal"] - obs["desired_goal"], axis=-1)
+                assert info["is_success"] == float(d < 0.05)
+                hits += info["is_success"]
+        assert hits > 0
+    finally:
+        e.close()
+
+
+def test_subclass_reward_is_used():
+    from robot_env.envs import FetchReachEnv
+
+    class Shaped(FetchReachEnv):
+        def compute_reward(self, achieved_goal, desired_goal, info):
+            return np.float64(42.0)
+
+    e = Shaped()
+    try:
+        e.reset(seed=0)
+        assert e.step(np.zeros(4, np.float32))[1] == 42.0
+    finally:
+        e.close()
+
+
+def test_latency_stats_batched_fold_equals_per_sample_histograms():
+    """env.unwrapped.latency folds samples in batches: the same histograms as adding each sample, however often read."""
+    from robot_env.latency import Histogram, LatencyStats
+
+    rng = np.random.default_rng(0)
+    for read_every in (1, 7, 1000):
+        stats = LatencyStats()
+        ref = {name: Histogram() for name in ("rtt", "server", "bridge", "action_to_obs")}
+        for i in range(700):
+            rtt, held = rng.lognormal(np.log(2e-4), 0.6), rng.lognormal(np.log(1e-4), 0.6)
+            op = "step" if i % 3 else "state"
+            stats.record(op, 100.0, 100.0 + rtt, {"tr": 5.0, "tx": 5.0 + held})
+            r, h = (100.0 + rtt) - 100.0, (5.0 + held) - 5.0
+            ref["rtt"].add(r)
+            ref["server"].add(h)
+            ref["bridge"].add(r - h if r > h else 0.0)
+            if op == "step":
+                ref["action_to_obs"].add(r)
+            if i % read_every == 0:
+                stats.summary()
+        for name, hist in ref.items():
+            got = getattr(stats, name)
+            assert got.counts == hist.counts and got.n == hist.n, name
+            assert got.max == hist.max and got.total == pytest.approx(hist.total)
+        assert stats.summary()["rtt"]["p50_ms"] == 1e3 * ref["rtt"].percentile(50)

@@ -275,7 +275,9 @@ def test_req_socket(robot, server, ctx):
         assert reply["backend"] == "kinematic"
         reply = roundtrip(sock, protocol.encode(req(op="step", seq=2, cmd={"ee_delta": np.zeros(3)})))
         assert reply["ok"] is True and reply["seq"] == 2
-        assert reply["state"]["q"].shape == (len(FETCH.names),)
+        # on the wire the state's float vectors are packed (protocol.pack_state); unpack_state names them
+        assert "q" not in reply["state"] and isinstance(reply["state"]["arrays"], bytes)
+        assert protocol.unpack_state(reply["state"])["q"].shape == (len(FETCH.names),)
         # errors reach a REQ client too (with the delimiter it needs), including multi-frame ones
         reply = roundtrip(sock, pack(req(op="step", seq=3, cmd={"ee_delta": [NAN, 0, 0]})))
         assert reply["ok"] is False and reply["error"]["code"] == "bad_command"
@@ -287,6 +289,33 @@ def test_req_socket(robot, server, ctx):
         assert reply["ok"] is True and reply["seq"] == 5
     finally:
         sock.close(0)
+
+
+def test_state_wire_layout(raw, robot):
+    """The packed state layout: `hello` announces it, every state names it, the client returns named views."""
+    nj = len(FETCH.names)
+    layout = f"q:{nj} dq:{nj} effort:{nj} target:{nj} ee:7 ee_vel:6 base:5"
+    assert robot.hello()["state_layout"] == layout
+    st_client = robot.step({"ee_delta": [0.01, 0.0, 0.0]})
+    reply = roundtrip(raw, pack({"v": 1, "op": "state", "seq": 5, "t": 1.0}))
+    st = reply["state"]
+    assert st["layout"] == layout
+    values = np.frombuffer(st["arrays"], "<f8")
+    assert values.size == 4 * nj + 7 + 6 + 5
+    for key in ("q", "dq", "effort", "target", "ee", "ee_vel", "base"):
+        assert key not in st
+    assert {"time", "mode", "faults", "clipped", "seq", "ts", "objects"} <= set(st)
+    np.testing.assert_array_equal(values[:nj], st_client["q"])
+    np.testing.assert_array_equal(values[3 * nj:4 * nj], st_client["target"])
+    np.testing.assert_array_equal(values[4 * nj:4 * nj + 3], st_client["ee"][:3])
+    named = protocol.unpack_state(dict(st))
+    for key, size in (("q", nj), ("dq", nj), ("effort", nj), ("target", nj), ("ee", 7), ("ee_vel", 6),
+                      ("base", 5)):
+        assert named[key].dtype == np.float64 and named[key].shape == (size,)
+        np.testing.assert_array_equal(named[key], st_client[key])
+    assert set(named) == set(st_client)
+    with pytest.raises(ValueError):
+        protocol.unpack_state({"layout": layout, "arrays": st["arrays"][:-8]})
 
 
 def test_dealer_replies_echo_seq_and_stamps(raw, robot):
