@@ -497,14 +497,7 @@ class DynamixelBus:
                                         missing)
                 got = self._collect(fd, want, timeout, self._reader)
                 for sid, reply in got.items():
-                    err = reply.params[0]
-                    if err & p2.ALERT:
-                        alerts.add(sid)
-                        self._counts["alerts"] += 1
-                    if err & 0x7F:
-                        self.last_alerts = alerts
-                        self._check(reply, f"SYNC_READ of {length} byte(s) at {_where(address)}")
-                    out[sid] = reply.params[1:]
+                    self._accept(reply, alerts, out, f"SYNC_READ of {length} byte(s) at {_where(address)}")
                 if len(got) == len(missing):
                     break
                 self._counts["timeouts"] += 1
@@ -538,18 +531,23 @@ class DynamixelBus:
             self._counts["timeouts"] += 1
             self._dirty = True
             return None
-        out = {}
+        out: dict[int, bytes] = {}
         for sid in ids:
             err, data = parsed[sid]
-            if err & p2.ALERT:
-                alerts.add(sid)
-                self._counts["alerts"] += 1
-            if err & 0x7F:
-                self.last_alerts = alerts
-                self._check(p2.Packet(sid, p2.STATUS, bytes((err,)) + data),
-                            f"FAST_SYNC_READ of {length} byte(s) at {_where(address)}")
-            out[sid] = bytes(data)
+            self._accept(p2.Packet(sid, p2.STATUS, bytes((err,)) + bytes(data)), alerts, out,
+                         f"FAST_SYNC_READ of {length} byte(s) at {_where(address)}")
         return out
+
+    def _accept(self, reply: p2.Packet, alerts: set, out: dict, what: str) -> None:
+        """One servo's status in a group read: note a hardware alert, raise on an error, keep the data."""
+        err = reply.params[0]
+        if err & p2.ALERT:
+            alerts.add(reply.id)
+            self._counts["alerts"] += 1
+        if err & 0x7F:
+            self.last_alerts = alerts
+            self._check(reply, what)
+        out[reply.id] = bytes(reply.params[1:])
 
     def bulk_read(self, requests) -> dict[int, bytes]:
         """{id: data} from BULK_READ [(id, address, length)] (one entry per id)."""
@@ -573,14 +571,7 @@ class DynamixelBus:
                 rx = sum(STATUS_OVERHEAD + n + n // 3 for _, _, n in todo)
                 got = self._collect(fd, want, self._timeout(len(pkt), rx, want), self._reader)
                 for sid, reply in got.items():
-                    err = reply.params[0]
-                    if err & p2.ALERT:
-                        alerts.add(sid)
-                        self._counts["alerts"] += 1
-                    if err & 0x7F:
-                        self.last_alerts = alerts
-                        self._check(reply, "BULK_READ")
-                    out[sid] = reply.params[1:]
+                    self._accept(reply, alerts, out, "BULK_READ")
                 if len(got) == len(todo):
                     break
                 self._counts["timeouts"] += 1

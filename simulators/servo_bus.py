@@ -896,69 +896,47 @@ def _ids(ids) -> list[int]:
 
 
 # -- configuration and remote control (the `robot-env emulate-bus` command) ---------------------
-MODEL_NUMBERS = {name: number for number, name in ct.MODELS.items()}
 
 
 def servos_from_config(name_or_path: str) -> tuple[dict[int, int], dict[int, int], int]:
     """(servos {id: model number}, initial positions {id: ticks}, baud) from a config.
 
-    Accepts a robot-env config whose `[server.dynamixel] calibration` names a calibration file
-    with `[joints.*]` / `[wheels.*]` tables (`id`, `model`, optional `zero`: the servo starts
-    there, i.e. with the joint at 0), or a file with a `[servos]` table of `"id" = "MODEL"`.
+    Either a robot-env config whose `[server.dynamixel] calibration` is read with the driver's own
+    calibration loader (each servo starts at its `zero`: joints at 0, wheels still), or a small
+    TOML with a `[servos]` table of `"id" = "MODEL"` (and optionally `[server.dynamixel] baud`).
     """
-    from robot_env.config import resolve
+    from drivers.calibration import MODEL_NUMBERS, load_calibration
+    from robot_env import config
     from robot_env.errors import ConfigError
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
 
-    def read(path):
-        try:
-            with open(path, "rb") as fh:
-                return tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-
-    def model_number(where, key, model):
-        if isinstance(model, int) and model in ct.MODELS:
-            return model
-        if model not in MODEL_NUMBERS:
-            raise ConfigError(f"{where}: {key}: unknown model {model!r}; known: {sorted(MODEL_NUMBERS)}")
-        return MODEL_NUMBERS[model]
-
-    path = resolve(name_or_path)
-    raw = read(path)
-    servos: dict[int, int] = {}
-    initial: dict[int, int] = {}
-    dyn = raw.get("server", {}).get("dynamixel", {})
-    baud = dyn.get("baud", 1_000_000)
+    path = config.resolve(name_or_path)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     if "servos" in raw:
-        for key, model in raw["servos"].items():
-            try:
-                sid = int(key)
-            except ValueError:
-                raise ConfigError(f"{path}: [servos] {key!r}: keys are servo ids") from None
-            servos[sid] = model_number(path, f"[servos] {key}", model)
-    cal_name = dyn.get("calibration")
-    if cal_name:
-        cal_path = os.path.join(os.path.dirname(str(path)), cal_name)
-        cal = read(cal_path)
-        for table in ("joints", "wheels"):
-            for joint, t in cal.get(table, {}).items():
-                where = f"{cal_path}: [{table}.{joint}]"
-                if "id" not in t or "model" not in t:
-                    raise ConfigError(f"{where} needs 'id' and 'model'")
-                sid = int(t["id"])
-                servos[sid] = model_number(cal_path, f"[{table}.{joint}] model", t["model"])
-                zero = t.get("zero")
-                initial[sid] = int(zero) if isinstance(zero, int) else (2048 if table == "joints" else 0)
-    if not servos:
-        raise ConfigError(f"{path}: no servos: expected [server.dynamixel] calibration = FILE "
-                          "(with [joints.*] / [wheels.*] tables) or a [servos] table of \"id\" = \"MODEL\"")
-    return servos, initial, int(baud)
+        servos = {}
+        for key, model in raw.pop("servos").items():
+            if not str(key).isdigit():
+                raise ConfigError(f"{path}: [servos] {key!r}: keys are servo ids")
+            number = model if isinstance(model, int) and model in ct.MODELS else MODEL_NUMBERS.get(model)
+            if number is None:
+                raise ConfigError(f"{path}: [servos] {key}: unknown model {model!r}; "
+                                  f"known: {sorted(MODEL_NUMBERS)} or their model numbers")
+            servos[int(key)] = number
+        baud = raw.get("server", {}).get("dynamixel", {}).get("baud", 1_000_000)
+        return servos, {}, int(baud)
+    cfg = config.load(path)
+    dyn = cfg["server.dynamixel"]
+    cal = load_calibration(dyn["calibration"])
+    servos = {s.id: s.model_number for s in cal.servos}
+    initial = {s.id: (s.zero if s.mode != "velocity" else 0) for s in cal.servos}
+    return servos, initial, dyn["baud"]
 
 
 CONTROL_OPS = ("corrupt", "drop", "delay", "silence", "unsilence", "set_hardware_error", "close_port",
