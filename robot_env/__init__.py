@@ -5,6 +5,7 @@
 from gymnasium.envs.registration import register
 
 from .errors import ConfigError, RequestError, RobotEnvError, ServerError, ServerTimeout
+from .robot import MoveError, Robot, connect
 
 __version__ = "0.1.0"
 
@@ -14,4 +15,5 @@ register(
     max_episode_steps=50,
 )
 
-__all__ = ["ConfigError", "RequestError", "RobotEnvError", "ServerError", "ServerTimeout", "__version__"]
+__all__ = ["ConfigError", "MoveError", "RequestError", "Robot", "RobotEnvError", "ServerError", "ServerTimeout",
+           "__version__", "connect"]
