@@ -21,7 +21,13 @@ setup(
     ],
     extras_require={
         # dynamixel-sdk: the official ROBOTIS SDK, an oracle for the bus emulator and the codec
-        "test": ["pytest>=8", "pytest-timeout>=2.2", "pytest-benchmark>=4", "dynamixel-sdk==4.1.0"],
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "pytest-benchmark>=4", "dynamixel-sdk==4.1.0",
+                 "mcap>=1.6", "matplotlib>=3.7",  # tests/test_recording.py: the record and plot extras
+                 "hypothesis>=6"],  # tests/test_fuzz.py: the structured fuzzer
+        # `robot-env record/replay`, Recorder, RecordEpisodes: MCAP files (zstd chunks: mcap pulls zstandard)
+        "record": ["mcap>=1.6"],
+        # `robot-env plot`
+        "plot": ["mcap>=1.6", "matplotlib>=3.7"],
         # The comparison anchor for `robot-env bench`: Gymnasium-Robotics' Fetch envs assert on mujoco>=3.12.
         "anchor": ["gymnasium-robotics>=1.4", "mujoco<3.12"],
     },

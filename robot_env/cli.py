@@ -1,4 +1,5 @@
-"""The `robot-env` command: serve, demo, bench, emulate-bus, calibrate, setup-servos."""
+"""The `robot-env` command: serve, keys, demo, bench, emulate-bus, calibrate, setup-servos, teleop,
+record, replay, plot."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,8 @@ def _serve(args) -> int:
     if args.serial_port:
         cfg["server.dynamixel"]["serial_port"] = args.serial_port
     server = build_server(cfg, endpoint=args.endpoint, stream_endpoint=args.stream_endpoint,
-                          exit_on_close=args.exit_on_close, watch_fd=args.watch_fd)
+                          exit_on_close=args.exit_on_close, watch_fd=args.watch_fd,
+                          allow_client_keys=args.allow_client_key or ())
 
     def stop(signum, frame):
         raise SystemExit(0)
@@ -30,12 +32,26 @@ def _serve(args) -> int:
         print(f"robot-env server: {server.backend.kind} backend, {server.clock} clock, "
               f"period {server.period:g} s\n  requests on {server.endpoint}\n  state stream on "
               f"{server.stream_endpoint}\n  config {cfg['source']}", flush=True)
+        if server.guard is not None:
+            print(f"  CurveZMQ on: {len(server.guard.keys.allowed)} allowed client key(s), server public key "
+                  f"{server.guard.keys.public.decode()}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.close()
+    return 0
+
+
+def _keys(args) -> int:
+    from .security import create_keypair
+
+    public, secret = create_keypair(args.out, args.name, force=args.force)
+    print(f"public key  {public}\nsecret key  {secret}  (mode 0600: keep it on this machine)\n"
+          f"A server lists client .key files in [server.security] allowed_clients and names its own "
+          f".key_secret as server_secret_key;\na client names its .key_secret as [client] client_secret_key "
+          f"and the server's .key as server_public_key.")
     return 0
 
 
@@ -126,6 +142,99 @@ def _setup_servos(args) -> int:
     return 0
 
 
+def _teleop(args) -> int:
+    from .teleop import run_teleop
+    return run_teleop(args.config, speed=args.speed, window=args.jog_window, first_window=args.first_window,
+                      timeout=args.timeout, record=args.record)
+
+
+def _record(args) -> int:
+    """Record a running server's stream until --duration, Ctrl-C/SIGTERM, or the server is lost."""
+    import threading
+    import time
+
+    from . import config
+    from .recording import Recorder
+
+    endpoint = args.endpoint
+    if not endpoint:
+        cfg = config.load(args.config)
+        endpoint = cfg["client"]["endpoint"]
+        if not endpoint:
+            print(f"robot-env: error: config {cfg['source']} names no [client] endpoint, and recording "
+                  "listens to a server that is already running (someone else drives it). Start one, e.g. "
+                  f"`robot-env serve --config {args.config} --endpoint tcp://127.0.0.1:5555`, then record with "
+                  "`--endpoint tcp://127.0.0.1:5555` or a config whose [client] endpoint points there. To "
+                  "record what you drive yourself: `robot-env teleop --record FILE`, or in Python "
+                  "`Recorder(robot, FILE)` / `RecordEpisodes(env, record=FILE)`.", file=sys.stderr)
+            return 2
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    keys = None
+    if not args.endpoint:
+        try:  # CurveZMQ: the [client] keys of the config, when it names some
+            from .security import client_keys
+            keys = client_keys(cfg)
+        except ImportError:
+            pass
+    rec = Recorder(endpoint, args.out, flush_interval=args.flush_interval, keys=keys).start()
+    print(f"RECORDING {endpoint} -> {args.out} ({rec.info.get('backend')} backend, {rec.info.get('clock')} "
+          "clock); Ctrl-C stops", flush=True)
+    start = time.monotonic()
+    last_probe = time.monotonic()
+    reason, code, sync = "stopped", 0, True
+    while not stop.wait(0.1):
+        now = time.monotonic()
+        if args.duration is not None and now - start >= args.duration:
+            reason = "duration reached"
+            break
+        if not rec.running:
+            reason, code = f"recorder failed: {rec.error}", 1
+            break
+        # A lockstep server is quiet between requests, a realtime one publishes every period:
+        # after a quiet spell, ask whether it is still there.
+        quiet = time.time() - (rec.last_receive or 0.0)
+        if quiet > args.server_timeout and now - last_probe > args.server_timeout:
+            last_probe = now
+            if not rec.ping():
+                reason, code, sync = "server lost", 3, False
+                print(f"robot-env: error: the server at {endpoint} stopped answering; the recording up to "
+                      f"that point is kept in {args.out}", file=sys.stderr)
+                break
+    stats = rec.stop(reason, sync=sync)
+    print(f"recorded {stats} ({reason})", flush=True)
+    return code
+
+
+def _replay(args) -> int:
+    from .recording import replay
+
+    result = replay(args.file, args.config, speed=args.speed, reset=not args.no_reset, record=args.record,
+                    through_gaps=args.through_gaps, echo=lambda text: print(text, file=sys.stderr, flush=True))
+    print(result, flush=True)
+    if result.recording is not None:
+        print(f"replay recorded: {result.recording}")
+    return 3 if (result.problems or result.stopped) else 0
+
+
+def _plot(args) -> int:
+    from .plot import plot_recording
+    from .recording import read_recording
+
+    rec = read_recording(args.file)
+    for problem in rec.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    out = plot_recording(rec, args.out)
+    print(rec.report().splitlines()[0])
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="robot-env", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -140,7 +249,14 @@ def main(argv=None) -> int:
     p.add_argument("--ready", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--exit-on-close", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--watch-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--allow-client-key", action="append", help=argparse.SUPPRESS)
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("keys", help="create a CurveZMQ key pair (NAME.key public, NAME.key_secret 0600)")
+    p.add_argument("--out", required=True, help="directory for the key files (created if missing, mode 0700)")
+    p.add_argument("--name", default="robot-env", help="file name stem (default: robot-env)")
+    p.add_argument("--force", action="store_true", help="replace existing key files of that name")
+    p.set_defaults(func=_keys)
 
     p = sub.add_parser("demo", help="scripted reaching agent through the Gymnasium env (embedded simulator)")
     p.add_argument("--config", default=None, help="config name or path (default: embedded simulator)")
@@ -177,6 +293,47 @@ def main(argv=None) -> int:
     p.add_argument("--baud", type=int, help="baud rate to set (default: the config's)")
     p.add_argument("--joint", action="append", help="only this joint (repeatable)")
     p.set_defaults(func=_setup_servos)
+
+    p = sub.add_parser("teleop", help="drive the robot from the keyboard in a terminal (jog keys, e-stop, live state)")
+    p.add_argument("--config", default=None,
+                   help="config name or TOML path (default: an embedded simulator on the realtime clock)")
+    p.add_argument("--speed", type=float, default=0.5, help="initial speed scale: 0.1, 0.25, 0.5 or 1.0 (+/- keys)")
+    p.add_argument("--jog-window", type=float, default=0.25,
+                   help="s a key repeat keeps its axis moving (the terminal's auto-repeat refreshes it)")
+    p.add_argument("--first-window", type=float, default=0.5,
+                   help="s a first key press moves (bridges the terminal's auto-repeat delay)")
+    p.add_argument("--timeout", type=float, default=2.0,
+                   help="s without a reply before teleop reports the server lost and exits")
+    p.add_argument("--record", metavar="FILE", help="also record the session (states, commands, stamps) to this MCAP file")
+    p.set_defaults(func=_teleop)
+
+    p = sub.add_parser("record", help="record a running server's states and applied commands to an MCAP file")
+    p.add_argument("--config", default="sim", help="config whose [client] endpoint names the server to record")
+    p.add_argument("--endpoint", help="the server's request endpoint (instead of a config)")
+    p.add_argument("--out", required=True, help="the MCAP file to write (Foxglove, `mcap` tools open it)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: Ctrl-C or SIGTERM)")
+    p.add_argument("--flush-interval", type=float, default=0.2,
+                   help="close and flush a chunk this often, s: the most a killed recorder loses (0.2)")
+    p.add_argument("--server-timeout", type=float, default=2.0,
+                   help="after this long without a message, check the server is alive (s, 2)")
+    p.set_defaults(func=_record)
+
+    p = sub.add_parser("replay", help="re-send a recording's commands with their timing, on any backend")
+    p.add_argument("file", help="a recording (MCAP) from `robot-env record`, Recorder or RecordEpisodes")
+    p.add_argument("--config", default=None,
+                   help="config name or path (default: an embedded simulator on the recording's clock)")
+    p.add_argument("--speed", type=float, default=1.0, help="time scale of the waits between commands (1.0)")
+    p.add_argument("--no-reset", action="store_true",
+                   help="start from where the robot is, not from the recorded start pose")
+    p.add_argument("--record", help="also record the replay to this MCAP file")
+    p.add_argument("--through-gaps", action="store_true",
+                   help="go on past commands missing from the recording (default: stop before the hole)")
+    p.set_defaults(func=_replay)
+
+    p = sub.add_parser("plot", help="PNG of a recording: joint trajectories vs targets, latency distributions")
+    p.add_argument("file", help="a recording (MCAP)")
+    p.add_argument("--out", help="the PNG to write (default: FILE with .png)")
+    p.set_defaults(func=_plot)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -7,12 +7,22 @@ on the reply before sleeping in poll: on loopback that halves the round trip. Ea
 yields the CPU (`sched_yield`), so ZeroMQ's I/O threads, which carry the reply, are never kept
 waiting behind the spinning thread on a machine with few cores.
 
+Control (DESIGN.md, one controller at a time): every request carries this client's session token
+(`token`, random unless given). The server lets only the controller's motion requests (step,
+command, reset) through; the first one acquires a free lease implicitly, so nothing has to call
+`acquire` first. `acquire(force=True)` takes control over from another client, `release()` gives it
+back, and `close()` releases it. A refused motion request raises `ServerError` with code
+``not_controller``.
+
+CurveZMQ: pass `keys` (a `security.ClientKeys`) to talk to a server that requires them.
+
 Replies' states arrive packed (`protocol.pack_state`); `request` returns them with named
 float64 views (`st["q"]`, `st["ee"]`, ...), see `protocol.unpack_state`.
 """
 from __future__ import annotations
 
 import os
+import secrets
 import time
 
 import zmq
@@ -31,8 +41,11 @@ _yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
 
 class RobotClient:
     def __init__(self, endpoint: str, *, timeout: float = 5.0, retries: int = 2, spin: float = 0.0005,
-                 context=None):
+                 context=None, token: str | None = None, keys=None):
         self.endpoint = endpoint
+        self.token = token or secrets.token_hex(16)  # this session's identity for the control lease
+        self.keys = keys  # security.ClientKeys, or None: no CurveZMQ
+        self._may_hold = False  # sent a motion request or acquire: release control on close
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.spin = spin
@@ -48,6 +61,8 @@ class RobotClient:
             self.sock.close(0)
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if self.keys is not None:
+            self.keys.apply(self.sock)
         self.sock.connect(self.endpoint)
 
     # -- generic request ---------------------------------------------------------------------
@@ -60,6 +75,7 @@ class RobotClient:
             fields["v"] = VERSION
             fields["op"] = op
             fields["seq"] = seq
+            fields["token"] = self.token
             t_send = fields["t"] = _now()
             try:
                 self.sock.send(encode(fields), zmq.NOBLOCK)
@@ -81,8 +97,11 @@ class RobotClient:
                         raise ServerError("malformed", f"undecodable state in the reply: {exc}", op) from None
                 return reply
             self._connect()
+        hint = ("; is it running? CurveZMQ is on: a wrong server public key, or a client key the server "
+                "does not allow, also looks like this (the server logs each refused connection)"
+                if self.keys is not None else "; is it running?")
         raise ServerTimeout(f"no reply from the robot server at {self.endpoint} to {op!r} within "
-                            f"{self.timeout:g} s; is it running?")
+                            f"{self.timeout:g} s{hint}")
 
     def _wait(self, seq: int, deadline: float):
         sock = self.sock
@@ -113,13 +132,28 @@ class RobotClient:
         return self.info
 
     def reset(self, seed=None, options=None) -> dict:
+        self._may_hold = True
         return self.request("reset", seed=seed, options=options or {})["state"]
 
     def step(self, cmd: dict) -> dict:
+        self._may_hold = True
         return self.request("step", cmd=cmd)["state"]
 
     def command(self, cmd: dict) -> dict:
+        self._may_hold = True
         return self.request("command", cmd=cmd)["state"]
+
+    def acquire(self, force: bool = False) -> dict:
+        """Take control of the robot (`force`: even from another client that holds it); returns the
+        lease ({held, yours, idle, timeout}). Refused with ServerError code ``not_controller``."""
+        self._may_hold = True
+        return self.request("acquire", force=bool(force))["lease"]
+
+    def release(self) -> bool:
+        """Give control back; True when this client held it."""
+        reply = self.request("release")
+        self._may_hold = False
+        return reply["released"]
 
     def state(self) -> dict:
         return self.request("state")["state"]
@@ -137,6 +171,14 @@ class RobotClient:
         """Close the socket; with `shutdown`, first ask a server we spawned to exit."""
         if self.sock is None:
             return
+        if self._may_hold and not shutdown:  # let the next client in without waiting for a lapse
+            try:
+                old, self.timeout = self.timeout, min(self.timeout, 0.5)
+                self.release()
+            except Exception:
+                pass
+            finally:
+                self.timeout = old
         if shutdown:
             try:
                 old, self.timeout = self.timeout, min(self.timeout, 1.0)

@@ -35,6 +35,13 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "endpoint": (str, "", None, ""),
         "stream_endpoint": (str, "", None, ""),
         "insecure": (bool, False, None, ""),
+        "lockstep_lease_timeout": (_num, 300.0, lambda v: 0 <= v <= 86400,
+                                   "between 0 (never lapses) and 86400 s"),
+    },
+    "server.security": {
+        "server_secret_key": (str, "", None, ""),
+        "allowed_clients": (list, [], lambda v: all(isinstance(x, str) and x for x in v),
+                            "a list of .key files or directories of them"),
     },
     "server.kinematic": {
         "action_latency_steps": (int, 0, lambda v: 0 <= v <= 50, "between 0 and 50"),
@@ -71,6 +78,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "endpoint": (str, "", None, ""),
         "timeout": (_num, 5.0, lambda v: 0 < v <= 600, "in (0, 600] s"),
         "retries": (int, 2, lambda v: 0 <= v <= 10, "between 0 and 10"),
+        "server_public_key": (str, "", None, ""),
+        "client_secret_key": (str, "", None, ""),
     },
 }
 
@@ -139,6 +148,13 @@ def load(name_or_path=None, overrides: dict | None = None) -> dict:
     if not os.path.isabs(dyn["calibration"]):
         base = Path(where).parent if where != "<dict>" else CONFIG_DIR
         dyn["calibration"] = str((base / dyn["calibration"]).resolve())
+    # Key files: relative to the config file (a dict config: to the working directory).
+    key_base = Path(where).parent if where != "<dict>" else Path.cwd()
+    sec, cc = out["server.security"], out["client"]
+    for section, key in ((sec, "server_secret_key"), (cc, "server_public_key"), (cc, "client_secret_key")):
+        if section[key]:
+            section[key] = str((key_base / Path(section[key]).expanduser()).resolve())
+    sec["allowed_clients"] = [str((key_base / Path(p).expanduser()).resolve()) for p in sec["allowed_clients"]]
     return out
 
 

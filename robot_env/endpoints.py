@@ -25,15 +25,18 @@ def is_private(endpoint: str) -> bool:
     return False
 
 
-def check_bind(endpoint: str, insecure: bool) -> str | None:
-    """Refuse a non-private bind without the explicit insecure flag; return a warning when allowed."""
+def check_bind(endpoint: str, insecure: bool, secure: bool = False) -> str | None:
+    """Refuse a non-private bind unless CurveZMQ keys are configured (`secure`) or the explicit
+    insecure flag is set; return a warning for an insecure one."""
     if not endpoint.startswith(("ipc://", "inproc://", "tcp://")):
         raise ConfigError(f"endpoint {endpoint!r}: use ipc://, tcp:// or inproc://")
-    if is_private(endpoint):
+    if is_private(endpoint) or secure:
         return None
     if not insecure:
         raise ConfigError(f"refusing to listen on non-local endpoint {endpoint!r} without "
-                          "authentication; set [server] insecure = true (private networks only)")
+                          "authentication; configure CurveZMQ keys ([server.security] server_secret_key and "
+                          "allowed_clients; `robot-env keys` makes them), or set [server] insecure = true "
+                          "(private networks only)")
     return (f"WARNING: listening on {endpoint} WITHOUT authentication or encryption (insecure = true): "
             "anyone who can reach it can move the robot")
 

@@ -29,7 +29,8 @@ VERSION = 1
 ARRAY_EXT = 1
 HARD_MAX_MESSAGE = 1 << 20  # ZMQ_MAXMSGSIZE: larger messages cost the sender its connection
 SOFT_MAX_MESSAGE = 256 << 10  # larger messages get an error reply
-OPS = ("hello", "reset", "step", "command", "state", "estop", "clear_estop", "reset_faults", "close")
+OPS = ("hello", "reset", "step", "command", "state", "estop", "clear_estop", "reset_faults", "close",
+       "acquire", "release")
 IDEMPOTENT_OPS = frozenset({"hello", "state"})
 
 _DTYPES = ("<f8", "<f4", "<i8", "<i4", "<i2", "|i1", "<u8", "<u4", "<u2", "|u1", "|b1")
@@ -110,19 +111,29 @@ def parse_request(data: bytes) -> dict:
 
 
 def _check_envelope(msg: dict) -> dict:
+    # Exact type checks before any comparison: a decoded value may be an ndarray (an ext type), whose
+    # `==` is elementwise and whose truth value raises.
     v = msg.get("v")
-    if v != VERSION:
-        raise RequestError("version", f"protocol version {v!r} is not supported (server speaks {VERSION})")
+    if v.__class__ is not int or v != VERSION:
+        raise RequestError("version", f"protocol version {_short(v)} is not supported (server speaks {VERSION})")
     op = msg.get("op")
-    if op not in OPS:
-        raise RequestError("unknown_op", f"unknown op {op!r}; known: {', '.join(OPS)}")
+    if op.__class__ is not str or op not in OPS:
+        raise RequestError("unknown_op", f"unknown op {_short(op)}; known: {', '.join(OPS)}")
     seq = msg.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool):
         raise RequestError("malformed", "a request needs an integer 'seq'")
     t = msg.get("t", 0.0)
     if not isinstance(t, (int, float)) or isinstance(t, bool):
         raise RequestError("malformed", "'t' (client send time) must be a number")
+    token = msg.get("token")  # the control lease's session token (the server checks its length)
+    if token is not None and token.__class__ is not str:
+        raise RequestError("bad_request", "'token' (the client's session token) must be a string")
     return msg
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def error_reply(seq, code: str, message: str, t=None) -> bytes:

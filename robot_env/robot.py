@@ -159,6 +159,15 @@ class Robot:
     def reset_faults(self) -> dict:
         return self.client.reset_faults()
 
+    def acquire(self, force: bool = False) -> dict:
+        """Take control (the first move does it implicitly while nobody else holds it); `force`
+        takes it over from another client. See `RobotClient.acquire`."""
+        return self.client.acquire(force)
+
+    def release(self) -> bool:
+        """Give control back (`close()` does it too)."""
+        return self.client.release()
+
     def close(self) -> None:
         self._session.close()
 

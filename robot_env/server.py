@@ -36,7 +36,7 @@ class RobotServer:
     def __init__(self, backend: Backend, endpoint: str, stream_endpoint: str, *, clock: str = "lockstep",
                  control_period: float = 0.04, watchdog_timeout: float = 0.25,
                  exit_on_close: bool = False, watch_fd: int | None = None, context=None,
-                 spin: float = 0.0002):
+                 spin: float = 0.0002, keys=None, lockstep_lease_timeout: float = 300.0):
         self.backend = backend
         self.spin = spin
         self.clock = "realtime" if backend.realtime_only else clock
@@ -45,20 +45,38 @@ class RobotServer:
         self.exit_on_close = exit_on_close
         self.watch_fd = watch_fd
         self.parent = os.getppid()
-        self.ctx = context or zmq.Context.instance()
+        # With CurveZMQ keys: a context of our own, whose ZAP endpoint our Guard answers (one per context).
+        self._own_ctx = context is None and keys is not None
+        self.ctx = context or (zmq.Context() if keys is not None else zmq.Context.instance())
+        self.guard = None
+        if keys is not None:
+            from .security import Guard
+            self.guard = Guard(self.ctx, keys)  # bound before any CURVE socket accepts a handshake
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.MAXMSGSIZE, protocol.HARD_MAX_MESSAGE)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if keys is not None:
+            keys.apply(self.router)
         self.router.bind(endpoint)
         self.pub = self.ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 1000)
+        if keys is not None:
+            keys.apply(self.pub)
         self.pub.bind(stream_endpoint)
+        if self.guard is not None:
+            self.guard.watch(self.router, "requests")
+            self.guard.watch(self.pub, "state stream")
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stream_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.subscribers = 0
         self.stream_seq = 0
+        # Applied commands (and resets) go on the stream under the `command` topic, numbered by
+        # `command_seq`, only while someone subscribes to that topic (a recorder): a state-only
+        # subscriber, or none, costs the command path one integer test.
+        self.command_subscribers = 0
+        self.command_seq = 0
         self.estopped = False
         self.watchdog_tripped = False
         self.last_command = None  # wall time of the last motion command (realtime watchdog)
@@ -66,10 +84,20 @@ class RobotServer:
         self.last_advance = _now()
         self.running = False
         self.stats = {"requests": 0, "errors": 0, "overruns": 0}
+        # Control lease ("one controller at a time", see `_lease`): the session token of the client in
+        # control, the wall time of its last motion request, and tokens that lost control and have
+        # not been told yet (each told once, on its next motion request). A lease lapses after
+        # `lease_timeout` s without a motion request: the watchdog timeout on the realtime clock,
+        # `lockstep_lease_timeout` in lockstep (0: never), never while the e-stop is latched.
+        self.controller: str | None = None
+        self.lease_seen = 0.0
+        self.lease_timeout = (watchdog_timeout if self.clock == "realtime" else lockstep_lease_timeout) or None
+        self.lease_lost: dict = {}
         self._handlers = {
             "hello": self._hello, "reset": self._reset, "step": self._step, "command": self._command,
             "state": self._state, "estop": self._estop, "clear_estop": self._clear_estop,
             "reset_faults": self._reset_faults, "close": self._close,
+            "acquire": self._acquire, "release": self._release,
         }
         self._hello_body = self._make_hello()
 
@@ -80,6 +108,10 @@ class RobotServer:
         poller.register(self.pub, zmq.POLLIN)
         if self.watch_fd is not None:
             poller.register(self.watch_fd, zmq.POLLIN)
+        guard = self.guard  # CurveZMQ: ZAP requests and handshake monitors, served from this loop
+        if guard is not None:
+            for sock in guard.sockets:
+                poller.register(sock, zmq.POLLIN)
         router, pub = self.router, self.pub
         realtime = self.clock == "realtime"
         # Lockstep: spin briefly for the next request before sleeping in poll, as the client spins on
@@ -130,6 +162,8 @@ class RobotServer:
                             break
                 if pub in events:
                     self._on_subscription()
+                if guard is not None and events is not router_only:
+                    guard.handle(events)
                 if self.watch_fd is not None and self.watch_fd in events:
                     if not os.read(self.watch_fd, 4096):
                         log.info("parent gone (pipe closed); shutting down")
@@ -158,8 +192,12 @@ class RobotServer:
         try:
             self.backend.close()
         finally:
+            if self.guard is not None:
+                self.guard.close()
             self.router.close(0)
             self.pub.close(0)
+            if self._own_ctx:
+                self.ctx.term()
 
     # -- request handling --------------------------------------------------------------------
     def _on_request(self, frames: list) -> None:
@@ -230,7 +268,10 @@ class RobotServer:
             raise RequestError("estop", f"{op} refused: the e-stop is latched; send clear_estop first")
 
     def _hello(self, req, tr):
-        return dict(self._hello_body)
+        body = dict(self._hello_body)
+        tok = req.get("token")
+        body["lease"] = self._lease_info(tok if tok.__class__ is str else None, _now())
+        return body
 
     def _make_hello(self) -> dict:
         b = self.backend
@@ -258,6 +299,9 @@ class RobotServer:
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise RequestError("bad_request", "reset 'seed' must be a non-negative integer or nil")
         options = parse_reset_options(req.get("options"))
+        if req.get("token") != self.controller:
+            self._lease(req, "reset")
+        self.lease_seen = _now()
         if self.deferred:  # answer realtime steps still waiting out their period; never drop a reply
             now = _now()
             for pending in self.deferred:
@@ -267,18 +311,38 @@ class RobotServer:
         self.watchdog_tripped = False
         self.last_command = None
         self.last_advance = _now()
-        return {"ta": _now(), "state": self._sample()}
+        ta = _now()
+        if self.command_subscribers:
+            self._publish_command({"op": "reset", "seed": seed, "options": options}, req, ta)
+        return {"ta": ta, "state": self._sample()}
 
     def _apply(self, req, op):
         self._guard_motion(op)
         cmd = parse_command(req.get("cmd"), self.backend.channels)
+        if req.get("token") != self.controller:  # the hot path's whole lease check
+            self._lease(req, op)
+        self.lease_seen = _now()
         if self.clock == "realtime":
             now = _now()
             self._advance_to(now)
             self.last_command = now
             self.watchdog_tripped = False
         self.backend.apply(cmd)
-        return _now()
+        ta = _now()
+        if self.command_subscribers:
+            self._publish_command({"op": op, "cmd": cmd}, req, ta)
+        return ta
+
+    def _publish_command(self, msg: dict, req: dict, ta: float) -> None:
+        """One applied command on the stream: what was applied, the client's stamp and sequence
+        number, the apply time `ta`, and `after`, the stream number of the last state before it."""
+        self.command_seq += 1
+        msg["cseq"] = self.command_seq
+        msg["t"] = req.get("t")
+        msg["client_seq"] = req.get("seq")
+        msg["ta"] = ta
+        msg["after"] = self.stream_seq
+        self.pub.send_multipart([b"command", encode(msg)])
 
     def _step(self, req, tr):
         ta = self._apply(req, "step")
@@ -304,13 +368,117 @@ class RobotServer:
         return {"state": self._sample()}
 
     def _clear_estop(self, req, tr):
+        self._guard_lease(req, "clear_estop")
         self.estopped = False
         self.last_command = None
+        self.lease_seen = _now()  # the lease did not lapse while latched; its clock restarts now
         return {"state": self._sample()}
 
     def _reset_faults(self, req, tr):
+        self._guard_lease(req, "reset_faults")
         self.backend.reset_faults()
         return {"state": self._sample()}
+
+    # -- control lease -----------------------------------------------------------------------
+    # Motion ops (step, command, reset) run only for the controller: a request whose `token` is the
+    # controller's passes with one comparison. Anything else takes `_lease`: a free lease (nobody,
+    # released, or lapsed) is acquired implicitly by the request's token, so a client that never
+    # calls `acquire` still works while nobody else holds control. A request without a token moves
+    # the robot only while the lease is free and never holds it. Observing (hello, state, the
+    # stream) and `estop` are open to all; `clear_estop` and `reset_faults` to the controller, or
+    # to anyone while the lease is free.
+    def _lease_free(self, now: float) -> bool:
+        if self.controller is None:
+            return True
+        t = self.lease_timeout
+        return t is not None and not self.estopped and now - self.lease_seen > t
+
+    @staticmethod
+    def _token(req, required: bool = False):
+        tok = req.get("token")
+        if tok is None and not required:
+            return None
+        if tok.__class__ is not str or not 8 <= len(tok) <= 128:
+            raise RequestError("bad_request", "'token' (the client's session token) must be a string of "
+                                              "8 to 128 characters")
+        return tok
+
+    def _held_message(self, op: str, now: float) -> str:
+        lapse = (f", or until its lease lapses ({self.lease_timeout:g} s without a command)"
+                 if self.lease_timeout is not None else "")
+        return (f"{op} refused: another client holds control of the robot (its last command "
+                f"{now - self.lease_seen:.1f} s ago); nothing was applied. This client may observe (hello, "
+                f"state, the state stream) and estop. Take over with acquire(force=True) "
+                f"(RobotClient.acquire(force=True)), or wait until the controller releases control{lapse}")
+
+    def _lease(self, req, op: str) -> None:
+        """The motion check's slow path: the request's token is not the controller's."""
+        tok = self._token(req)
+        if tok is not None:
+            lost = self.lease_lost.pop(tok, None)
+            if lost is not None:
+                raise RequestError("not_controller", f"{op} refused: {lost}; nothing was applied. Call "
+                                                     "acquire() to take control again (force=True to take it over)")
+        now = _now()
+        if not self._lease_free(now):
+            raise RequestError("not_controller", self._held_message(op, now))
+        self._grant(tok, now, f"implicitly, by its first {op}")
+
+    def _grant(self, tok, now: float, how: str) -> None:
+        old = self.controller
+        if old is not None and old != tok:  # only reached when the old lease has lapsed
+            self._lose(old, f"control passed to another client after your lease lapsed "
+                            f"({self.lease_timeout:g} s without a command)")
+            log.info("the lease of session %s... lapsed (%.1f s without a command)", old[:6], now - self.lease_seen)
+        self.controller = tok
+        self.lease_seen = now
+        if tok is not None and tok != old:
+            log.info("control acquired by session %s... (%s)", tok[:6], how)
+
+    def _lose(self, tok: str, why: str) -> None:
+        self.lease_lost[tok] = why
+        if len(self.lease_lost) > 256:
+            del self.lease_lost[next(iter(self.lease_lost))]
+
+    def _lease_info(self, tok, now: float) -> dict:
+        held = not self._lease_free(now)
+        return {"held": held, "yours": tok is not None and tok == self.controller,
+                "idle": now - self.lease_seen if held else None, "timeout": self.lease_timeout}
+
+    def _guard_lease(self, req, op: str) -> None:
+        if req.get("token") != self.controller and not self._lease_free(_now()):
+            raise RequestError("not_controller", f"{op} refused: another client holds control of the robot, "
+                                                 f"and only the controller may {op} while it does. Take over "
+                                                 "with acquire(force=True) (RobotClient.acquire(force=True))")
+
+    def _acquire(self, req, tr):
+        tok = self._token(req, required=True)
+        force = req.get("force", False)
+        if force.__class__ is not bool:
+            raise RequestError("bad_request", "acquire 'force' must be true or false")
+        now = _now()
+        self.lease_lost.pop(tok, None)
+        current = self.controller
+        if current == tok or self._lease_free(now):
+            self._grant(tok, now, "acquire")
+        elif force:
+            self._lose(current, "control was taken over by another client (forced acquire)")
+            log.warning("control taken over by session %s... (forced acquire; the previous controller's last "
+                        "command was %.1f s ago)", tok[:6], now - self.lease_seen)
+            self.controller = tok
+            self.lease_seen = now
+        else:
+            raise RequestError("not_controller", self._held_message("acquire", now))
+        return {"lease": self._lease_info(tok, now)}
+
+    def _release(self, req, tr):
+        tok = self._token(req, required=True)
+        released = tok == self.controller
+        if released:
+            self.controller = None
+            log.info("control released by session %s...", tok[:6])
+        self.lease_lost.pop(tok, None)
+        return {"released": released, "lease": self._lease_info(tok, _now())}
 
     def _close(self, req, tr):
         if self.exit_on_close:
@@ -354,26 +522,34 @@ class RobotServer:
                 return
             if msg[:1] == b"\x01":
                 self.subscribers += 1
+                if b"command".startswith(msg[1:]):
+                    self.command_subscribers += 1
             elif msg[:1] == b"\x00":
                 self.subscribers = max(0, self.subscribers - 1)
+                if b"command".startswith(msg[1:]):
+                    self.command_subscribers = max(0, self.command_subscribers - 1)
 
 
 def build_server(cfg: dict, *, endpoint: str | None = None, stream_endpoint: str | None = None,
-                 **kwargs) -> RobotServer:
+                 allow_client_keys=(), **kwargs) -> RobotServer:
     """Construct the backend a config names and the server around it (binding the sockets)."""
     from .backend import load_backend
     from .config import safety_config
     from .endpoints import check_bind, private_ipc, stream_endpoint_for
 
+    from .security import server_keys
+
     srv = cfg["server"]
     ep = endpoint or srv["endpoint"] or private_ipc()[0]
     sep = stream_endpoint or srv["stream_endpoint"] or stream_endpoint_for(ep)
+    keys = server_keys(cfg, allow_client_keys)  # None without [server.security] server_secret_key
     for e in (ep, sep):
-        warning = check_bind(e, srv["insecure"])
+        warning = check_bind(e, srv["insecure"], secure=keys is not None)
         if warning:
             print(warning, file=sys.stderr, flush=True)
     settings = dict(cfg.get(f"server.{srv['backend']}", {}))
     backend = load_backend(srv["backend"], safety=safety_config(cfg), control_period=srv["control_period"],
                            **settings)
     return RobotServer(backend, ep, sep, clock=srv["clock"], control_period=srv["control_period"],
-                       watchdog_timeout=cfg["server.safety"]["watchdog_timeout"], **kwargs)
+                       watchdog_timeout=cfg["server.safety"]["watchdog_timeout"], keys=keys,
+                       lockstep_lease_timeout=srv["lockstep_lease_timeout"], **kwargs)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import config as config_mod
 from .client import RobotClient
+from .security import client_keys
 from .spawn import ServerProcess
 
 
@@ -14,11 +15,15 @@ class Session:
         cc = self.cfg["client"]
         self.server: ServerProcess | None = None
         endpoint = cc["endpoint"]
+        # CurveZMQ keys from [client] (a server we spawn: its public key from its secret key file, and
+        # a fresh client key pair when [client] names none, which the spawned server is told to allow).
+        self.keys = client_keys(self.cfg, spawning=not endpoint)
         if not endpoint:
-            self.server = ServerProcess(self.cfg)
+            allow = [self.keys.public.decode()] if self.keys is not None else []
+            self.server = ServerProcess(self.cfg, allow_client_keys=allow)
             endpoint = self.server.endpoint
         try:
-            self.client = RobotClient(endpoint, timeout=cc["timeout"], retries=cc["retries"])
+            self.client = RobotClient(endpoint, timeout=cc["timeout"], retries=cc["retries"], keys=self.keys)
             self.info = self.client.hello()
         except BaseException:
             self.close()

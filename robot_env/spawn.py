@@ -20,7 +20,8 @@ from .errors import RobotEnvError
 class ServerProcess:
     """A spawned server: endpoints, and `close()` that leaves no process behind."""
 
-    def __init__(self, cfg: dict, *, endpoint: str | None = None, ready_timeout: float = 30.0):
+    def __init__(self, cfg: dict, *, endpoint: str | None = None, ready_timeout: float = 30.0,
+                 allow_client_keys=(), exit_on_close: bool = True):
         srv = cfg["server"]
         ep = endpoint or srv["endpoint"]
         sep = srv["stream_endpoint"] or None
@@ -29,9 +30,11 @@ class ServerProcess:
         self._stderr = tempfile.TemporaryFile()
         read_fd, self._watch_w = os.pipe()
         cmd = [sys.executable, "-m", "robot_env.cli", "serve", "--config-json", json.dumps(cfg),
-               "--endpoint", ep, "--watch-fd", "0", "--exit-on-close", "--ready"]
+               "--endpoint", ep, "--watch-fd", "0", "--ready"] + (["--exit-on-close"] if exit_on_close else [])
         if sep:
             cmd += ["--stream-endpoint", sep]
+        for key in allow_client_keys:  # CurveZMQ public keys (not secret) allowed besides the config's
+            cmd += ["--allow-client-key", key]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, stdin=read_fd, stdout=subprocess.PIPE, stderr=self._stderr,
                                      env=env, close_fds=True)

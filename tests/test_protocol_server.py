@@ -243,9 +243,9 @@ def test_unknown_op_through_client_is_an_error_not_a_timeout(robot):
     """The client matches replies by seq, so envelope errors must echo it or they look like a dead server."""
     t0 = time.monotonic()
     with pytest.raises(ServerError) as info:
-        robot.request("acquire")
+        robot.request("levitate")
     assert info.value.code == "unknown_op"
-    assert "acquire" in str(info.value)
+    assert "levitate" in str(info.value)
     assert time.monotonic() - t0 < robot.timeout / 2
     assert_still_serving(robot)
 
@@ -266,6 +266,7 @@ def test_beyond_hard_cap_costs_only_the_sender(robot, server, ctx):
 
 
 def test_req_socket(robot, server, ctx):
+    robot.release()  # a client without a session token may move the robot only while nobody holds control
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(server.endpoint)
@@ -354,6 +355,8 @@ def test_estop_refuses_motion_until_cleared(robot):
 
 
 def test_estop_latches_across_a_new_connection(robot, server, ctx):
+    # Control is free here, so any client may move and clear the e-stop (test_lease.py: when it is held).
+    robot.release()
     first = RobotClient(server.endpoint, timeout=5.0, context=ctx)
     assert first.estop()["mode"] == "estop"
     first.close()  # the client that latched it goes away
@@ -369,6 +372,7 @@ def test_estop_latches_across_a_new_connection(robot, server, ctx):
         assert robot.state()["mode"] == "estop"  # everyone sees it
         assert second.clear_estop()["mode"] == "ok"
         assert second.step({"ee_delta": [0.01, 0.0, 0.0]})["mode"] == "ok"
+        assert second.release()  # its step acquired control implicitly
         assert robot.step({"ee_delta": [0.01, 0.0, 0.0]})["mode"] == "ok"
     finally:
         if second.state()["mode"] == "estop":

@@ -137,7 +137,8 @@ def test_lockstep_never_trips_the_watchdog():
 
 def test_reset_does_not_swallow_another_clients_pending_step(session, client):
     """A realtime step waits a period for its reply; a reset from someone else meanwhile must not drop it."""
-    other = RobotClient(session.client.endpoint, timeout=2.0)
+    # A second socket of the same session (same lease token): only the controller may step and reset.
+    other = RobotClient(session.client.endpoint, timeout=2.0, token=client.token)
     outcome: dict = {}
 
     def step():

@@ -1,5 +1,5 @@
 """Gymnasium environments and wrappers."""
 from .fetch_reach import FetchReachEnv
-from .wrappers import LatencyInfo
+from .wrappers import LatencyInfo, RecordEpisodes
 
-__all__ = ["FetchReachEnv", "LatencyInfo"]
+__all__ = ["FetchReachEnv", "LatencyInfo", "RecordEpisodes"]
