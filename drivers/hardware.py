@@ -31,7 +31,7 @@ from robot_env.safety import SafetyConfig
 from robot_env.targets import Kinematics, TargetController, ee_velocity
 
 from . import control_table as ct
-from .bus import BusError, BusTimeout, DynamixelBus, PortError, ServoError
+from .bus import BusError, BusTimeout, DynamixelBus, PortError
 from .calibration import MODES, Calibration, JointServo, load_calibration
 
 log = logging.getLogger("drivers.hardware")

@@ -33,3 +33,12 @@ def no_leftover_servers():
     while servers() - before and time.time() < deadline:
         time.sleep(0.05)
     assert not servers() - before, "a spawned server outlived its env"
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    """A private ZeroMQ context per test module, terminated after it."""
+    import zmq
+    c = zmq.Context()
+    yield c
+    c.term()

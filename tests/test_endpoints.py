@@ -20,27 +20,11 @@ from robot_env import config
 from robot_env.client import RobotClient
 from robot_env.errors import ConfigError, RobotEnvError
 from robot_env.server import build_server
+from support import free_port_pair
 
 pytestmark = pytest.mark.timeout(60)
 
 ENV_ID = "robot_env/FetchReach-v0"
-
-
-def free_port_pair() -> int:
-    """A loopback port p with p + 1 free too (the state stream binds next to the request port)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair")
 
 
 def port_free(port: int) -> bool:

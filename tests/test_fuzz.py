@@ -31,6 +31,7 @@ from robot_env import config, protocol
 from robot_env.client import RobotClient
 from robot_env.commands import CHANNELS
 from robot_env.spawn import ServerProcess
+from support import free_port_pair
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -44,22 +45,6 @@ KNOWN_ERRORS = {"malformed", "too_large", "version", "unknown_op", "bad_command"
 FIGURES: dict = {}
 
 
-def free_port_pair() -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair")
-
-
 @pytest.fixture(scope="module")
 def server():
     port = free_port_pair()
@@ -67,13 +52,6 @@ def server():
     sp = ServerProcess(cfg, endpoint=f"tcp://127.0.0.1:{port}", exit_on_close=False)
     yield sp
     sp.close()
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.term()
 
 
 @pytest.fixture(scope="module")

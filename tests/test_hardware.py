@@ -14,6 +14,7 @@ from robot_env.demo import run_episodes
 from robot_env.description import TUCK_ARM, TUCK_TORSO
 from robot_env.errors import ConfigError, RequestError
 from simulators.servo_bus import EmulatorProcess, ServoBusEmulator
+from support import wait_for
 
 CFG = config.load("fetch_dynamixel")
 SETTINGS = {k: v for k, v in CFG["server.dynamixel"].items() if k != "serial_port"}
@@ -34,15 +35,6 @@ def rig(tmp_path):
     yield emu, backend
     backend.close()
     emu.stop()
-
-
-def wait_for(pred, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_startup_holds_present_pose_and_writes_servo_limits(rig):

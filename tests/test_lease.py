@@ -27,13 +27,6 @@ def spawn(**server):
 
 
 @pytest.fixture(scope="module")
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.term()
-
-
-@pytest.fixture(scope="module")
 def lockstep():
     sp = spawn()
     yield sp

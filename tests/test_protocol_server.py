@@ -34,13 +34,6 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.term()
-
-
-@pytest.fixture(scope="module")
 def client(server, ctx):
     c = RobotClient(server.endpoint, timeout=5.0, context=ctx)
     yield c

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -28,26 +27,11 @@ from robot_env.errors import ConfigError, ServerTimeout
 from robot_env.security import ClientKeys, client_keys, create_keypair, read_public_key, server_keys
 from robot_env.server import build_server
 from robot_env.spawn import ServerProcess
+from support import free_port_pair
 
 pytestmark = pytest.mark.timeout(60)
 
 ENV_ID = "robot_env/FetchReach-v0"
-
-
-def free_port_pair() -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair")
 
 
 def keys_cmd(*args) -> list[str]:
@@ -93,13 +77,6 @@ def secure_server(keydir):
     yield sp
     sp.close()
     assert not sp.alive()
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.term()
 
 
 # -- keys ----------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from robot_env.client import RobotClient
 from robot_env.spawn import ServerProcess
 from robot_env.robot import MoveError
 from robot_env.teleop import Jogs, Teleop
+from support import wait_for as wait_until
 
 TMUX = shutil.which("tmux")
 needs_tmux = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install -y tmux; .ci/run does)")
@@ -81,15 +82,6 @@ def client_config(tmp_path, endpoint, timeout=2.0):
     path = tmp_path / "teleop_client.toml"
     path.write_text(f'[client]\nendpoint = "{endpoint}"\ntimeout = {timeout}\n')
     return str(path)
-
-
-def wait_until(pred, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def still(st, tol=1e-3):

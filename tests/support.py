@@ -1,0 +1,30 @@
+"""Helpers shared by the tests (plain functions; fixtures live in conftest.py)."""
+import socket
+import time
+
+
+def free_port_pair() -> int:
+    """A loopback port p with p + 1 free too (the state stream binds next to the request port)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        try:
+            with socket.socket() as s2:
+                s2.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+def wait_for(pred, timeout: float = 3.0) -> bool:
+    """Poll `pred` every 10 ms until it holds (True) or `timeout` s pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
