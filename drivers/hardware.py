@@ -272,6 +272,10 @@ class DynamixelBackend(Backend):
 
     def _on_bus_failure(self, code: str, message: str) -> None:
         with self._lock:
+            if any(f["code"] == code and f["servo"] == -1 for f in self._faults):
+                # Already latched and holding: one fault, not one more (and a re-hold at a possibly
+                # stale measured pose) per failed cycle for as long as the bus stays down.
+                return
             self._add_fault(None, code, message)
             self.ctl.hold(self.q_meas, np.zeros(NJ), self.loop_period)
             self.q_cmd, self.v_cmd = self.ctl.target.copy(), np.zeros(NJ)
