@@ -28,6 +28,9 @@ setup(
         "record": ["mcap>=1.6"],
         # `robot-env plot`
         "plot": ["mcap>=1.6", "matplotlib>=3.7"],
+        # `robot-env train` / `run`: SAC + HER. Install torch first (the CPU build: see README), or pip
+        # resolves torch from PyPI, which on Linux is the multi-GB CUDA build.
+        "train": ["stable-baselines3>=2.3", "tqdm>=4"],
         # The comparison anchor for `robot-env bench`: Gymnasium-Robotics' Fetch envs assert on mujoco>=3.12.
         "anchor": ["gymnasium-robotics>=1.4", "mujoco<3.12"],
     },

@@ -1,5 +1,5 @@
-"""The `robot-env` command: serve, keys, demo, bench, emulate-bus, calibrate, setup-servos, teleop,
-record, replay, plot."""
+"""The `robot-env` command: serve, keys, demo, train, run, bench, emulate-bus, calibrate, setup-servos,
+teleop, record, replay, plot."""
 from __future__ import annotations
 
 import argparse
@@ -61,9 +61,23 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.train:
+        from .bench_train import run_bench_train
+        return run_bench_train(steps=args.train_steps, seed=args.seed, anchor_python=args.anchor_python,
+                               anchor=not args.no_anchor, out=args.json)
     from .bench import run_bench
     return run_bench(steps=args.steps, anchor_python=args.anchor_python, anchor=not args.no_anchor,
                      out=args.json)
+
+
+def _train(args) -> int:
+    from .train import run_train_cli
+    return run_train_cli(args)
+
+
+def _run(args) -> int:
+    from .train import run_run_cli
+    return run_run_cli(args)
 
 
 def _emulate_bus(args) -> int:
@@ -264,8 +278,35 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
 
+    p = sub.add_parser("train", help="SAC+HER on the simulator until eval success >= 95%%; writes a policy bundle")
+    p.add_argument("--config", default=None, help="config name or path (default: the embedded simulator)")
+    p.add_argument("--steps", type=int, default=30000, help="most training steps (stops early at --threshold)")
+    p.add_argument("--out", default="policy", help="bundle directory to write (default: ./policy)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=1000, help="evaluate every N training steps")
+    p.add_argument("--eval-episodes", type=int, default=20, help="episodes per evaluation (separate env)")
+    p.add_argument("--threshold", type=float, default=0.95, help="stop once eval success reaches this")
+    p.add_argument("--sim2real", action="store_true",
+                   help="action latency, joint noise and speed randomization from [server.kinematic]")
+    p.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="do not normalize observations (default: VecNormalize, stats saved in the bundle)")
+    p.add_argument("--time-feature", action="store_true", help="append the remaining-time feature (rl-zoo)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("run", help="run a policy bundle on the robot a config names; success and latency")
+    p.add_argument("--policy", required=True, help="bundle directory from `robot-env train`")
+    p.add_argument("--config", default=None, help="config name or path (default: the embedded simulator)")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--serial-port", help="hardware backends: the servo bus device (overrides the config)")
+    p.set_defaults(func=_run)
+
     p = sub.add_parser("bench", help="env steps/s and latency over ipc and tcp, next to FetchReach-v4")
     p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--train", action="store_true",
+                   help="instead: wall-clock time to 95%% eval success, SAC+HER here vs on FetchReach-v4")
+    p.add_argument("--train-steps", type=int, default=30000, help="--train: most steps per side")
+    p.add_argument("--seed", type=int, default=0, help="--train: training seed (both sides)")
     p.add_argument("--anchor-python", help="a Python with gymnasium-robotics and mujoco<3.12 for the anchor")
     p.add_argument("--no-anchor", action="store_true", help="skip the Gymnasium-Robotics anchor")
     p.add_argument("--json", help="also write the results to this JSON file")

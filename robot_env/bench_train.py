@@ -1,0 +1,108 @@
+"""`robot-env bench --train`: wall-clock time to 95% evaluation success, SAC + HER on our env (embedded
+simulator over the bridge) and on Gymnasium-Robotics' in-process FetchReach-v4, in the same run.
+
+Both sides run the same file (`robot_env/sac_her.py`): the same SAC + HER hyper-parameters, the same
+evaluation (20 deterministic seeded episodes every 1,000 steps on a separate env, evaluation time
+counted in the wall clock), the same early stop. The anchor uses rl-baselines3-zoo's FetchReach
+settings (normalized observations and the time feature); ours uses `robot-env train`'s defaults.
+They run one after the other, never at once (a 2-core machine: our server needs the second core).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+from .bench import ANCHOR_HINT
+
+
+def _ours(steps: int, seed: int) -> dict:
+    from . import train as train_mod
+    from .sac_her import train_loop
+
+    def mk(evaluating):
+        return train_mod.make_env(None, None, time_feature=train_mod.DEFAULT_TIME_FEATURE)
+
+    def log(n, total, rate, wall):
+        print(f"  ours robot_env/FetchReach-v0: {n:>6}/{total} steps  eval success {rate:5.0%}  {wall:6.1f} s",
+              file=sys.stderr, flush=True)
+
+    _, _, result = train_loop(mk, steps, seed=seed, normalize=train_mod.DEFAULT_NORMALIZE, log=log)
+    result.update(env="robot_env/FetchReach-v0", time_feature=train_mod.DEFAULT_TIME_FEATURE)
+    return result
+
+
+def _anchor(steps: int, seed: int, python: str) -> tuple[dict | None, str | None]:
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sac_her.py")
+    args = json.dumps({"env": "FetchReach-v4", "steps": steps, "seed": seed, "normalize": True,
+                       "time_feature": True})
+    with tempfile.TemporaryFile() as err:
+        try:
+            # The script's own directory goes first on sys.path: keep it from shadowing anything by
+            # running it with -c from its source instead of by path.
+            src = open(script).read()
+            proc = subprocess.run([python, "-c", src, args], stdout=subprocess.PIPE, stderr=err,
+                                  timeout=60 + 0.1 * steps)
+        except FileNotFoundError:
+            return None, f"{python!r} does not exist"
+        except subprocess.TimeoutExpired:
+            return None, "FetchReach-v4 training timed out"
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    for line in stderr.splitlines():
+        if line.startswith("  anchor"):
+            print(line, file=sys.stderr, flush=True)
+    for line in reversed(proc.stdout.decode(errors="replace").splitlines()):
+        if line.startswith("{"):
+            return json.loads(line), None
+    tail = "\n".join("    " + ln for ln in stderr.strip().splitlines()[-6:])
+    return None, f"FetchReach-v4 training failed in {python} (exit {proc.returncode}):\n{tail}"
+
+
+def _fmt(r: dict | None) -> tuple[str, str, str]:
+    if r is None:
+        return "not run", "—", "—"
+    if not r["reached_threshold"]:
+        return f"not reached in {r['steps']} steps", f"> {r['wall_s']:.1f}", f"{r['final_success']:.0%}"
+    return f"{r['steps_to_threshold']:,}", f"{r['wall_s_to_threshold']:.1f}", f"{r['final_success']:.0%}"
+
+
+def run_bench_train(steps: int = 30_000, seed: int = 0, anchor_python: str | None = None, anchor: bool = True,
+                    out=None) -> int:
+    from .train import _require_sb3
+    _require_sb3()
+    print(f"robot-env bench --train: SAC+HER to 95% eval success (20 episodes every 1,000 steps), seed {seed}, "
+          f"at most {steps} steps per side; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          "one torch thread", flush=True)
+    res = {"seed": seed, "max_steps": steps, "cpus": os.cpu_count(), "platform": platform.platform()}
+    res["ours"] = _ours(steps, seed)
+    res["anchor"], res["anchor_note"] = (None, "skipped (--no-anchor)")
+    if anchor:
+        res["anchor"], res["anchor_note"] = _anchor(steps, seed, anchor_python or sys.executable)
+    o, a = res["ours"], res["anchor"]
+    rows = [("robot_env/FetchReach-v0 (embedded sim over ipc)",) + _fmt(o),
+            ("FetchReach-v4 in-process (rl-zoo settings, anchor)",) + _fmt(a)]
+    print()
+    print(f"{'':52}{'steps to 95%':>16}{'wall s to 95%':>16}{'final eval':>12}")
+    for r in rows:
+        print(f"{r[0]:52}{r[1]:>16}{r[2]:>16}{r[3]:>12}")
+    ratio = None
+    if a and o["reached_threshold"] and a["reached_threshold"]:
+        ratio = o["wall_s_to_threshold"] / a["wall_s_to_threshold"]
+        steps_ratio = o["steps_to_threshold"] / a["steps_to_threshold"]
+        per_step = (o["wall_s_to_threshold"] / o["steps_to_threshold"]) / (a["wall_s_to_threshold"] / a["steps_to_threshold"])
+        word = "faster" if ratio < 1 else "slower"
+        print(f"\nours / anchor wall-clock time to 95%: {ratio:.2f} (ours {word}); steps ratio {steps_ratio:.2f}, "
+              f"wall time per step ratio {per_step:.2f}")
+        res["ratio"] = {"wall": ratio, "steps": steps_ratio, "per_step": per_step}
+    elif not a:
+        print(f"\nnote: anchor not run: {res['anchor_note']}\n  to include it: {ANCHOR_HINT}")
+    if out:
+        with open(out, "w") as fh:
+            json.dump(res, fh, indent=2)
+            fh.write("\n")
+        print(f"wrote {out}")
+    return 0 if o["reached_threshold"] else 1
