@@ -109,6 +109,9 @@ def line_baud(fd: int) -> int | None:
         return None
 
 
+STALL = 0.02  # s between motion updates beyond which the emulator itself, not the bus, was silent
+
+
 class EmulatedServo:
     """One X-series servo: its control table (bytes) and the physical state behind it."""
 
@@ -256,7 +259,9 @@ class EmulatedServo:
         self.t_last = now
         t = self.table
         torque = t[64]
-        if (watchdog and torque and 0 < t[98] <= 127 and not self.wd_error
+        # dt < STALL: if *this* thread was descheduled, bytes the driver sent meanwhile may still sit
+        # unread in the pty; a real servo hears them on time, so judge silence on the next pass.
+        if (watchdog and dt < STALL and torque and 0 < t[98] <= 127 and not self.wd_error
                 and now - self.last_rx > t[98] * 0.02):
             self._trip_watchdog()
         if not torque:
