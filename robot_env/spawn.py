@@ -17,31 +17,25 @@ from .endpoints import private_ipc
 from .errors import RobotEnvError
 
 
-class ServerProcess:
-    """A spawned server: endpoints, and `close()` that leaves no process behind."""
+class ChildProcess:
+    """A `robot-env` subcommand as a child that dies with us (it watches our pipe on its stdin).
 
-    def __init__(self, cfg: dict, *, endpoint: str | None = None, ready_timeout: float = 30.0,
-                 allow_client_keys=(), exit_on_close: bool = True):
-        srv = cfg["server"]
-        ep = endpoint or srv["endpoint"]
-        sep = srv["stream_endpoint"] or None
-        if not ep:
-            ep, sep = private_ipc()
+    Its stdout announces readiness; its stderr is kept for error messages. `close()` leaves no
+    process behind: EOF on the pipe first (a clean exit), then SIGTERM, then SIGKILL.
+    """
+
+    def __init__(self, args: list[str], what: str):
+        self.what = what
         self._stderr = tempfile.TemporaryFile()
         read_fd, self._watch_w = os.pipe()
-        cmd = [sys.executable, "-m", "robot_env.cli", "serve", "--config-json", json.dumps(cfg),
-               "--endpoint", ep, "--watch-fd", "0", "--ready"] + (["--exit-on-close"] if exit_on_close else [])
-        if sep:
-            cmd += ["--stream-endpoint", sep]
-        for key in allow_client_keys:  # CurveZMQ public keys (not secret) allowed besides the config's
-            cmd += ["--allow-client-key", key]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        cmd = [sys.executable, "-m", "robot_env.cli", *args, "--watch-fd", "0"]
         self.proc = subprocess.Popen(cmd, stdin=read_fd, stdout=subprocess.PIPE, stderr=self._stderr,
-                                     env=env, close_fds=True)
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"), close_fds=True)
         os.close(read_fd)
-        self.endpoint, self.stream_endpoint = self._wait_ready(ready_timeout)
 
-    def _wait_ready(self, timeout: float) -> tuple[str, str]:
+    def wait_line(self, timeout: float, accept=lambda line: True) -> str:
+        """The first stdout line `accept` takes; RobotEnvError (with the child's stderr) if it dies
+        first or stays silent past `timeout`."""
         deadline = time.monotonic() + timeout
         out = self.proc.stdout
         while time.monotonic() < deadline:
@@ -51,13 +45,12 @@ class ServerProcess:
             line = out.readline().decode(errors="replace").strip()
             if not line:  # EOF: the child died before it was ready
                 self.proc.wait(5)
-                raise RobotEnvError(f"robot server failed to start (exit {self.proc.returncode}):\n"
+                raise RobotEnvError(f"{self.what} failed to start (exit {self.proc.returncode}):\n"
                                     f"{self.stderr_text()}")
-            if line.startswith("READY "):
-                _, ep, sep = line.split()
-                return ep, sep
+            if accept(line):
+                return line
         self.close()
-        raise RobotEnvError(f"robot server not ready within {timeout:g} s:\n{self.stderr_text()}")
+        raise RobotEnvError(f"{self.what} not ready within {timeout:g} s:\n{self.stderr_text()}")
 
     def stderr_text(self) -> str:
         self._stderr.seek(0)
@@ -66,8 +59,8 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Close the watch pipe (the server exits on EOF), then escalate if it lingers."""
+    def close(self, timeout: float = 5.0) -> int | None:
+        """Close the watch pipe (the child exits on EOF), then escalate if it lingers; the exit code."""
         if self._watch_w is not None:
             os.close(self._watch_w)
             self._watch_w = None
@@ -83,7 +76,9 @@ class ServerProcess:
                     self.proc.wait()
         if self.proc.stdout:
             self.proc.stdout.close()
-        self._stderr.close()
+        if not self._stderr.closed:
+            self._stderr.close()
+        return self.proc.returncode
 
     def __del__(self):
         try:
@@ -91,3 +86,25 @@ class ServerProcess:
                 os.close(self._watch_w)
         except Exception:
             pass
+
+
+class ServerProcess(ChildProcess):
+    """A spawned server: endpoints, and `close()` that leaves no process behind."""
+
+    def __init__(self, cfg: dict, *, endpoint: str | None = None, ready_timeout: float = 30.0,
+                 allow_client_keys=(), exit_on_close: bool = True):
+        srv = cfg["server"]
+        ep = endpoint or srv["endpoint"]
+        sep = srv["stream_endpoint"] or None
+        if not ep:
+            ep, sep = private_ipc()
+        args = ["serve", "--config-json", json.dumps(cfg), "--endpoint", ep, "--ready"]
+        if exit_on_close:
+            args.append("--exit-on-close")
+        if sep:
+            args += ["--stream-endpoint", sep]
+        for key in allow_client_keys:  # CurveZMQ public keys (not secret) allowed besides the config's
+            args += ["--allow-client-key", key]
+        super().__init__(args, "robot server")
+        _, self.endpoint, self.stream_endpoint = self.wait_line(
+            ready_timeout, lambda line: line.startswith("READY ")).split()

@@ -61,6 +61,7 @@ import tty
 
 from drivers import control_table as ct
 from drivers import protocol2 as p2
+from robot_env.spawn import ChildProcess
 
 log = logging.getLogger("simulators.servo_bus")
 
@@ -1034,7 +1035,7 @@ class EmulatorControl:
         self._sock.close(0)
 
 
-class EmulatorProcess:
+class EmulatorProcess(ChildProcess):
     """`robot-env emulate-bus` as a child process that dies with us: `.path`, `.control`, `.close()`.
 
     For tests and demos that want the bus emulator outside their own process (so it does not
@@ -1043,58 +1044,29 @@ class EmulatorProcess:
 
     def __init__(self, config: str, *, link: str | None = None, timing: bool = False,
                  control: bool | str = False, baud: int | None = None, ready_timeout: float = 20.0):
-        import subprocess
-        import sys
-        import tempfile
         from robot_env.endpoints import private_ipc
+        self.control = None
         self.control_endpoint = None
         if control:
             self.control_endpoint = control if isinstance(control, str) else private_ipc()[0]
-        cmd = [sys.executable, "-m", "robot_env.cli", "emulate-bus", "--config", str(config),
-               "--watch-fd", "0"]
+        args = ["emulate-bus", "--config", str(config)]
         if link:
-            cmd += ["--link", str(link)]
+            args += ["--link", str(link)]
         if timing:
-            cmd.append("--timing")
+            args.append("--timing")
         if baud:
-            cmd += ["--baud", str(baud)]
+            args += ["--baud", str(baud)]
         if self.control_endpoint:
-            cmd += ["--control", self.control_endpoint]
-        self._stderr = tempfile.TemporaryFile()
-        read_fd, self._watch_w = os.pipe()
-        self.proc = subprocess.Popen(cmd, stdin=read_fd, stdout=subprocess.PIPE, stderr=self._stderr,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"), close_fds=True)
-        os.close(read_fd)
-        ready, _, _ = select.select([self.proc.stdout], [], [], ready_timeout)
-        line = self.proc.stdout.readline().decode(errors="replace").strip() if ready else ""
-        if not line:
-            self.close()
-            raise RuntimeError(f"robot-env emulate-bus did not start:\n{self.stderr_text()}")
-        self.path = line
+            args += ["--control", self.control_endpoint]
+        super().__init__(args, "robot-env emulate-bus")
+        self.path = self.wait_line(ready_timeout)  # its first line is the device path
         self.control = EmulatorControl(self.control_endpoint) if self.control_endpoint else None
 
-    def stderr_text(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")[-4000:]
-
     def close(self, timeout: float = 5.0) -> int | None:
-        import subprocess
         if self.control is not None:
             self.control.close()
             self.control = None
-        if self._watch_w is not None:
-            os.close(self._watch_w)
-            self._watch_w = None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
+        return super().close(timeout)
 
     def __enter__(self) -> "EmulatorProcess":
         return self
