@@ -213,11 +213,9 @@ class DynamixelBackend(Backend):
             if raw[0] == 0xFF:
                 s = self.cal.by_id(sid)
                 with self._lock:
-                    self._add_fault(s, "bus_watchdog", f"{s.joint} (servo {sid}): the servo's bus watchdog "
-                                    f"tripped (the driver was silent > {self.bus_watchdog:g} s); it stopped")
-                    self.ctl.hold(self.q_meas, np.zeros(NJ), self.loop_period)
-                    self.q_cmd, self.v_cmd = self.ctl.target.copy(), np.zeros(NJ)
-                    self.wheel_cmd = (0.0, 0.0)
+                    self._fault_stop(s, "bus_watchdog", f"{s.joint} (servo {sid}): the servo's bus watchdog "
+                                     f"tripped (the driver was silent > {self.bus_watchdog:g} s); it stopped",
+                                     freeze=True)
 
     def _write_goals(self) -> None:
         writes = []
@@ -270,16 +268,25 @@ class DynamixelBackend(Backend):
             self._faults.append(fault)
             log.error("fault: %s", fault)
 
+    def _fault_stop(self, s: JointServo | None, code: str, message: str, *, freeze: bool) -> None:
+        """Record a fault and hold where the arm is measured; the base stops. Call with the lock held.
+
+        `freeze`: the servos stopped by themselves or cannot be reached, so the commanded trajectory
+        jumps to the hold too; otherwise the limiter brakes it there as usual.
+        """
+        self._add_fault(s, code, message)
+        self.ctl.hold(self.q_meas, np.zeros(NJ), self.loop_period)
+        if freeze:
+            self.q_cmd, self.v_cmd = self.ctl.target.copy(), np.zeros(NJ)
+        self.wheel_cmd = (0.0, 0.0)
+
     def _on_bus_failure(self, code: str, message: str) -> None:
         with self._lock:
             if any(f["code"] == code and f["servo"] == -1 for f in self._faults):
                 # Already latched and holding: one fault, not one more (and a re-hold at a possibly
                 # stale measured pose) per failed cycle for as long as the bus stays down.
                 return
-            self._add_fault(None, code, message)
-            self.ctl.hold(self.q_meas, np.zeros(NJ), self.loop_period)
-            self.q_cmd, self.v_cmd = self.ctl.target.copy(), np.zeros(NJ)
-            self.wheel_cmd = (0.0, 0.0)
+            self._fault_stop(None, code, message, freeze=True)
 
     def _on_alerts(self, ids: set[int]) -> None:
         for sid in sorted(ids):
@@ -291,9 +298,7 @@ class DynamixelBackend(Backend):
             else:
                 names = ", ".join(ct.hardware_error_names(hw)) or f"status {hw}"
             with self._lock:
-                self._add_fault(s, "hardware_error", f"{s.joint} (servo {sid}): {names}")
-                self.ctl.hold(self.q_meas, np.zeros(NJ), self.loop_period)
-                self.wheel_cmd = (0.0, 0.0)
+                self._fault_stop(s, "hardware_error", f"{s.joint} (servo {sid}): {names}", freeze=False)
 
     # -- Backend interface -------------------------------------------------------------------
     @property
