@@ -13,6 +13,7 @@ from .errors import ConfigError
 # config `[server] backend` name -> "module:Class"
 BACKENDS = {
     "kinematic": "simulators.kinematic:KinematicSim",
+    "kinematic_batch": "simulators.kinematic_batch:BatchedKinematicSim",
     "dynamixel": "drivers.hardware:DynamixelBackend",
     "mujoco": "simulators.physics:MujocoSim",
 }

@@ -291,6 +291,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="do not normalize observations (default: VecNormalize, stats saved in the bundle)")
     p.add_argument("--time-feature", action="store_true", help="append the remaining-time feature (rl-zoo)")
+    p.add_argument("--num-envs", type=int, default=1,
+                   help="robots trained on at once, all behind one batched simulator server (default 1)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("run", help="run a policy bundle on the robot a config names; success and latency")

@@ -64,7 +64,7 @@ def _as_vector(name: str, value, shape: tuple[int, ...]):
     return np.array(values, dtype=np.float64) if arr is None else arr
 
 
-def parse_command(cmd, supported=None) -> dict:
+def parse_command(cmd, supported=None, check_values: bool = True) -> dict:
     """Validate a wire command map into {channel: float | float64 array}; raise RequestError on any fault."""
     if not isinstance(cmd, dict):
         raise RequestError("bad_command", f"command must be a map of channels, got {type(cmd).__name__}")
@@ -80,8 +80,64 @@ def parse_command(cmd, supported=None) -> dict:
                                                   f"known: {', '.join(CHANNELS)}")
         if supported is not None and name not in supported:
             raise RequestError("unsupported_channel", f"channel {name!r} is not supported by this backend")
-        out[name] = _as_vector(name, value, shape)
+        if check_values:
+            out[name] = _as_vector(name, value, shape)
     return out
+
+
+def _as_batch(name: str, value, shape: tuple[int, ...], n: int) -> np.ndarray:
+    """A batched channel: an array (or nested list) of numbers of shape (n, *shape), all finite."""
+    if isinstance(value, (list, tuple)):
+        try:
+            value = np.array(value)
+        except ValueError:
+            raise RequestError("bad_command", f"channel {name!r} takes shape {(n, *shape)}, got ragged lists") from None
+    if not isinstance(value, np.ndarray):
+        raise RequestError("bad_command", f"channel {name!r} takes an array of shape {(n, *shape)}, "
+                                          f"got {type(value).__name__}")
+    if value.dtype.kind not in "fiu":
+        raise RequestError("bad_command", f"channel {name!r} takes numbers, got dtype {value.dtype}")
+    if value.shape != (n, *shape):
+        raise RequestError("bad_command", f"channel {name!r} takes shape {(n, *shape)} (one row per robot), "
+                                          f"got {value.shape}")
+    arr = value.astype(np.float64)
+    if not np.isfinite(arr).all():
+        bad = sorted({int(i) for i in np.flatnonzero(~np.isfinite(arr).reshape(n, -1).all(axis=1))})
+        raise RequestError("bad_command", f"channel {name!r} has non-finite values for robot(s) {bad[:16]}")
+    return arr
+
+
+def parse_robots(value, n: int) -> np.ndarray | None:
+    """A batch request's `robots`: distinct indices in [0, n), or nil for all of them."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+            raise RequestError("bad_request", "'robots' must be a list of robot indices")
+        value = np.array(value, dtype=np.int64)
+    if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype.kind not in "iu":
+        raise RequestError("bad_request", "'robots' must be a list of robot indices")
+    idx = value.astype(np.int64)
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= n or np.unique(idx).size != idx.size:
+        raise RequestError("bad_request", f"'robots' must name distinct robots in 0..{n - 1}, got {idx.tolist()[:16]}")
+    return idx
+
+
+def parse_batch_command(cmd, supported, n: int) -> tuple[dict, np.ndarray | None]:
+    """A batched server's command: every channel with a leading robot axis, optionally for a subset
+    `robots` (then one row per listed robot). Same exclusions and refusals as `parse_command`."""
+    if not isinstance(cmd, dict):
+        raise RequestError("bad_command", f"command must be a map of channels, got {type(cmd).__name__}")
+    robots = parse_robots(cmd.get("robots"), n)
+    rows = n if robots is None else robots.size
+    channels = {k: v for k, v in cmd.items() if k != "robots"}
+    parse_command({k: None for k in channels}, None, check_values=False)  # names and exclusions
+    out = {}
+    for name, value in channels.items():
+        if supported is not None and name not in supported:
+            raise RequestError("unsupported_channel", f"channel {name!r} is not supported by this backend")
+        out[name] = _as_batch(name, value, CHANNELS[name], rows)
+    return out, robots
 
 
 # reset option -> shape; the env's `goal` never reaches the server (it is the env's own task state).
@@ -104,3 +160,34 @@ def parse_reset_options(options) -> dict:
         except RequestError as exc:
             raise RequestError("bad_options", exc.message) from None
     return out
+
+
+def parse_batch_reset_options(options, n: int) -> tuple[dict, np.ndarray | None]:
+    """A batched server's reset options: `robots` (the ones to reset; nil: all), and the usual options
+    either once for all of them (shape as `RESET_OPTIONS`) or one row per reset robot."""
+    if options is None:
+        return {}, None
+    if not isinstance(options, dict):
+        raise RequestError("bad_options", f"reset options must be a map, got {type(options).__name__}")
+    try:
+        robots = parse_robots(options.get("robots"), n)
+    except RequestError as exc:
+        raise RequestError("bad_options", exc.message) from None
+    rows = n if robots is None else robots.size
+    out = {}
+    for name, value in options.items():
+        if name == "robots":
+            continue
+        shape = RESET_OPTIONS.get(name) if isinstance(name, str) else None
+        if shape is None:
+            raise RequestError("bad_options", f"unknown reset option {name!r}; known: robots, "
+                                              f"{', '.join(RESET_OPTIONS)}")
+        try:
+            if isinstance(value, np.ndarray) and value.ndim == len(shape) + 1 or (
+                    isinstance(value, list) and value and isinstance(value[0], (list, np.ndarray))):
+                out[name] = _as_batch(name, value, shape, rows)
+            else:
+                out[name] = np.broadcast_to(np.asarray(_as_vector(name, value, shape)), (rows, *shape))
+        except RequestError as exc:
+            raise RequestError("bad_options", exc.message) from None
+    return out, robots

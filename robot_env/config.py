@@ -25,11 +25,18 @@ def _vec3(v):
     return isinstance(v, list) and len(v) == 3 and all(isinstance(x, _num) and not isinstance(x, bool) for x in v)
 
 
+# The kinematic simulators' sim-to-real knobs, all off by default.
+_SIM_TO_REAL = {
+    "action_latency_steps": (int, 0, lambda v: 0 <= v <= 50, "between 0 and 50"),
+    "observation_noise": (_num, 0.0, lambda v: 0 <= v <= 0.1, "between 0 and 0.1 (rad)"),
+    "speed_randomization": (_num, 0.0, lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
 # table -> key -> (type(s), default, check or None, what the check wants)
 SCHEMA: dict[str, dict[str, tuple]] = {
     "server": {
-        "backend": (str, "kinematic", lambda v: v in ("kinematic", "dynamixel", "mujoco"),
-                    "one of 'kinematic', 'dynamixel', 'mujoco'"),
+        "backend": (str, "kinematic", lambda v: v in ("kinematic", "kinematic_batch", "dynamixel", "mujoco"),
+                    "one of 'kinematic', 'kinematic_batch', 'dynamixel', 'mujoco'"),
         "clock": (str, "lockstep", lambda v: v in ("lockstep", "realtime"), "'lockstep' or 'realtime'"),
         "control_period": (_num, 0.04, lambda v: 0.001 <= v <= 1.0, "between 0.001 and 1.0 s"),
         "endpoint": (str, "", None, ""),
@@ -43,10 +50,11 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "allowed_clients": (list, [], lambda v: all(isinstance(x, str) and x for x in v),
                             "a list of .key files or directories of them"),
     },
-    "server.kinematic": {
-        "action_latency_steps": (int, 0, lambda v: 0 <= v <= 50, "between 0 and 50"),
-        "observation_noise": (_num, 0.0, lambda v: 0 <= v <= 0.1, "between 0 and 0.1 (rad)"),
-        "speed_randomization": (_num, 0.0, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "server.kinematic": _SIM_TO_REAL,
+    # N kinematic robots stepped per request (vector envs); the same knobs, per robot
+    "server.kinematic_batch": {
+        "num_robots": (int, 1, lambda v: 1 <= v <= 4096, "between 1 and 4096"),
+        **_SIM_TO_REAL,
     },
     "server.dynamixel": {
         "serial_port": (str, "/dev/ttyUSB0", lambda v: bool(v), "a serial device path"),

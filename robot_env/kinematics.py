@@ -15,10 +15,11 @@ from .description import ARM_AXES, ARM_ORIGINS, GRIPPER_OFFSET, JOINTS
 _TORSO_X, _, _TORSO_Z = JOINTS[0].origin
 
 
-def fk_frames(torso: float, arm):
+def fk_frames(torso: float, arm, cos=math.cos, sin=math.sin):
     """Gripper position, rotation (row-major 9-tuple) and every arm joint's world origin and axis.
 
-    Frames are in base_link. `arm` is any sequence of 7 floats.
+    Frames are in base_link. `arm` is any sequence of 7 floats. The same arithmetic runs elementwise
+    on numpy arrays: `kinematics_batch.fk_frames_batch` passes (N,) arrays with `np.cos`/`np.sin` for N robots at once.
     """
     # Rotation as three columns (x, y, z axes of the current frame in base_link).
     c0x, c0y, c0z = 1.0, 0.0, 0.0
@@ -28,10 +29,11 @@ def fk_frames(torso: float, arm):
     origins = []
     axes = []
     for (ox, _oy, oz), axis, q in zip(ARM_ORIGINS, ARM_AXES, arm):
-        px += ox * c0x + oz * c2x
-        py += ox * c0y + oz * c2y
-        pz += ox * c0z + oz * c2z
-        c, s = math.cos(q), math.sin(q)
+        # `p = p + ...`, not `+=`: on arrays (the batched FK) `+=` would alias every stored origin
+        px = px + ox * c0x + oz * c2x
+        py = py + ox * c0y + oz * c2y
+        pz = pz + ox * c0z + oz * c2z
+        c, s = cos(q), sin(q)
         if axis == "z":
             c0x, c0y, c0z, c1x, c1y, c1z = (c * c0x + s * c1x, c * c0y + s * c1y, c * c0z + s * c1z,
                                             c * c1x - s * c0x, c * c1y - s * c0y, c * c1z - s * c0z)

@@ -66,11 +66,14 @@ def evaluate(model, env, episodes: int, seed: int, normalize=None) -> float:
 
 
 def train_loop(make_env, steps: int, seed: int = 0, eval_every: int = 1000, eval_episodes: int = EVAL_EPISODES,
-               threshold: float = SUCCESS_THRESHOLD, normalize: bool = False, log=None, **overrides):
+               threshold: float = SUCCESS_THRESHOLD, normalize: bool = False, log=None, make_venv=None,
+               **overrides):
     """Train until `steps` or until evaluation success ≥ `threshold`.
 
-    `make_env(eval: bool)` returns a single (TimeLimit-wrapped) goal env. Returns (model, vecnormalize
-    or None, result dict with the learning curve).
+    `make_env(eval: bool)` returns a single (TimeLimit-wrapped) goal env; `make_venv()`, when given,
+    the training VecEnv instead of one such env (N robots: one gradient step per robot step unless
+    `gradient_steps` says otherwise). Returns (model, vecnormalize or None, result dict with the
+    learning curve).
     """
     import torch
     from stable_baselines3 import SAC, HerReplayBuffer
@@ -79,7 +82,8 @@ def train_loop(make_env, steps: int, seed: int = 0, eval_every: int = 1000, eval
 
     torch.set_num_threads(1)  # the other core runs the robot server
     hp = dict(HYPERPARAMS, **overrides)
-    venv = DummyVecEnv([lambda: make_env(False)])
+    venv = make_venv() if make_venv is not None else DummyVecEnv([lambda: make_env(False)])
+    hp.setdefault("gradient_steps", venv.num_envs)
     vecnorm = None
     if normalize:
         venv = vecnorm = VecNormalize(venv, norm_obs=True, norm_reward=False, gamma=hp["gamma"])
@@ -89,10 +93,14 @@ def train_loop(make_env, steps: int, seed: int = 0, eval_every: int = 1000, eval
     eval_time = [0.0]
 
     class Evaluate(BaseCallback):
+        next_eval = eval_every
+
         def _on_step(self) -> bool:
-            n = self.num_timesteps
-            if n % eval_every and n != steps:
+            n = self.num_timesteps  # grows by the number of envs per step
+            if n < self.next_eval and n < steps:
                 return True
+            while self.next_eval <= n:
+                self.next_eval += eval_every
             te = time.perf_counter()
             rate = evaluate(self.model, eval_env, eval_episodes, seed=10_000 + seed, normalize=vecnorm)
             eval_time[0] += time.perf_counter() - te
@@ -105,7 +113,7 @@ def train_loop(make_env, steps: int, seed: int = 0, eval_every: int = 1000, eval
     model = SAC("MultiInputPolicy", venv, seed=seed, verbose=0, device="cpu",
                 batch_size=hp["batch_size"], gamma=hp["gamma"], learning_rate=hp["learning_rate"],
                 learning_starts=hp["learning_starts"], buffer_size=hp["buffer_size"], tau=hp["tau"],
-                ent_coef=hp["ent_coef"],
+                ent_coef=hp["ent_coef"], gradient_steps=hp["gradient_steps"],
                 replay_buffer_class=HerReplayBuffer,
                 replay_buffer_kwargs=dict(goal_selection_strategy="future", n_sampled_goal=hp["n_sampled_goal"]),
                 policy_kwargs=dict(net_arch=hp["net_arch"], n_critics=hp["n_critics"]))

@@ -22,7 +22,7 @@ import zmq
 
 from . import protocol
 from .backend import Backend
-from .commands import parse_command, parse_reset_options
+from .commands import parse_batch_command, parse_batch_reset_options, parse_command, parse_reset_options
 from .description import FETCH
 from .errors import RequestError
 from .protocol import VERSION, encode, error_reply, pack_state, parse_request
@@ -38,6 +38,8 @@ class RobotServer:
                  exit_on_close: bool = False, watch_fd: int | None = None, context=None,
                  spin: float = 0.0002, keys=None, lockstep_lease_timeout: float = 300.0):
         self.backend = backend
+        # A batched backend (N robots per request): commands and reset options carry a robot axis.
+        self.batch = getattr(backend, "num_robots", None)
         self.spin = spin
         self.clock = "realtime" if backend.realtime_only else clock
         self.period = control_period
@@ -286,6 +288,7 @@ class RobotServer:
             "description_hash": desc.hash(),
             "joint_names": list(desc.names),
             "channels": sorted(b.channels),
+            "num_robots": self.batch or 1,
             "max_ee_step": getattr(getattr(b, "ctl", None), "cfg", None).max_ee_step
             if hasattr(b, "ctl") else None,
             "stream_endpoint": self.stream_endpoint,
@@ -298,7 +301,10 @@ class RobotServer:
         seed = req.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise RequestError("bad_request", "reset 'seed' must be a non-negative integer or nil")
-        options = parse_reset_options(req.get("options"))
+        if self.batch is None:
+            options, robots = parse_reset_options(req.get("options")), None
+        else:
+            options, robots = parse_batch_reset_options(req.get("options"), self.batch)
         if req.get("token") != self.controller:
             self._lease(req, "reset")
         self.lease_seen = _now()
@@ -307,18 +313,27 @@ class RobotServer:
             for pending in self.deferred:
                 pending[0] = min(pending[0], now)
             self._finish_deferred(now)
-        self.backend.reset(seed, options)
+        if robots is None:
+            self.backend.reset(seed, options)
+        else:
+            self.backend.reset(seed, options, robots)
         self.watchdog_tripped = False
         self.last_command = None
         self.last_advance = _now()
         ta = _now()
         if self.command_subscribers:
-            self._publish_command({"op": "reset", "seed": seed, "options": options}, req, ta)
+            msg = {"op": "reset", "seed": seed, "options": options}
+            if robots is not None:
+                msg["robots"] = robots
+            self._publish_command(msg, req, ta)
         return {"ta": ta, "state": self._sample()}
 
     def _apply(self, req, op):
         self._guard_motion(op)
-        cmd = parse_command(req.get("cmd"), self.backend.channels)
+        if self.batch is None:
+            cmd, robots = parse_command(req.get("cmd"), self.backend.channels), None
+        else:
+            cmd, robots = parse_batch_command(req.get("cmd"), self.backend.channels, self.batch)
         if req.get("token") != self.controller:  # the hot path's whole lease check
             self._lease(req, op)
         self.lease_seen = _now()
@@ -327,10 +342,16 @@ class RobotServer:
             self._advance_to(now)
             self.last_command = now
             self.watchdog_tripped = False
-        self.backend.apply(cmd)
+        if robots is None:
+            self.backend.apply(cmd)
+        else:
+            self.backend.apply(cmd, robots)
         ta = _now()
         if self.command_subscribers:
-            self._publish_command({"op": op, "cmd": cmd}, req, ta)
+            msg = {"op": op, "cmd": cmd}
+            if robots is not None:
+                msg["robots"] = robots
+            self._publish_command(msg, req, ta)
         return ta
 
     def _publish_command(self, msg: dict, req: dict, ta: float) -> None:

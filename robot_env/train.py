@@ -107,7 +107,7 @@ def _progress(n, total, rate, wall, stream=sys.stderr):
 
 def train(config=None, steps: int = 30_000, out: str = "policy", seed: int = 0, eval_every: int = 1000,
           eval_episodes: int = 20, sim2real: bool = False, normalize: bool = DEFAULT_NORMALIZE,
-          time_feature: bool = DEFAULT_TIME_FEATURE,
+          time_feature: bool = DEFAULT_TIME_FEATURE, num_envs: int = 1,
           threshold: float = 0.95, log=_progress, **hyper) -> dict:
     """Train SAC + HER on the env a config names (default: the embedded simulator); write a bundle to `out`."""
     _require_sb3()
@@ -121,16 +121,29 @@ def train(config=None, steps: int = 30_000, out: str = "policy", seed: int = 0, 
         envs.append(env)
         return env
 
+    make_venv = None
+    if num_envs > 1:  # N robots behind one batched simulator server
+        if time_feature:
+            raise RobotEnvError("--time-feature is not available with --num-envs > 1")
+
+        def make_venv():
+            from .envs.sb3_vec_env import FetchReachVecEnv
+            venv = FetchReachVecEnv(num_envs, config=config, overrides=overrides or None)
+            envs.append(venv)
+            return venv
+
     t0 = time.perf_counter()
     model, vecnorm, result = train_loop(mk, steps, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes,
-                                        threshold=threshold, normalize=normalize, log=log, **hyper)
+                                        threshold=threshold, normalize=normalize, log=log, make_venv=make_venv,
+                                        **hyper)
     if log is _progress:
         sys.stderr.write("\n")
-    meta = env_metadata(envs[0])
+    meta = env_metadata(next(e for e in envs if not hasattr(e, "num_envs")))  # a single env (the eval env)
     for env in envs:
         env.close()
     meta.update({"bundle_version": BUNDLE_VERSION, "algorithm": "SAC+HER (stable-baselines3)",
                  "time_feature": time_feature, "normalize": normalize, "config": str(config or "sim"),
+                 "num_envs": num_envs,
                  "sim2real": overrides.get("server.kinematic"),
                  "training": {k: v for k, v in result.items() if k != "curve"},
                  "learning_curve": result["curve"], "total_wall_s": time.perf_counter() - t0,
@@ -339,7 +352,7 @@ def run_train_cli(args) -> int:
           f"stop at {args.threshold:.0%}{', sim2real randomization on' if args.sim2real else ''}", flush=True)
     meta = train(args.config, steps=args.steps, out=args.out, seed=args.seed, eval_every=args.eval_every,
                  eval_episodes=args.eval_episodes, sim2real=args.sim2real, normalize=args.normalize,
-                 time_feature=args.time_feature, threshold=args.threshold)
+                 time_feature=args.time_feature, threshold=args.threshold, num_envs=args.num_envs)
     t = meta["training"]
     if t["reached_threshold"]:
         print(f"stopped early: eval success {t['final_success']:.0%} ≥ {t['threshold']:.0%} after "

@@ -1,0 +1,269 @@
+"""The kinematic simulator for N robots in one process: one request steps them all.
+
+What vector envs train against. Each robot is exactly a `KinematicSim` (same safety layer, same
+motion limiter, same one-DLS-step Cartesian control from the measured joints, same sim-to-real
+knobs), but the arithmetic runs once per request on (N, ...) arrays instead of N times, so the
+cost per robot falls with N. Commands and reset options carry one row per robot, or one row per
+robot listed in `robots` (the others keep their targets); clipped flags come back as
+{flag: [robot indices]}.
+"""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from robot_env.backend import Backend
+from robot_env.description import ARM, BASE_ACC_V, BASE_ACC_W, FETCH, GRIPPER, HEAD, NJ, READY_ARM, READY_TORSO, TORSO
+from robot_env.errors import RequestError
+from robot_env.kinematics_batch import (fk_frames_batch, jacobian_batch, limited_step_batch,
+                                        orientation_error_batch, rot_to_quat_batch)
+from robot_env.safety import MotionLimiter, SafetyConfig
+
+_ALL = slice(None)
+
+
+class BatchedKinematicSim(Backend):
+    kind = "kinematic_batch"
+    channels = frozenset({"ee_delta", "arm_position", "arm_velocity", "gripper", "torso", "head", "base_twist"})
+
+    def __init__(self, safety: SafetyConfig | None = None, control_period: float = 0.04, num_robots: int = 1,
+                 action_latency_steps: int = 0, observation_noise: float = 0.0,
+                 speed_randomization: float = 0.0, description=FETCH):
+        if not 1 <= int(num_robots) <= 4096:
+            raise ValueError(f"num_robots must be in 1..4096, got {num_robots}")
+        self.num_robots = n = int(num_robots)
+        self.description = description
+        self.period = control_period
+        self.cfg = safety or SafetyConfig()
+        self.limiter = MotionLimiter(description, self.cfg.profile, self.cfg.arm_acceleration)
+        self.lower, self.upper = self.limiter.lower, self.limiter.upper
+        self.ws_lo = np.array(self.cfg.workspace_min, dtype=float)
+        self.ws_hi = np.array(self.cfg.workspace_max, dtype=float)
+        self.latency_steps = int(action_latency_steps)
+        self.noise = float(observation_noise)
+        self.speed_rand = float(speed_randomization)
+        self.pending: collections.deque = collections.deque()
+        self.rng = np.random.default_rng()
+        self.q = np.zeros((n, NJ))
+        self.v = np.zeros((n, NJ))
+        self.target = np.zeros((n, NJ))
+        self.vel_target = np.zeros((n, NJ))
+        self.vel_mode = np.zeros((n, NJ), bool)
+        self.base = np.zeros((n, 5))  # x, y, theta, v, w
+        self.base_cmd = np.zeros((n, 2))
+        self.hold_rot = np.zeros((n, 9))  # gripper orientation held by Cartesian control, per robot
+        self.holding = np.zeros(n, bool)
+        self.speed_scale = np.ones((n, NJ))
+        self.time = 0.0
+        self.clipped: dict = {}
+        self.reset(None, {})
+
+    # -- Backend interface -------------------------------------------------------------------
+    def reset(self, seed, options, robots=None) -> None:
+        """Reset every robot, or those in `robots`; `options` rows are per reset robot (validated by
+        the server, `commands.parse_batch_reset_options`)."""
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        idx = _ALL if robots is None else robots
+        rows = self.num_robots if robots is None else len(robots)
+        q = np.zeros((rows, NJ))
+        q[:, TORSO] = options["initial_torso"] if "initial_torso" in options else READY_TORSO
+        q[:, ARM] = options["initial_arm_position"] if "initial_arm_position" in options else READY_ARM
+        if ((q < self.lower) | (q > self.upper)).any():
+            raise RequestError("bad_options", "initial pose is outside the joint limits")
+        self.q[idx] = q
+        self.v[idx] = 0.0
+        self.target[idx] = q
+        self.vel_target[idx] = 0.0
+        self.vel_mode[idx] = False
+        self.base[idx] = 0.0
+        self.base_cmd[idx] = 0.0
+        self.holding[idx] = False
+        if self.speed_rand:
+            self.speed_scale[idx] = 1.0 - self.speed_rand * self.rng.random((rows, NJ))
+        if robots is None:
+            self.time = 0.0
+            self.pending.clear()
+        else:  # commands still in flight for a reset robot are void
+            for _, cmd, who in self.pending:
+                cmd["_void"] = cmd.get("_void", False) | np.isin(np.arange(self.num_robots) if who is None else who,
+                                                                 robots)
+        self.clipped = {}
+        self._measure()
+
+    def apply(self, command: dict, robots=None) -> dict:
+        if self.latency_steps:
+            self.pending.append((self.time + self.latency_steps * self.period - 1e-9, dict(command), robots))
+            return self.clipped
+        self.clipped = self._apply(command, robots)
+        return self.clipped
+
+    def advance(self, dt: float) -> None:
+        while dt > 1e-12:
+            h = min(dt, self.period)
+            while self.pending and self.pending[0][0] <= self.time:
+                _, cmd, robots = self.pending.popleft()
+                void = cmd.pop("_void", None)
+                if void is not None and void.any():  # drop the rows of robots reset since
+                    keep = ~void
+                    cmd = {k: v[keep] for k, v in cmd.items()}
+                    robots = (np.arange(self.num_robots) if robots is None else robots)[keep]
+                    if robots.size == 0:
+                        continue
+                self.clipped = self._apply(cmd, robots)
+            self.q, self.v = self.limiter.step(self.q, self.v, self.target, self.vel_target, self.vel_mode,
+                                               h, self.speed_scale if self.speed_rand else 1.0)
+            self._drive(h)
+            self.time += h
+            dt -= h
+        self._measure()
+
+    def hold(self) -> None:
+        self.pending.clear()
+        self.target = self.limiter.stopping_target(self.q, self.v, self.period)
+        self.vel_mode[:] = False
+        self.vel_target[:] = 0.0
+        self.base_cmd[:] = 0.0
+
+    def state(self) -> dict:
+        n = self.num_robots
+        ee_vel = np.matmul(self.jac, self.v[:, ARM, None])[..., 0]
+        ee_vel[:, 2] += self.v[:, TORSO]
+        return {
+            "time": self.time,
+            "q": self.q_meas,
+            "dq": self.v.copy(),
+            "effort": np.zeros((n, NJ)),
+            "target": self.target.copy(),
+            "ee": np.concatenate([self.ee_pos, rot_to_quat_batch(self.ee_rot)], axis=1),
+            "ee_vel": ee_vel,
+            "base": self.base.copy(),
+            "objects": {},
+            "faults": [],
+            "clipped": self.clipped,
+        }
+
+    # -- internals ---------------------------------------------------------------------------
+    def _measure(self) -> None:
+        """Sample the sensors: what the state reports and what IK linearises around."""
+        q = self.q
+        if self.noise:
+            q = q + self.rng.normal(0.0, self.noise, q.shape)
+        self.q_meas = q
+        pos, rot, origins, axes = fk_frames_batch(q[:, TORSO], q[:, ARM])
+        self.ee_pos = np.stack(pos, axis=-1)
+        self.ee_rot = np.stack(rot, axis=-1)
+        self.jac = jacobian_batch(pos, origins, axes)
+
+    def _apply(self, cmd: dict, robots) -> dict:
+        idx = _ALL if robots is None else robots
+        flags: dict = {}
+        if "ee_delta" in cmd:
+            self._ee_delta(cmd["ee_delta"], idx, robots, flags)
+        elif "arm_position" in cmd:
+            self._arm_position(cmd["arm_position"], idx, robots, flags)
+        elif "arm_velocity" in cmd:
+            vmax = self.limiter.vel[ARM]
+            self.vel_target[idx, ARM] = self._clip("arm_velocity.velocity_limit", cmd["arm_velocity"], -vmax, vmax,
+                                                   robots, flags)
+            self.vel_mode[idx, ARM] = True
+            self.holding[idx] = False
+        for name, j in (("gripper", GRIPPER), ("torso", TORSO)):
+            if name in cmd:
+                self.target[idx, j] = self._clip(f"{name}.position_limit", cmd[name], self.lower[j], self.upper[j],
+                                                 robots, flags)
+        if "torso" in cmd:
+            self.vel_mode[idx, TORSO] = False
+        if "head" in cmd:
+            self.target[idx, HEAD] = self._clip("head.position_limit", cmd["head"], self.lower[HEAD],
+                                                self.upper[HEAD], robots, flags)
+        if "base_twist" in cmd:
+            lim = np.array([self.cfg.base_max_v, self.cfg.base_max_w])
+            self.base_cmd[idx] = self._clip("base_twist.velocity_limit", cmd["base_twist"], -lim, lim, robots, flags)
+        return flags
+
+    @staticmethod
+    def _flag(flags: dict, name: str, changed: np.ndarray, robots) -> None:
+        """Record `name` for the robots whose row `changed` (a (rows,) or (rows, k) bool array)."""
+        if changed.ndim > 1:
+            changed = changed.any(axis=tuple(range(1, changed.ndim)))
+        rows = np.flatnonzero(changed)
+        if rows.size:
+            who = rows if robots is None else robots[rows]
+            flags[name] = sorted(set(flags.get(name, [])) | set(who.tolist()))
+
+    def _clip(self, name, value, lo, hi, robots, flags) -> np.ndarray:
+        out = np.minimum(np.maximum(value, lo), hi)
+        self._flag(flags, name, out != value, robots)
+        return out
+
+    def _inside(self, pos: np.ndarray) -> np.ndarray:
+        lo = np.maximum(self.ws_lo, [-np.inf, -np.inf, self.cfg.floor_height])
+        return ((pos >= lo) & (pos <= self.ws_hi)).all(axis=-1)
+
+    def _ee_delta(self, delta, idx, robots, flags) -> None:
+        m = self.cfg.max_ee_step
+        d = self._clip("ee_delta.max_step", delta, -m, m, robots, flags)
+        pos = self.ee_pos[idx]
+        goal = self._clip("ee_delta.workspace", pos + d, self.ws_lo, self.ws_hi, robots, flags)
+        low = goal[:, 2] < self.cfg.floor_height
+        if low.any():
+            goal[low, 2] = self.cfg.floor_height
+            self._flag(flags, "ee_delta.floor", low, robots)
+        rot = self.ee_rot[idx]
+        new_hold = ~self.holding[idx]
+        if new_hold.any():  # Cartesian control begins: hold the orientation the gripper has now
+            hold = self.hold_rot[idx]
+            hold[new_hold] = rot[new_hold]
+            self.hold_rot[idx] = hold
+            self.holding[idx] = True
+        err = np.concatenate([goal - pos, orientation_error_batch(rot, self.hold_rot[idx])], axis=1)
+        lo, hi = self.lower[ARM], self.upper[ARM]
+        new = limited_step_batch(self.q_meas[idx][:, ARM], self.jac[idx], err, lo, hi)
+        self._flag(flags, "ee_delta.joint_limit", (new <= lo) | (new >= hi), robots)
+        self.target[idx, ARM] = new
+        self.vel_mode[idx, ARM] = False
+
+    def _arm_position(self, target, idx, robots, flags) -> None:
+        lo, hi = self.lower[ARM], self.upper[ARM]
+        tgt = self._clip("arm_position.position_limit", target, lo, hi, robots, flags)
+        q = self.q_meas[idx]
+        start = q[:, ARM]
+        step = self.cfg.max_joint_step
+        tgt = self._clip("arm_position.max_step", tgt, start - step, start + step, robots, flags)
+        torso = q[:, TORSO]
+        out = ~self._inside(np.stack(fk_frames_batch(torso, tgt)[0], axis=-1))
+        if out.any():
+            # Per robot outside: the largest fraction of the move whose end keeps the gripper inside.
+            s, t, tq = start[out], tgt[out], torso[out]
+            ok = self._inside(np.stack(fk_frames_batch(tq, s)[0], axis=-1))
+            a_lo, a_hi = np.zeros(len(s)), np.ones(len(s))
+            for _ in range(12):
+                mid = 0.5 * (a_lo + a_hi)
+                inside = self._inside(np.stack(fk_frames_batch(tq, s + mid[:, None] * (t - s))[0], axis=-1))
+                a_lo = np.where(inside, mid, a_lo)
+                a_hi = np.where(inside, a_hi, mid)
+            frac = np.where(ok, a_lo, 0.0)
+            tgt[out] = s + frac[:, None] * (t - s)
+            self._flag(flags, "arm_position.workspace", out, robots)
+        self.target[idx, ARM] = tgt
+        self.vel_mode[idx, ARM] = False
+        self.holding[idx] = False
+
+    def _drive(self, h: float) -> None:
+        b = self.base
+        moving = (b[:, 3] != 0) | (b[:, 4] != 0) | (self.base_cmd != 0).any(axis=1)
+        if not moving.any():
+            return
+        acc = np.array([BASE_ACC_V, BASE_ACC_W]) * h
+        vw = b[:, 3:5] + np.clip(self.base_cmd - b[:, 3:5], -acc, acc)
+        v, w = vw[:, 0], vw[:, 1]
+        th = b[:, 2]
+        th_mid = th + 0.5 * w * h
+        nb = b.copy()
+        nb[:, 0] += v * np.cos(th_mid) * h
+        nb[:, 1] += v * np.sin(th_mid) * h
+        nb[:, 2] = np.arctan2(np.sin(th + w * h), np.cos(th + w * h))
+        nb[:, 3:5] = vw
+        self.base = np.where(moving[:, None], nb, b)
