@@ -347,20 +347,20 @@ def _rows(res: dict) -> list[list[str]]:
 HEADER = ["", "steps/s", "vs anchor", "rtt p50 / p99 ms", "bridge p50 / p99 ms"]
 
 
-def _text_table(rows) -> str:
-    table = [HEADER] + rows
-    widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
+def _text_table(rows, header=HEADER) -> str:
+    table = [header] + rows
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
 
     def fmt(r):
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
-    lines = [fmt(HEADER), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+    lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
     return "\n".join(lines)
 
 
-def _markdown_table(rows) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|"]
+def _markdown_table(rows, header=HEADER) -> str:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 

@@ -61,6 +61,9 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.vector:
+        from .bench_vector import run_bench_vector
+        return run_bench_vector(num_envs=args.vector, steps=args.vector_steps, singles=args.singles, out=args.json)
     if args.train:
         from .bench_train import run_bench_train
         return run_bench_train(steps=args.train_steps, seed=args.seed, anchor_python=args.anchor_python,
@@ -308,6 +311,10 @@ def main(argv=None) -> int:
     p.add_argument("--train", action="store_true",
                    help="instead: wall-clock time to 95%% eval success, SAC+HER here vs on FetchReach-v4")
     p.add_argument("--train-steps", type=int, default=30000, help="--train: most steps per side")
+    p.add_argument("--vector", type=int, metavar="N",
+                   help="instead: robot-steps/s of N robots on one batched server vs N single-env servers")
+    p.add_argument("--vector-steps", type=int, default=1000, help="--vector: timed vector steps per row")
+    p.add_argument("--singles", type=int, help="--vector: single-env servers in the comparison row (default N)")
     p.add_argument("--seed", type=int, default=0, help="--train: training seed (both sides)")
     p.add_argument("--anchor-python", help="a Python with gymnasium-robotics and mujoco<3.12 for the anchor")
     p.add_argument("--no-anchor", action="store_true", help="skip the Gymnasium-Robotics anchor")

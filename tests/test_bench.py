@@ -56,3 +56,20 @@ def test_bench_anchor_missing_is_a_note(tmp_path, capsys):
     text = capsys.readouterr().out
     assert res["anchor"] is None and res["ratio_vs_anchor"] is None
     assert "mujoco<3.12" in text and "--anchor-python" in text
+
+
+def test_bench_vector_measures_both_rows_in_one_run(tmp_path, capsys, no_leftover_servers):
+    from robot_env.bench_vector import run_bench_vector
+    out = tmp_path / "v.json"
+    assert run_bench_vector(num_envs=6, steps=60, singles=3, warmup=10, out=out) == 0
+    res = json.loads(out.read_text())
+    text = capsys.readouterr().out
+    b, s = res["batched"], res["singles_row"]
+    assert (b["num_envs"], b["servers"]) == (6, 1) and (s["num_envs"], s["servers"]) == (3, 3)
+    for r in (b, s):
+        assert r["vector_steps"] == 60
+        assert r["robot_steps_per_s"] == pytest.approx(r["num_envs"] * 60 / r["seconds"], rel=1e-9)
+        assert r["server_rss_mb"] > 5 and r["startup_s"] > 0
+        assert r["rtt"]["n"] >= 60 and r["rtt"]["p99_ms"] >= r["rtt"]["p50_ms"] > 0
+    assert res["ratio"] == pytest.approx(b["robot_steps_per_s"] / s["robot_steps_per_s"], rel=1e-9)
+    assert "batched server, N = 6" in text and "3 single-env servers" in text
