@@ -148,7 +148,10 @@ class DynamixelBackend(Backend):
             raw = int(s.current_limit / _CUR_UNIT)
             bus.write_field(s.id, "current_limit", raw)
             bus.write_field(s.id, "goal_current", raw)
-        bus.write_field(s.id, "profile_velocity", 0)  # we stream limiter setpoints
+        # We stream the limiter's setpoints (no acceleration profile), but cap the servo's own speed at
+        # the joint's limit: with no profile a servo closes each 5 ms setpoint step at up to the EEPROM
+        # velocity limit (20 % above the joint's), so it moved in bursts past the limit while tracking.
+        bus.write_field(s.id, "profile_velocity", min(math.ceil(shaft / _VEL_UNIT), F["profile_velocity"].hi))
         bus.write_field(s.id, "profile_acceleration", 0)
 
     # -- the control loop --------------------------------------------------------------------

@@ -10,7 +10,7 @@ real servo uses.
 Each servo holds its control table as bytes, built from `drivers.control_table` (so the driver and
 the emulator agree by construction), and moves over time: with torque on, position modes follow a
 trapezoidal profile (profile velocity/acceleration; 0 = the velocity limit / infinite
-acceleration), velocity mode ramps to the goal velocity; present position, velocity, current and
+acceleration: then a P position loop, `POSITION_TAU`), velocity mode ramps to the goal velocity; present position, velocity, current and
 the moving flags are updated. The bus watchdog (address 98) stops a servo that hears nothing.
 
 Things a real bus does that the emulator reproduces on purpose:
@@ -69,6 +69,11 @@ F = ct.FIELDS
 VEL_TICKS = 0.229 * 4096 / 60  # position ticks/s per velocity unit (0.229 rpm)
 ACC_TICKS = 214.577 * 4096 / 3600  # ticks/s² per profile acceleration unit (214.577 rev/min²)
 SUBSTEP = 0.002  # s, motion integration step
+# Position loop with no acceleration profile: a P controller, velocity = error / τ (capped by the
+# profile velocity or the velocity limit), τ = POSITION_TAU at the default Position P Gain (800) and
+# inversely proportional to it. A real servo tracks a stream of setpoints smoothly, lagging a little;
+# an instant jump to each setpoint would report zero velocity while the horn moves.
+POSITION_TAU = 0.015  # s
 GOALS = ("goal_pwm", "goal_current", "goal_velocity", "goal_position")
 FAST_BULK_READ = 0x9A  # not in protocol2.Inst: only the official SDK sends it
 
@@ -290,19 +295,20 @@ class EmulatedServo:
                 return
             pv = self.get("profile_velocity")
             vmax = min(pv * VEL_TICKS, vlim) if pv else vlim
+            kp = self.get("position_p_gain")
+            tau = POSITION_TAU * 800.0 / kp if kp else math.inf
             pos, vel = self.pos, self.vel
             for _ in range(n):
                 d = goal - pos
                 if amax == math.inf:
-                    v_des = max(-vmax, min(vmax, d / h))
-                    vel = v_des
+                    vel = max(-vmax, min(vmax, d / max(tau, h)))
                 else:
                     speed = min(vmax, math.sqrt(2.0 * amax * abs(d)), abs(d) / h)
                     v_des = math.copysign(speed, d)
                     dv = max(-amax * h, min(amax * h, v_des - vel))
                     vel += dv
                 new = pos + vel * h
-                if (goal - new) * d <= 0 or abs(goal - new) < 1e-6:  # reached (never crossed: |v| <= |d|/h)
+                if (goal - new) * d <= 0 or abs(goal - new) < 0.05:  # reached (never crossed: |v| <= |d|/h)
                     new, vel = goal, 0.0
                 pos = new
             self.pos, self.vel = pos, vel
