@@ -49,6 +49,7 @@ class DynamixelBackend(Backend):
 
     def __init__(self, safety: SafetyConfig | None = None, control_period: float = 0.04, *,
                  serial_port: str, baud: int = 1_000_000, calibration: str, loop_rate: float = 200.0,
+                 min_loop_rate: float = 50.0,
                  fast_sync: bool = True, reply_slack: float = 0.02, retries: int = 2,
                  max_bus_errors: int = 5, bus_watchdog: float = 0.1, rest_pose: str = "tuck",
                  torque_off_on_close: bool = True, move_timeout: float = 15.0,
@@ -59,6 +60,10 @@ class DynamixelBackend(Backend):
         self.ctl = TargetController(safety or SafetyConfig(), description)
         self._narrow_limits()
         self.loop_period = 1.0 / loop_rate
+        if min_loop_rate >= loop_rate:
+            raise ConfigError(f"[server.dynamixel] min_loop_rate ({min_loop_rate:g} Hz) must be below loop_rate "
+                              f"({loop_rate:g} Hz), or 0 (off)")
+        self.min_loop_rate = float(min_loop_rate)
         self.fast_sync = fast_sync
         self.max_bus_errors = max_bus_errors
         self.bus_watchdog = bus_watchdog
@@ -163,13 +168,19 @@ class DynamixelBackend(Backend):
         period = self.loop_period
         nxt = time.perf_counter()
         last = nxt
+        window_start, window_cycles = nxt, 0
         while not self._stop.is_set():
             start = time.perf_counter()
             self.jitter.add(abs((start - last) - period) + 1e-9)
             last = start
             self._cycle(period)
             self.cycles += 1
-            self.cycle_time.add(time.perf_counter() - start + 1e-9)
+            end = time.perf_counter()
+            self.cycle_time.add(end - start + 1e-9)
+            window_cycles += 1
+            if end - window_start >= LOOP_RATE_WINDOW:
+                self._check_loop_rate(window_cycles / (end - window_start), end - window_start)
+                window_start, window_cycles = end, 0
             nxt += period
             delay = nxt - time.perf_counter()
             if delay > 0:
@@ -271,17 +282,36 @@ class DynamixelBackend(Backend):
             self._faults.append(fault)
             log.error("fault: %s", fault)
 
-    def _fault_stop(self, s: JointServo | None, code: str, message: str, *, freeze: bool) -> None:
+    def _fault_stop(self, s: JointServo | None, code: str, message: str, *, freeze: bool,
+                    brake: bool = False) -> None:
         """Record a fault and hold where the arm is measured; the base stops. Call with the lock held.
 
         `freeze`: the servos stopped by themselves or cannot be reached, so the commanded trajectory
-        jumps to the hold too; otherwise the limiter brakes it there as usual.
+        jumps to the hold too; otherwise the limiter brakes it there as usual. `brake`: the servos
+        still follow the commanded trajectory but the measurement is stale, so hold where that
+        trajectory can stop instead.
         """
         self._add_fault(s, code, message)
-        self.ctl.hold(self.q_meas, np.zeros(NJ), self.loop_period)
+        if brake:
+            self.ctl.hold(self.q_cmd, self.v_cmd, self.loop_period)
+        else:
+            self.ctl.hold(self.q_meas, np.zeros(NJ), self.loop_period)
         if freeze:
             self.q_cmd, self.v_cmd = self.ctl.target.copy(), np.zeros(NJ)
         self.wheel_cmd = (0.0, 0.0)
+
+    def _check_loop_rate(self, rate: float, window: float) -> None:
+        """Late replies that the retries still catch never count as failed cycles, but they slow the
+        loop: the state goes stale and goals reach the servos late. Below the floor that is a fault."""
+        if not self.min_loop_rate or rate >= self.min_loop_rate or self._faults:
+            return
+        stats = self.bus.stats
+        with self._lock:
+            self._fault_stop(None, "slow_loop",
+                             f"the control loop ran at {rate:.0f} Hz over the last {window:.1f} s, below the "
+                             f"{self.min_loop_rate:g} Hz floor ([server.dynamixel] min_loop_rate): the bus answers "
+                             f"late ({stats.get('timeouts', 0)} timeouts, {stats.get('retries', 0)} retries so far)",
+                             freeze=False, brake=True)
 
     def _on_bus_failure(self, code: str, message: str) -> None:
         with self._lock:
@@ -443,6 +473,7 @@ WATCHDOG_CHECK_CYCLES = 50
 # Wheel speed at full twist (1 m/s + 4.5 rad/s) is ~31 rad/s; an X-series servo tops out at raw 1023
 # (~24.5 rad/s, ~1.5 m/s at the rim): that is the wheels' limit, and goals saturate there.
 WHEEL_RAW_MAX = ct.FIELDS["velocity_limit"].hi
+LOOP_RATE_WINDOW = 1.0  # s over which the loop rate is held against min_loop_rate
 
 
 def _unpack(data: bytes) -> tuple[int, int, int]:

@@ -63,6 +63,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "calibration": (str, "fetch_dynamixel_calibration.toml", lambda v: bool(v),
                         "a calibration TOML (relative to this config file)"),
         "loop_rate": (_num, 200.0, lambda v: 10 <= v <= 2000, "between 10 and 2000 Hz"),
+        "min_loop_rate": (_num, 50.0, lambda v: v == 0 or 1 <= v <= 2000,
+                          "0 (off) or 1 to 2000 Hz (below loop_rate)"),
         "fast_sync": (bool, True, None, ""),
         "reply_slack": (_num, 0.02, lambda v: 0 <= v <= 1, "between 0 and 1 s"),
         "retries": (int, 2, lambda v: 0 <= v <= 10, "between 0 and 10"),
