@@ -74,6 +74,13 @@ def _bench(args) -> int:
 
 
 def _train(args) -> int:
+    if args.ray:
+        from .ray_servers import run_ray_train_cli
+        return run_ray_train_cli(args)
+    if args.insecure or args.ray_servers is not None or args.ray_cpus is not None or args.vec_env is not None:
+        print("robot-env: error: --ray-servers, --ray-cpus, --insecure and --vec-env go with --ray",
+              file=sys.stderr)
+        return 2
     from .train import run_train_cli
     return run_train_cli(args)
 
@@ -296,6 +303,15 @@ def main(argv=None) -> int:
     p.add_argument("--time-feature", action="store_true", help="append the remaining-time feature (rl-zoo)")
     p.add_argument("--num-envs", type=int, default=1,
                    help="robots trained on at once, all behind one batched simulator server (default 1)")
+    p.add_argument("--ray", metavar="ADDRESS", help="scale out: simulator servers as Ray actors on this cluster "
+                   "(auto: the running one; local: start one here), env workers connect over tcp")
+    p.add_argument("--ray-servers", type=int, metavar="K",
+                   help="--ray: env workers, each on its own server (2; +1 server evaluates)")
+    p.add_argument("--ray-cpus", type=float, metavar="C", help="--ray: Ray CPUs each server reserves (1)")
+    p.add_argument("--insecure", action="store_true",
+                   help="--ray: servers without CurveZMQ keys (private cluster networks only)")
+    p.add_argument("--vec-env", choices=("dummy", "subproc"),
+                   help="--ray: step the env workers in turn here (dummy) or in a process each (subproc)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("run", help="run a policy bundle on the robot a config names; success and latency")
