@@ -421,13 +421,18 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
     elif anchor:
         print(f"note: anchor not run, so no ratio: {res['anchor_note']}\n"
               f"  to include it: {ANCHOR_HINT}")
+    _markdown_and_json(rows, HEADER, res, out)
+    return 0
+
+
+def _markdown_and_json(rows, header, res: dict, out) -> None:
+    """The report's tail, shared by every bench: the table as Markdown, and the results as JSON to `out`."""
     print()
     print("Markdown:")
     print()
-    print(_markdown_table(rows))
+    print(_markdown_table(rows, header))
     if out:
         with open(out, "w") as fh:
             json.dump(_clean(res), fh, indent=2)
             fh.write("\n")
         print(f"\nwrote {out}")
-    return 0

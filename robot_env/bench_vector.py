@@ -12,14 +12,13 @@ request; a single-server vector step is N of them), server processes, their resi
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
 
 import numpy as np
 
-from .bench import _clean, _markdown_table, _ms, _text_table
+from .bench import _markdown_and_json, _ms, _text_table
 
 ENV_ID = "robot_env/FetchReach-v0"
 SEED = 0
@@ -110,13 +109,5 @@ def run_bench_vector(num_envs: int = 64, steps: int = 1000, singles: int | None 
     print(f"per robot: {1e6 / b['robot_steps_per_s']:.1f} µs batched, {1e6 / s['robot_steps_per_s']:.1f} µs "
           f"with a server each; server memory per robot {b['server_rss_mb'] / n:.2f} MB vs "
           f"{s['server_rss_mb'] / m:.1f} MB")
-    print()
-    print("Markdown:")
-    print()
-    print(_markdown_table(rows, HEADER))
-    if out:
-        with open(out, "w") as fh:
-            json.dump(_clean(res), fh, indent=2)
-            fh.write("\n")
-        print(f"\nwrote {out}")
+    _markdown_and_json(rows, HEADER, res, out)
     return 0

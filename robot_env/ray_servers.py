@@ -298,48 +298,21 @@ def train_on_servers(train_configs: list, eval_config, steps: int = 30_000, out:
     tr._require_sb3()
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-    from .sac_her import train_loop
-
     normalize = tr.DEFAULT_NORMALIZE if normalize is None else normalize
     time_feature = tr.DEFAULT_TIME_FEATURE if time_feature is None else time_feature
     log = tr._progress if log is None else (log or None)
     if vec_env not in ("dummy", "subproc"):
         raise ValueError(f"vec_env must be 'dummy' or 'subproc', got {vec_env!r}")
-    opened: list = []
-    evals: list = []
-
-    def make_eval_env(evaluating):
-        env = tr.make_env(eval_config, time_feature=time_feature)
-        opened.append(env)
-        evals.append(env)
-        return env
 
     def make_venv():
         fns = [lambda c=c: tr.make_env(c, time_feature=time_feature) for c in train_configs]
-        venv = SubprocVecEnv(fns) if vec_env == "subproc" else DummyVecEnv(fns)
-        opened.append(venv)
-        return venv
+        return SubprocVecEnv(fns) if vec_env == "subproc" else DummyVecEnv(fns)
 
-    t0 = time.perf_counter()
-    try:
-        model, vecnorm, result = train_loop(make_eval_env, steps, seed=seed, eval_every=eval_every,
-                                            eval_episodes=eval_episodes, threshold=threshold, normalize=normalize,
-                                            log=log, make_venv=make_venv, **hyper)
-        if log is tr._progress:
-            sys.stderr.write("\n")
-        meta = tr.env_metadata(evals[0])  # the evaluation env: a single env on a server like the others
-    finally:
-        for env in opened:
-            env.close()
-    result.update(n_envs=len(train_configs), vec_env=vec_env)
-    meta.update({"bundle_version": tr.BUNDLE_VERSION, "algorithm": "SAC+HER (stable-baselines3)",
-                 "time_feature": time_feature, "normalize": normalize, "num_envs": len(train_configs),
-                 "training": {k: v for k, v in result.items() if k != "curve"},
-                 "learning_curve": result["curve"], "total_wall_s": time.perf_counter() - t0,
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    meta.update(extra_meta or {})
-    tr.save_bundle(out, model, vecnorm, meta)
-    return meta
+    return tr.train_bundle(lambda: tr.make_env(eval_config, time_feature=time_feature), make_venv, out, steps,
+                           seed=seed, eval_every=eval_every, eval_episodes=eval_episodes, threshold=threshold,
+                           normalize=normalize, time_feature=time_feature, log=log,
+                           meta_extra={"num_envs": len(train_configs), "vec_env": vec_env, **(extra_meta or {})},
+                           **hyper)
 
 
 def train_on_ray(n_envs: int = 2, config=None, steps: int = 30_000, out: str = "policy", *, insecure: bool = False,
@@ -396,12 +369,5 @@ def run_ray_train_cli(args) -> int:
     finally:
         if owned:
             ray.shutdown()
-    t = meta["training"]
-    if t["reached_threshold"]:
-        print(f"stopped early: eval success {t['final_success']:.0%} ≥ {t['threshold']:.0%} after "
-              f"{t['steps_to_threshold']} steps, {t['wall_s_to_threshold']:.1f} s")
-    else:
-        print(f"did not reach {t['threshold']:.0%} in {t['steps']} steps: final eval success "
-              f"{t['final_success']:.0%} ({t['wall_s']:.1f} s); try more --steps")
-    print(f"policy bundle  {args.out}/ (servers stopped)")
-    return 0 if t["reached_threshold"] else 1
+    from .train import report_training
+    return report_training(meta, args.out, note="; servers stopped")

@@ -109,47 +109,86 @@ def train(config=None, steps: int = 30_000, out: str = "policy", seed: int = 0, 
           eval_episodes: int = 20, sim2real: bool = False, normalize: bool = DEFAULT_NORMALIZE,
           time_feature: bool = DEFAULT_TIME_FEATURE, num_envs: int = 1,
           threshold: float = 0.95, log=_progress, **hyper) -> dict:
-    """Train SAC + HER on the env a config names (default: the embedded simulator); write a bundle to `out`."""
+    """Train SAC + HER on the env a config names (default: the embedded simulator); write a bundle to `out`.
+
+    `num_envs` > 1: N robots behind one batched simulator server (`envs.sb3_vec_env.FetchReachVecEnv`).
+    """
     _require_sb3()
+    overrides = sim2real_overrides(config, sim2real)
+    if num_envs > 1 and time_feature:
+        raise RobotEnvError("--time-feature is not available with --num-envs > 1")
+
+    def make_venv():
+        from .envs.sb3_vec_env import FetchReachVecEnv
+        return FetchReachVecEnv(num_envs, config=config, overrides=overrides or None)
+
+    return train_bundle(lambda: make_env(config, overrides, time_feature=time_feature),
+                        make_venv if num_envs > 1 else None, out, steps,
+                        seed=seed, eval_every=eval_every, eval_episodes=eval_episodes, threshold=threshold,
+                        normalize=normalize, time_feature=time_feature, log=log,
+                        meta_extra={"config": str(config or "sim"), "num_envs": num_envs,
+                                    "sim2real": overrides.get("server.kinematic")}, **hyper)
+
+
+def train_bundle(make_single_env, make_venv, out: str, steps: int, *, seed: int, eval_every: int,
+                 eval_episodes: int, threshold: float, normalize: bool, time_feature: bool, log,
+                 meta_extra: dict, **hyper) -> dict:
+    """The one training path of `train` and the Ray scale-out: `sac_her.train_loop`, then the bundle.
+
+    `make_single_env()` gives a single env (evaluation; training too when `make_venv` is None), whose
+    server's `hello` the bundle's metadata is taken from; every env opened is closed.
+    """
     from .sac_her import train_loop
 
-    overrides = sim2real_overrides(config, sim2real)
-    envs = []
+    opened: list = []
+    singles: list = []
 
     def mk(evaluating):
-        env = make_env(config, overrides, time_feature=time_feature)
-        envs.append(env)
+        env = make_single_env()
+        opened.append(env)
+        singles.append(env)
         return env
 
-    make_venv = None
-    if num_envs > 1:  # N robots behind one batched simulator server
-        if time_feature:
-            raise RobotEnvError("--time-feature is not available with --num-envs > 1")
-
-        def make_venv():
-            from .envs.sb3_vec_env import FetchReachVecEnv
-            venv = FetchReachVecEnv(num_envs, config=config, overrides=overrides or None)
-            envs.append(venv)
-            return venv
+    def mv():
+        venv = make_venv()
+        opened.append(venv)
+        return venv
 
     t0 = time.perf_counter()
-    model, vecnorm, result = train_loop(mk, steps, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes,
-                                        threshold=threshold, normalize=normalize, log=log, make_venv=make_venv,
-                                        **hyper)
-    if log is _progress:
-        sys.stderr.write("\n")
-    meta = env_metadata(next(e for e in envs if not hasattr(e, "num_envs")))  # a single env (the eval env)
-    for env in envs:
-        env.close()
+    try:
+        model, vecnorm, result = train_loop(mk, steps, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes,
+                                            threshold=threshold, normalize=normalize, log=log,
+                                            make_venv=mv if make_venv is not None else None, **hyper)
+        if log is _progress:
+            sys.stderr.write("\n")
+        meta = env_metadata(singles[0])
+    finally:
+        for env in opened:
+            env.close()
     meta.update({"bundle_version": BUNDLE_VERSION, "algorithm": "SAC+HER (stable-baselines3)",
-                 "time_feature": time_feature, "normalize": normalize, "config": str(config or "sim"),
-                 "num_envs": num_envs,
-                 "sim2real": overrides.get("server.kinematic"),
+                 "time_feature": time_feature, "normalize": normalize, **meta_extra,
                  "training": {k: v for k, v in result.items() if k != "curve"},
                  "learning_curve": result["curve"], "total_wall_s": time.perf_counter() - t0,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     save_bundle(out, model, vecnorm, meta)
     return meta
+
+
+def report_training(meta: dict, out: str, note: str = "") -> int:
+    """Print how training ended (the CLI's summary); exit status 0 when it reached the threshold."""
+    t = meta["training"]
+    if t["reached_threshold"]:
+        print(f"stopped early: eval success {t['final_success']:.0%} ≥ {t['threshold']:.0%} after "
+              f"{t['steps_to_threshold']} steps, {t['wall_s_to_threshold']:.1f} s")
+    else:
+        print(f"did not reach {t['threshold']:.0%} in {t['steps']} steps: final eval success "
+              f"{t['final_success']:.0%} ({t['wall_s']:.1f} s); try more --steps")
+    if meta.get("sim2real"):
+        print(f"sim2real: {meta['sim2real']}")
+    print(f"policy bundle  {out}/ (policy.pt, metadata.json{', normalization.json' if meta['normalize'] else ''})"
+          f"{note}")
+    print(f"learning curve {os.path.join(out, 'learning_curve.png')}")
+    return 0 if t["reached_threshold"] else 1
 
 
 def save_bundle(out: str, model, vecnorm, meta: dict) -> None:
@@ -353,18 +392,7 @@ def run_train_cli(args) -> int:
     meta = train(args.config, steps=args.steps, out=args.out, seed=args.seed, eval_every=args.eval_every,
                  eval_episodes=args.eval_episodes, sim2real=args.sim2real, normalize=args.normalize,
                  time_feature=args.time_feature, threshold=args.threshold, num_envs=args.num_envs)
-    t = meta["training"]
-    if t["reached_threshold"]:
-        print(f"stopped early: eval success {t['final_success']:.0%} ≥ {t['threshold']:.0%} after "
-              f"{t['steps_to_threshold']} steps, {t['wall_s_to_threshold']:.1f} s")
-    else:
-        print(f"did not reach {t['threshold']:.0%} in {t['steps']} steps: final eval success "
-              f"{t['final_success']:.0%} ({t['wall_s']:.1f} s); try more --steps")
-    if meta.get("sim2real"):
-        print(f"sim2real: {meta['sim2real']}")
-    print(f"policy bundle  {args.out}/ (policy.pt, metadata.json{', normalization.json' if meta['normalize'] else ''})")
-    print(f"learning curve {os.path.join(args.out, 'learning_curve.png')}")
-    return 0 if t["reached_threshold"] else 1
+    return report_training(meta, args.out)
 
 
 def run_run_cli(args) -> int:

@@ -128,7 +128,7 @@ def test_short_sac_her_training_on_the_ray_servers(cluster, tmp_path, no_leftove
     meta = train_on_ray(2, "sim", steps=1000, out=out, seed=0, eval_every=500, eval_episodes=5,
                         learning_starts=200, batch_size=128, on_start=on_start, log=False)
     t = meta["training"]
-    assert t["steps"] == 1000 and t["n_envs"] == 2 and [c["steps"] for c in meta["learning_curve"]] == [500, 1000]
+    assert t["steps"] == 1000 and meta["num_envs"] == 2 and [c["steps"] for c in meta["learning_curve"]] == [500, 1000]
     assert meta["ray"]["eval_server"] == started[-1]["endpoint"] and len(meta["ray"]["servers"]) == 3
     assert {s["node_id"] for s in started} <= node_ids()
     b = load_bundle(out)

@@ -25,7 +25,27 @@ def goal_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.norm(a - b, axis=-1)
 
 
-class FetchReachEnv(gym.Env):
+class BridgeEnvMixin:
+    """What every env over the bridge has beside the Gymnasium API: its client's latency, the last
+    full server state, and a `close()` (safe twice) that stops a server the env spawned."""
+
+    def close(self, **kwargs):
+        if not self._closed:
+            self._closed = True
+            self._session.close()
+
+    @property
+    def latency(self):
+        """Running round-trip / bridge / action-to-observation latency percentiles (one sample per request)."""
+        return self._client.latency
+
+    @property
+    def robot_state(self) -> dict | None:
+        """The last full state the server returned (joints, mode, faults, clipped flags, stamps)."""
+        return self._state
+
+
+class FetchReachEnv(BridgeEnvMixin, gym.Env):
     """Goal-conditioned reaching; `control` is "ee_delta" (default, Box(4)) or "joint_velocity" (Box(8)).
 
     Observation `observation` (10): gripper position (3), finger positions (2), gripper linear
@@ -143,22 +163,6 @@ class FetchReachEnv(gym.Env):
 
     def compute_truncated(self, achieved_goal, desired_goal, info):
         return False
-
-    def close(self):
-        if not self._closed:
-            self._closed = True
-            self._session.close()
-
-    # -- extras ------------------------------------------------------------------------------
-    @property
-    def latency(self):
-        """Running round-trip / bridge / action-to-observation latency percentiles of this env's client."""
-        return self._client.latency
-
-    @property
-    def robot_state(self) -> dict | None:
-        """The last full state the server returned (joints, mode, faults, clipped flags, stamps)."""
-        return self._state
 
     # -- internals ---------------------------------------------------------------------------
     def _obs(self, st: dict) -> dict:

@@ -22,7 +22,7 @@ from .. import config as config_mod
 from ..description import ARM, GRIPPER
 from ..errors import ConfigError
 from ..session import Session
-from .fetch_reach import ACTION_SCALE, DISTANCE_THRESHOLD, OBS_BOUND, TARGET_RANGE, goal_distance
+from .fetch_reach import ACTION_SCALE, DISTANCE_THRESHOLD, OBS_BOUND, TARGET_RANGE, BridgeEnvMixin, goal_distance
 
 
 def batch_config(config, num_envs: int, overrides: dict | None = None) -> tuple:
@@ -44,9 +44,12 @@ def batch_config(config, num_envs: int, overrides: dict | None = None) -> tuple:
     return config, out
 
 
-class FetchReachVectorEnv(VectorEnv):
+class FetchReachVectorEnv(BridgeEnvMixin, VectorEnv):
     """`num_envs` FetchReach robots stepped in one request; arguments as `FetchReachEnv` plus
-    `num_envs`, `max_episode_steps` (50) and `autoreset_mode` (NEXT_STEP or SAME_STEP)."""
+    `num_envs`, `max_episode_steps` (50) and `autoreset_mode` (NEXT_STEP or SAME_STEP).
+
+    `robot_state` is the batched state: (N, ...) arrays and `clipped` as {flag: [robot indices]};
+    `latency` counts one sample per request (all N robots)."""
 
     def __init__(self, num_envs: int = 1, config=None, reward_type: str = "sparse", control: str = "ee_delta",
                  block_gripper: bool = True, overrides: dict | None = None, max_episode_steps: int = 50,
@@ -176,22 +179,6 @@ class FetchReachVectorEnv(VectorEnv):
         if self.reward_type == "sparse":
             return -(d > DISTANCE_THRESHOLD).astype(np.float32)
         return -d
-
-    def close(self, **kwargs):
-        if not self._closed:
-            self._closed = True
-            self._session.close()
-
-    # -- extras ------------------------------------------------------------------------------
-    @property
-    def latency(self):
-        """Running latency percentiles of the one client behind all N robots (one sample per request)."""
-        return self._client.latency
-
-    @property
-    def robot_state(self) -> dict | None:
-        """The last full batched server state: (N, ...) arrays, mode, faults, clipped {flag: [robots]}."""
-        return self._state
 
     # -- internals ---------------------------------------------------------------------------
     def _reset_robots(self, idx: np.ndarray, srv_seed, srv_opts: dict, goal) -> dict:
