@@ -49,7 +49,7 @@ class DynamixelBackend(Backend):
 
     def __init__(self, safety: SafetyConfig | None = None, control_period: float = 0.04, *,
                  serial_port: str, baud: int = 1_000_000, calibration: str, loop_rate: float = 200.0,
-                 min_loop_rate: float = 50.0,
+                 min_loop_fraction: float = 0.25,
                  fast_sync: bool = True, reply_slack: float = 0.02, retries: int = 2,
                  max_bus_errors: int = 5, bus_watchdog: float = 0.1, rest_pose: str = "tuck",
                  torque_off_on_close: bool = True, move_timeout: float = 15.0,
@@ -60,10 +60,10 @@ class DynamixelBackend(Backend):
         self.ctl = TargetController(safety or SafetyConfig(), description)
         self._narrow_limits()
         self.loop_period = 1.0 / loop_rate
-        if min_loop_rate >= loop_rate:
-            raise ConfigError(f"[server.dynamixel] min_loop_rate ({min_loop_rate:g} Hz) must be below loop_rate "
-                              f"({loop_rate:g} Hz), or 0 (off)")
-        self.min_loop_rate = float(min_loop_rate)
+        if not 0 <= min_loop_fraction < 1:
+            raise ConfigError(f"[server.dynamixel] min_loop_fraction must be in [0, 1) (0: off), "
+                              f"got {min_loop_fraction!r}")
+        self.min_loop_rate = float(min_loop_fraction) * loop_rate
         self.fast_sync = fast_sync
         self.max_bus_errors = max_bus_errors
         self.bus_watchdog = bus_watchdog
@@ -139,6 +139,12 @@ class DynamixelBackend(Backend):
         bus.write_field(s.id, "bus_watchdog", 0)
         bus.write_field(s.id, "return_delay_time", 0)  # the factory 500 µs per reply would halve the loop rate
         bus.write_field(s.id, "operating_mode", MODES[s.mode])
+        # Drive Mode is EEPROM and outlives power cycles: a time-based profile (bit 2) left by another
+        # tool would turn the profile velocity below into "take N ms per move". Keep only the
+        # direction bit (bit 0); the calibration's direction is applied in software on top.
+        mode = bus.read_field(s.id, "drive_mode")
+        if mode & ~DRIVE_MODE_REVERSE:
+            bus.write_field(s.id, "drive_mode", mode & DRIVE_MODE_REVERSE)
         if s.mode == "velocity":
             bus.write_field(s.id, "velocity_limit", WHEEL_RAW_MAX)
             return
@@ -309,7 +315,8 @@ class DynamixelBackend(Backend):
         with self._lock:
             self._fault_stop(None, "slow_loop",
                              f"the control loop ran at {rate:.0f} Hz over the last {window:.1f} s, below the "
-                             f"{self.min_loop_rate:g} Hz floor ([server.dynamixel] min_loop_rate): the bus answers "
+                             f"{self.min_loop_rate:g} Hz floor ([server.dynamixel] min_loop_fraction of loop_rate): "
+                             f"the bus answers "
                              f"late ({stats.get('timeouts', 0)} timeouts, {stats.get('retries', 0)} retries so far)",
                              freeze=False, brake=True)
 
@@ -473,7 +480,8 @@ WATCHDOG_CHECK_CYCLES = 50
 # Wheel speed at full twist (1 m/s + 4.5 rad/s) is ~31 rad/s; an X-series servo tops out at raw 1023
 # (~24.5 rad/s, ~1.5 m/s at the rim): that is the wheels' limit, and goals saturate there.
 WHEEL_RAW_MAX = ct.FIELDS["velocity_limit"].hi
-LOOP_RATE_WINDOW = 1.0  # s over which the loop rate is held against min_loop_rate
+LOOP_RATE_WINDOW = 1.0  # s over which the loop rate is held against min_loop_fraction
+DRIVE_MODE_REVERSE = 0x01  # Drive Mode bit 0; bit 2 (0x04) would make the profile time-based
 
 
 def _unpack(data: bytes) -> tuple[int, int, int]:

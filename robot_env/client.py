@@ -27,7 +27,7 @@ import time
 
 import zmq
 
-from .errors import ServerError, ServerTimeout
+from .errors import RequestError, ServerError, ServerTimeout
 from .latency import LatencyStats
 from .protocol import IDEMPOTENT_OPS, VERSION, decode, encode, unpack_state
 
@@ -120,7 +120,10 @@ class RobotClient:
                 continue
             try:
                 reply = decode(data)
-            except Exception:
+            except RequestError as exc:
+                if exc.code == "too_large":  # not garbage: a reply we refuse to unpack, say so
+                    raise ServerError("too_large", f"a reply of {len(data)} bytes exceeds the protocol's "
+                                                   "message limit", "reply") from None
                 continue  # garbage on our own socket: ignore, keep waiting
             if isinstance(reply, dict) and reply.get("seq") == seq:
                 return reply

@@ -88,10 +88,15 @@ def parse_command(cmd, supported=None, check_values: bool = True) -> dict:
 def _as_batch(name: str, value, shape: tuple[int, ...], n: int) -> np.ndarray:
     """A batched channel: an array (or nested list) of numbers of shape (n, *shape), all finite."""
     if isinstance(value, (list, tuple)):
+        raw = value
         try:
-            value = np.array(value)
+            value = np.array(raw)
         except ValueError:
             raise RequestError("bad_command", f"channel {name!r} takes shape {(n, *shape)}, got ragged lists") from None
+        # numpy turns a bool among numbers into 1.0: refuse it, as the single-robot channels do
+        if value.dtype.kind in "fiu" and value.shape == (n, *shape) and any(
+                x.__class__ is bool for x in np.array(raw, dtype=object).flat):
+            raise RequestError("bad_command", f"channel {name!r} takes numbers, got a bool")
     if not isinstance(value, np.ndarray):
         raise RequestError("bad_command", f"channel {name!r} takes an array of shape {(n, *shape)}, "
                                           f"got {type(value).__name__}")
@@ -112,8 +117,8 @@ def parse_robots(value, n: int) -> np.ndarray | None:
     if value is None:
         return None
     if isinstance(value, (list, tuple)):
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
-            raise RequestError("bad_request", "'robots' must be a list of robot indices")
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in value):
+            raise RequestError("bad_request", f"'robots' must be a list of robot indices in 0..{n - 1}")
         value = np.array(value, dtype=np.int64)
     if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype.kind not in "iu":
         raise RequestError("bad_request", "'robots' must be a list of robot indices")
@@ -183,8 +188,8 @@ def parse_batch_reset_options(options, n: int) -> tuple[dict, np.ndarray | None]
             raise RequestError("bad_options", f"unknown reset option {name!r}; known: robots, "
                                               f"{', '.join(RESET_OPTIONS)}")
         try:
-            if isinstance(value, np.ndarray) and value.ndim == len(shape) + 1 or (
-                    isinstance(value, list) and value and isinstance(value[0], (list, np.ndarray))):
+            if isinstance(value, np.ndarray) and value.ndim == len(shape) + 1 or isinstance(value, list) and (
+                    not shape or value and isinstance(value[0], (list, np.ndarray))):
                 out[name] = _as_batch(name, value, shape, rows)
             else:
                 out[name] = np.broadcast_to(np.asarray(_as_vector(name, value, shape)), (rows, *shape))

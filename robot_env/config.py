@@ -53,7 +53,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "server.kinematic": _SIM_TO_REAL,
     # N kinematic robots stepped per request (vector envs); the same knobs, per robot
     "server.kinematic_batch": {
-        "num_robots": (int, 1, lambda v: 1 <= v <= 4096, "between 1 and 4096"),
+        "num_robots": (int, 1, lambda v: 1 <= v <= 512, "between 1 and 512 (a reply holds ~500 bytes per robot)"),
         **_SIM_TO_REAL,
     },
     "server.dynamixel": {
@@ -63,8 +63,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "calibration": (str, "fetch_dynamixel_calibration.toml", lambda v: bool(v),
                         "a calibration TOML (relative to this config file)"),
         "loop_rate": (_num, 200.0, lambda v: 10 <= v <= 2000, "between 10 and 2000 Hz"),
-        "min_loop_rate": (_num, 50.0, lambda v: v == 0 or 1 <= v <= 2000,
-                          "0 (off) or 1 to 2000 Hz (below loop_rate)"),
+        "min_loop_fraction": (_num, 0.25, lambda v: 0 <= v < 1, "in [0, 1) of loop_rate (0: off)"),
         "fast_sync": (bool, True, None, ""),
         "reply_slack": (_num, 0.02, lambda v: 0 <= v <= 1, "between 0 and 1 s"),
         "retries": (int, 2, lambda v: 0 <= v <= 10, "between 0 and 10"),

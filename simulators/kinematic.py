@@ -40,8 +40,6 @@ class KinematicSim(Backend):
     # -- Backend interface -------------------------------------------------------------------
     def reset(self, seed, options) -> None:
         """`options` arrive validated by the server (`commands.parse_reset_options`)."""
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
         q = np.zeros(NJ)
         q[TORSO] = READY_TORSO
         q[ARM] = READY_ARM
@@ -53,6 +51,8 @@ class KinematicSim(Backend):
         clipped = np.clip(q, lim.lower, lim.upper)
         if not np.array_equal(clipped, q):
             raise RequestError("bad_options", "initial pose is outside the joint limits")
+        if seed is not None:  # only once the request is known good: a refused reset changes nothing
+            self.rng = np.random.default_rng(seed)
         self.q = q
         self.v = np.zeros(NJ)
         self.base = [0.0, 0.0, 0.0, 0.0, 0.0]  # x, y, theta, v, w

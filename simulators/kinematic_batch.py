@@ -21,6 +21,8 @@ from robot_env.kinematics_batch import (fk_frames_batch, jacobian_batch, limited
 from robot_env.safety import MotionLimiter, SafetyConfig
 
 _ALL = slice(None)
+# A state costs ~500 bytes per robot: 512 robots keep every reply within the protocol's message limit.
+MAX_ROBOTS = 512
 
 
 class BatchedKinematicSim(Backend):
@@ -30,8 +32,8 @@ class BatchedKinematicSim(Backend):
     def __init__(self, safety: SafetyConfig | None = None, control_period: float = 0.04, num_robots: int = 1,
                  action_latency_steps: int = 0, observation_noise: float = 0.0,
                  speed_randomization: float = 0.0, description=FETCH):
-        if not 1 <= int(num_robots) <= 4096:
-            raise ValueError(f"num_robots must be in 1..4096, got {num_robots}")
+        if not 1 <= int(num_robots) <= MAX_ROBOTS:
+            raise ValueError(f"num_robots must be in 1..{MAX_ROBOTS}, got {num_robots}")
         self.num_robots = n = int(num_robots)
         self.description = description
         self.period = control_period
@@ -63,8 +65,6 @@ class BatchedKinematicSim(Backend):
     def reset(self, seed, options, robots=None) -> None:
         """Reset every robot, or those in `robots`; `options` rows are per reset robot (validated by
         the server, `commands.parse_batch_reset_options`)."""
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
         idx = _ALL if robots is None else robots
         rows = self.num_robots if robots is None else len(robots)
         q = np.zeros((rows, NJ))
@@ -72,6 +72,8 @@ class BatchedKinematicSim(Backend):
         q[:, ARM] = options["initial_arm_position"] if "initial_arm_position" in options else READY_ARM
         if ((q < self.lower) | (q > self.upper)).any():
             raise RequestError("bad_options", "initial pose is outside the joint limits")
+        if seed is not None:  # only once the request is known good: a refused reset changes nothing
+            self.rng = np.random.default_rng(seed)
         self.q[idx] = q
         self.v[idx] = 0.0
         self.target[idx] = q
@@ -90,7 +92,7 @@ class BatchedKinematicSim(Backend):
                 cmd["_void"] = cmd.get("_void", False) | np.isin(np.arange(self.num_robots) if who is None else who,
                                                                  robots)
         self.clipped = {}
-        self._measure()
+        self._measure(None if robots is None else robots)
 
     def apply(self, command: dict, robots=None) -> dict:
         if self.latency_steps:
@@ -145,8 +147,23 @@ class BatchedKinematicSim(Backend):
         }
 
     # -- internals ---------------------------------------------------------------------------
-    def _measure(self) -> None:
-        """Sample the sensors: what the state reports and what IK linearises around."""
+    def _measure(self, rows=None) -> None:
+        """Sample the sensors: what the state reports and what IK linearises around.
+
+        `rows`: re-sample only these robots (a partial reset), so the others keep the sample they
+        were observed, rewarded and controlled with.
+        """
+        if rows is not None:  # new arrays, not in place: states already handed out keep their values
+            q = self.q[rows]
+            if self.noise:
+                q = q + self.rng.normal(0.0, self.noise, q.shape)
+            pos, rot, origins, axes = fk_frames_batch(q[:, TORSO], q[:, ARM])
+            for name, rows_value in (("q_meas", q), ("ee_pos", np.stack(pos, axis=-1)),
+                                     ("ee_rot", np.stack(rot, axis=-1)), ("jac", jacobian_batch(pos, origins, axes))):
+                whole = getattr(self, name).copy()
+                whole[rows] = rows_value
+                setattr(self, name, whole)
+            return
         q = self.q
         if self.noise:
             q = q + self.rng.normal(0.0, self.noise, q.shape)

@@ -125,8 +125,10 @@ def test_batched_server_refuses_bad_requests_and_keeps_serving(no_leftover_serve
                 ({"teleport": np.zeros((n, 3))}, "unknown command channel"),
                 ({"ee_delta": np.zeros((n, 3)), "arm_velocity": np.zeros((n, 7))}, "cannot be combined"),
                 ({"robots": [0, 0], "gripper": [0.05, 0.05]}, "distinct"),
-                ({"robots": [0, n], "gripper": [0.05, 0.05]}, "distinct robots in 0.."),
+                ({"robots": [0, n], "gripper": [0.05, 0.05]}, "in 0\\.\\."),
                 ({"robots": [True], "gripper": [0.05]}, "robot indices"),
+                ({"robots": [2**64 - 1], "gripper": [0.05]}, "robot indices"),
+                ({"gripper": [0.05] * (n - 1) + [True]}, "got a bool"),
                 ({"robots": [1, 2], "gripper": [0.05, 0.05, 0.05]}, "one row per robot"),
             ]
             before = c.state()
@@ -147,5 +149,45 @@ def test_batched_server_refuses_bad_requests_and_keeps_serving(no_leftover_serve
             assert moved.tolist() == [False, False, True, False]
             st = c.reset(options={"robots": [2]})
             np.testing.assert_allclose(st["q"], before["q"], atol=1e-12)
+    finally:
+        srv.close()
+
+
+def test_a_partial_reset_resamples_only_the_reset_robots():
+    """With observation noise, robots that keep running keep the sample they were observed with."""
+    sim = BatchedKinematicSim(num_robots=4, observation_noise=0.01)
+    sim.reset(5, {})
+    sim.apply({"ee_delta": np.full((4, 3), 0.02)})
+    sim.advance(0.04)
+    before = sim.state()
+    sim.reset(None, {}, np.array([1]))
+    after = sim.state()
+    keep = [0, 2, 3]
+    np.testing.assert_array_equal(after["q"][keep], before["q"][keep])
+    np.testing.assert_array_equal(after["ee"][keep], before["ee"][keep])
+    assert not np.array_equal(after["q"][1], before["q"][1])
+
+
+@pytest.mark.parametrize("make", [lambda: KinematicSim(observation_noise=0.01),
+                                  lambda: BatchedKinematicSim(num_robots=2, observation_noise=0.01)])
+def test_a_refused_reset_does_not_reseed(make):
+    sim = make()
+    sim.reset(1, {})
+    state = sim.rng.bit_generator.state
+    with pytest.raises(Exception, match="outside the joint limits"):
+        sim.reset(123, {"initial_torso": 5.0} if isinstance(sim, KinematicSim) else {"initial_torso": np.full(2, 5.0)})
+    assert sim.rng.bit_generator.state == state
+
+
+def test_num_robots_is_capped_where_a_reply_still_fits(no_leftover_servers):
+    from robot_env.errors import ConfigError
+    with pytest.raises(ConfigError, match="num_robots"):
+        config_mod.load("sim", {"server": {"backend": "kinematic_batch"}, "server.kinematic_batch": {"num_robots": 513}})
+    srv = _batch_server(512)
+    try:
+        with RobotClient(srv.endpoint, timeout=10.0) as c:
+            c.hello()
+            st = c.step({"ee_delta": np.zeros((512, 3))})
+            assert st["q"].shape == (512, NJ)
     finally:
         srv.close()

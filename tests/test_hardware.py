@@ -11,7 +11,7 @@ from drivers.calibration import load_calibration
 from drivers.hardware import DynamixelBackend
 from robot_env import config
 from robot_env.demo import run_episodes
-from robot_env.description import TUCK_ARM, TUCK_TORSO
+from robot_env.description import FETCH, TUCK_ARM, TUCK_TORSO
 from robot_env.errors import ConfigError, RequestError
 from simulators.servo_bus import EmulatorProcess, ServoBusEmulator
 from support import wait_for
@@ -252,3 +252,22 @@ def test_sigterm_rests_the_arm_before_torque_off(tmp_path):
         assert all(field(s.id, "torque_enable") == 0 for s in CAL.servos)
     finally:
         emu.close()
+
+
+def test_startup_clears_a_time_based_profile_left_in_drive_mode(tmp_path):
+    """Drive Mode is EEPROM: a time-based profile (bit 2) from another tool would make the profile
+    velocity a duration. The driver keeps only the direction bit."""
+    emu = make_emulator(link=str(tmp_path / "ttyDXL"))
+    path = emu.start()
+    elbow = CAL.joints[4]
+    emu.servo(elbow.id).set("drive_mode", 0x05)  # reverse + time-based profile
+    b = DynamixelBackend(serial_port=path, **SETTINGS)
+    try:
+        assert emu.servo(elbow.id).get("drive_mode") == 0x01
+        assert emu.servo(CAL.joints[1].id).get("drive_mode") == 0
+        joint = FETCH.joints[elbow.index]
+        shaft = joint.velocity * elbow.ticks_per_unit * (2 * np.pi / 4096)  # rad/s of the shaft
+        assert emu.servo(elbow.id).get("profile_velocity") * 0.229 * 2 * np.pi / 60 == pytest.approx(shaft, rel=0.02)
+    finally:
+        b.close()
+        emu.stop()

@@ -187,3 +187,47 @@ def test_train_with_num_envs_reaches_95(tmp_path, no_leftover_servers):
     assert t["reached_threshold"], t
     assert meta["num_envs"] == 4
     assert load_bundle(str(tmp_path / "p")).meta["observation_space"]["spaces"]["observation"]["shape"] == [10]
+
+
+def test_bad_reset_options_change_nothing_and_rows_follow_the_mask(no_leftover_servers):
+    env = FetchReachVectorEnv(num_envs=3)
+    try:
+        env.reset(seed=0)
+        for _ in range(5):
+            env.step(np.ones((3, 4), np.float32))
+        q, goal, steps = env.robot_state["q"].copy(), env.goal.copy(), env._steps.copy()
+        for opts, words in (({"goal": [0.5, 0.1]}, "shape"), ({"goal": np.full((3, 3), np.nan)}, "non-finite"),
+                            ({"reset_mask": np.zeros(3, bool)}, "no env"),
+                            ({"initial_arm_position": np.zeros((2, 7))}, "shape")):
+            with pytest.raises(ValueError, match=words):
+                env.reset(options=opts)
+        np.testing.assert_array_equal(env.unwrapped._client.state()["q"], q)  # the server was not reset
+        np.testing.assert_array_equal(env.goal, goal)
+        np.testing.assert_array_equal(env._steps, steps)
+        # per-env rows with a mask: only the masked envs' rows are used
+        arms = np.tile(np.array([0.0, -0.8304, 0.0, 1.6775, 0.0, 0.724, 0.0]), (3, 1))
+        arms[2, 0] = 0.3
+        goals = np.array([[0.5, 0.0, 0.7], [0.6, 0.1, 0.8], [0.7, -0.1, 0.9]])
+        env.reset(options={"reset_mask": np.array([False, False, True]), "initial_arm_position": arms,
+                           "goal": goals})
+        assert env.robot_state["q"][2, 1] == pytest.approx(0.3)
+        np.testing.assert_array_equal(env.goal[2], goals[2])
+        np.testing.assert_array_equal(env.goal[:2], goal[:2])
+    finally:
+        env.close()
+
+
+def test_sb3_vec_env_per_env_options_and_attributes(no_leftover_servers):
+    pytest.importorskip("stable_baselines3")
+    from robot_env.envs.sb3_vec_env import FetchReachVecEnv
+    env = FetchReachVecEnv(2)
+    try:
+        goals = [np.array([0.5, 0.0, 0.7]), np.array([0.7, 0.1, 0.9])]
+        env.set_options([{"goal": goals[0]}, {"goal": goals[1]}])
+        obs = env.reset()
+        np.testing.assert_array_equal(obs["desired_goal"], np.stack(goals))
+        got = env.get_attr("goal", indices=[1])
+        assert len(got) == 1 and np.array_equal(got[0], goals[1])
+        assert env.get_attr("reward_type") == ["sparse", "sparse"]
+    finally:
+        env.close()

@@ -32,6 +32,7 @@ class BridgeEnvMixin:
     def close(self, **kwargs):
         if not self._closed:
             self._closed = True
+            self.closed = True  # what Gymnasium's VectorEnv reports
             self._session.close()
 
     @property

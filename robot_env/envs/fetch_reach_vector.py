@@ -109,8 +109,7 @@ class FetchReachVectorEnv(BridgeEnvMixin, VectorEnv):
         `initial_arm_position` ((7,) or (N, 7)), `reset_mask` ((N,) bool: reset only those)."""
         if isinstance(seed, (list, tuple)):
             seed = seed[0] if seed else None
-        if seed is not None:
-            self._np_random, self._np_random_seed = seeding.np_random(seed)
+        # Everything is checked before anything is reset: a bad option changes nothing.
         options = dict(options or {})
         mask = options.pop("reset_mask", None)
         if mask is None:
@@ -119,17 +118,23 @@ class FetchReachVectorEnv(BridgeEnvMixin, VectorEnv):
             mask = np.asarray(mask)
             if mask.shape != (self.num_envs,) or mask.dtype != bool:
                 raise ValueError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},)")
+            if not mask.any():
+                raise ValueError("options['reset_mask'] selects no env to reset")
             idx = np.flatnonzero(mask)
-        goal = options.pop("goal", None)
+        goal = self._rows("goal", options.pop("goal", None), 3, idx)
         srv_opts = {}
-        if "initial_arm_position" in options:
-            srv_opts["initial_arm_position"] = np.asarray(options.pop("initial_arm_position"), dtype=float)
+        arm = self._rows("initial_arm_position", options.pop("initial_arm_position", None), 7, idx)
+        if arm is not None:
+            srv_opts["initial_arm_position"] = arm
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; known: goal, initial_arm_position, reset_mask")
+        if seed is not None:
+            self._np_random, self._np_random_seed = seeding.np_random(seed)
         srv_seed = int(self.np_random.integers(2**31)) if seed is not None else None
         st = self._reset_robots(idx, srv_seed, srv_opts, goal)
         obs = self._obs(st)
-        return obs, {"is_success": self._success(obs["achieved_goal"], self.goal)}
+        return obs, {"is_success": self._success(obs["achieved_goal"], self.goal),
+                     "_is_success": np.ones(self.num_envs, bool)}
 
     def step(self, actions):
         a = np.asarray(actions, dtype=np.float64)
@@ -190,16 +195,27 @@ class FetchReachVectorEnv(BridgeEnvMixin, VectorEnv):
         start = np.array(st["ee"][idx, :3])
         self.initial_gripper_xpos[idx] = start
         if goal is None:
-            new = start + self.np_random.uniform(-TARGET_RANGE, TARGET_RANGE, size=(idx.size, 3))
-        else:
-            new = np.broadcast_to(np.asarray(goal, dtype=float), (idx.size, 3)) if np.ndim(goal) == 1 \
-                else np.asarray(goal, dtype=float)[idx] if np.shape(goal) == (self.num_envs, 3) else None
-            if new is None or not np.isfinite(new).all():
-                raise ValueError(f"options['goal'] must be 3 or ({self.num_envs}, 3) finite numbers")
-        self.goal[idx] = new
+            goal = start + self.np_random.uniform(-TARGET_RANGE, TARGET_RANGE, size=(idx.size, 3))
+        self.goal[idx] = goal
         self._steps[idx] = 0
         self._autoreset[idx] = False
         return st
+
+    def _rows(self, name: str, value, width: int, idx: np.ndarray):
+        """A reset option given once ((width,)) or per env ((N, width)) -> one finite row per reset env."""
+        if value is None:
+            return None
+        arr = np.asarray(value, dtype=float)
+        if arr.shape == (width,):
+            arr = np.broadcast_to(arr, (idx.size, width))
+        elif arr.shape == (self.num_envs, width):
+            arr = arr[idx]
+        else:
+            raise ValueError(f"options[{name!r}] must have shape ({width},) or ({self.num_envs}, {width}), "
+                             f"got {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"options[{name!r}] has non-finite values")
+        return arr
 
     def _command(self, a: np.ndarray, rows) -> dict:
         if rows is not None:

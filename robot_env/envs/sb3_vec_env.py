@@ -26,13 +26,24 @@ class FetchReachVecEnv(VecEnv):
 
     # -- VecEnv API --------------------------------------------------------------------------
     def reset(self):
+        # SB3 seeds env i with seed + i: one seed (the first) fixes the whole batch's episode.
         seed = self._seeds[0] if self._seeds and self._seeds[0] is not None else None
-        options = self._options[0] if self._options and self._options[0] else None
-        obs, info = self.venv.reset(seed=seed, options=options)
+        obs, info = self.venv.reset(seed=seed, options=self._batched_options())
         self._reset_seeds()
         self._reset_options()
         self.reset_infos = [{"is_success": float(s)} for s in info["is_success"]]
         return obs
+
+    def _batched_options(self):
+        """SB3 keeps one options dict per env (`set_options`); the vector env takes per-env rows."""
+        given = [o or {} for o in (self._options or [])]
+        if not any(given):
+            return None
+        keys = set().union(*given)
+        if any(set(o) != keys for o in given):
+            raise ValueError("set_options: give every env the same option keys (here: per-env goal or "
+                             "initial_arm_position rows)")
+        return {k: np.stack([np.asarray(o[k], dtype=float) for o in given]) for k in keys}
 
     def step_async(self, actions) -> None:
         self._actions = actions
@@ -54,7 +65,13 @@ class FetchReachVecEnv(VecEnv):
         self.venv.close()
 
     def get_attr(self, attr_name, indices=None):
-        return [getattr(self.venv, attr_name)] * len(self._get_indices(indices))
+        """Per-env rows of batched attributes (`goal`, `initial_gripper_xpos`: (N, ...) arrays), else the
+        one shared value for each index."""
+        value = getattr(self.venv, attr_name)
+        idx = self._get_indices(indices)
+        if isinstance(value, np.ndarray) and value.ndim and value.shape[0] == self.num_envs:
+            return [value[i] for i in idx]
+        return [value] * len(idx)
 
     def set_attr(self, attr_name, value, indices=None) -> None:
         setattr(self.venv, attr_name, value)
