@@ -128,7 +128,7 @@ def test_vector_env_bad_input(no_leftover_servers):
         env.close()
 
 
-def test_vector_env_refuses_a_server_of_another_size(no_leftover_servers):
+def test_vector_env_connects_to_a_running_batched_server_of_its_size(no_leftover_servers):
     from robot_env import config as config_mod
     from robot_env.spawn import ServerProcess
     cfg = config_mod.load("sim", {"server": {"backend": "kinematic_batch"}, "server.kinematic_batch": {"num_robots": 3}})
@@ -136,6 +136,15 @@ def test_vector_env_refuses_a_server_of_another_size(no_leftover_servers):
     try:
         with pytest.raises(ConfigError, match="hosts 3 kinematic_batch robot"):
             FetchReachVectorEnv(num_envs=4, overrides={"client": {"endpoint": srv.endpoint}})
+        env = gym.make_vec(ENV_ID, num_envs=3, overrides={"client": {"endpoint": srv.endpoint}})
+        try:
+            assert env.unwrapped._session.server is None  # connected, not spawned
+            obs, _ = env.reset(seed=0)
+            obs, *_ = env.step(np.ones((3, 4), np.float32))
+            assert obs["observation"].shape == (3, 10)
+        finally:
+            env.close()
+        assert srv.alive()  # closing a connected env leaves the server running
     finally:
         srv.close()
 
