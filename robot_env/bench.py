@@ -6,6 +6,9 @@ sequence: nothing is hard-coded. Rows:
 - robot-env ipc / tcp: `gymnasium.make("robot_env/FetchReach-v0")` on the embedded kinematic
   simulator, over the default private ipc endpoint and over tcp on 127.0.0.1, with the latency
   percentiles the client measured (`env.unwrapped.latency`).
+- robot-env ipc, no-op backend: the same env, client and server loop, but the server's backend does
+  no work (its state is fixed at reset): what the protocol, the server and the env cost in Python.
+  No simulator can make a step faster than this row.
 - bare zmq round trip: a DEALER in this process and a ROUTER in a child process on an abstract ipc
   endpoint, exchanging messages of the sizes a step request and its reply have. No msgpack, no
   simulator: the floor the transport puts under every step.
@@ -14,6 +17,7 @@ sequence: nothing is hard-coded. Rows:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -62,6 +66,30 @@ while running:
         running = False
 router.close(0)
 ctx.term()
+"""
+
+# The robot server with a backend that does nothing (the state it reports is fixed at reset), for
+# the same env and client: what the protocol, the server loop and the env cost in Python with no
+# simulation at all. It exits when stdin closes.
+_NOOP_SERVER_SCRIPT = r"""
+import sys
+from robot_env.server import RobotServer
+from simulators.kinematic import KinematicSim
+
+class NoopBackend(KinematicSim):
+    def reset(self, seed, options):
+        super().reset(seed, options)
+        self._st = KinematicSim.state(self)
+    def apply(self, command):
+        return []
+    def advance(self, dt):
+        pass
+    def state(self):
+        return dict(self._st)
+
+server = RobotServer(NoopBackend(), sys.argv[1], sys.argv[2], watch_fd=0, exit_on_close=True)
+print("READY", flush=True)
+server.serve_forever()
 """
 
 # Gymnasium-Robotics' FetchReach-v4, in-process, timed exactly like `_time_env`.
@@ -203,6 +231,45 @@ def _bench_tcp(actions) -> dict:
     return res
 
 
+@contextlib.contextmanager
+def _child(script: str, args: list, what: str):
+    """A helper process running `script` that says READY when it serves and exits when stdin closes."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline().decode(errors="replace").strip()
+        if line != "READY":
+            proc.wait(5)
+            raise RuntimeError(f"{what} failed to start: {proc.stderr.read().decode(errors='replace')}")
+        yield proc
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def _bench_noop(actions) -> dict:
+    """The env over ipc to a server whose backend does no work: the ceiling of this path in Python."""
+    import gymnasium as gym
+
+    from .endpoints import private_ipc
+
+    endpoint, stream = private_ipc("noop")
+    with _child(_NOOP_SERVER_SCRIPT, [endpoint, stream], "no-op robot server"):
+        env = gym.make("robot_env/FetchReach-v0", config="sim", overrides={"client": {"endpoint": endpoint}})
+        try:
+            res = _time_env(env, actions)
+            res["endpoint"] = endpoint
+        finally:
+            env.close()
+    return res
+
+
 def _bench_zmq_echo(steps: int, request_size: int, reply_size: int) -> dict:
     """Round trips between a DEALER here and a ROUTER in a child process, over abstract ipc."""
     import zmq
@@ -211,15 +278,8 @@ def _bench_zmq_echo(steps: int, request_size: int, reply_size: int) -> dict:
     from .latency import Histogram
 
     endpoint = private_ipc("echo")[0]
-    proc = subprocess.Popen([sys.executable, "-c", _ECHO_SCRIPT, endpoint, str(reply_size)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ctx = zmq.Context()
-    sock = None
-    try:
-        line = proc.stdout.readline().decode(errors="replace").strip()
-        if line != "READY":
-            proc.wait(5)
-            raise RuntimeError(f"zmq echo process failed to start: {proc.stderr.read().decode(errors='replace')}")
+    with _child(_ECHO_SCRIPT, [endpoint, str(reply_size)], "zmq echo process"):
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
@@ -242,27 +302,19 @@ def _bench_zmq_echo(steps: int, request_size: int, reply_size: int) -> dict:
                     if not sock.poll(5000):
                         raise RuntimeError("zmq echo process stopped answering")
 
-        for _ in range(WARMUP):
-            round_trip()
-        hist = Histogram()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            ts = now()
-            round_trip()
-            hist.add(now() - ts)
-        secs = time.perf_counter() - t0
-    finally:
-        if sock is not None:
-            sock.close(0)
-        ctx.term()
-        proc.stdin.close()
         try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+            for _ in range(WARMUP):
+                round_trip()
+            hist = Histogram()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                ts = now()
+                round_trip()
+                hist.add(now() - ts)
+            secs = time.perf_counter() - t0
+        finally:
+            sock.close(0)
+            ctx.term()
     return {"round_trips": steps, "seconds": secs, "round_trips_per_s": steps / secs,
             "request_bytes": request_size, "reply_bytes": reply_size, "endpoint": "ipc://@...",
             "rtt": hist.summary(), "p50_us": 1e6 * hist.percentile(50)}
@@ -327,7 +379,8 @@ def _rows(res: dict) -> list[list[str]]:
         return f"{rate / a_rate:.2f}×" if a_rate else "—"
 
     rows = []
-    for key, label in (("ipc", "robot-env ipc"), ("tcp", "robot-env tcp")):
+    for key, label in (("ipc", "robot-env ipc"), ("tcp", "robot-env tcp"),
+                       ("noop", "robot-env ipc, no-op backend (the Python ceiling)")):
         r = res[key]
         lat = r["latency"]
         rows.append([label, f"{r['steps_per_s']:,.0f}", ratio(r["steps_per_s"]),
@@ -387,6 +440,8 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
     res["ipc"], (req_bytes, rep_bytes) = _bench_ipc(actions)
     print("  robot-env over tcp ...", flush=True)
     res["tcp"] = _bench_tcp(actions)
+    print("  robot-env over ipc, no-op backend ...", flush=True)
+    res["noop"] = _bench_noop(actions)
     print("  bare zmq round trip ...", flush=True)
     res["zmq_echo"] = _bench_zmq_echo(steps, req_bytes, rep_bytes)
 
@@ -403,6 +458,7 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
     res["ratio_vs_anchor"] = None if not a else {
         "ipc": res["ipc"]["steps_per_s"] / a["steps_per_s"],
         "tcp": res["tcp"]["steps_per_s"] / a["steps_per_s"],
+        "noop": res["noop"]["steps_per_s"] / a["steps_per_s"],
         "zmq_echo": res["zmq_echo"]["round_trips_per_s"] / a["steps_per_s"]}
 
     rows = _rows(res)
@@ -413,6 +469,10 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
     floor = res["zmq_echo"]["p50_us"]
     print(f"transport floor: a bare zmq round trip takes {floor:.0f} µs p50, "
           f"{floor / ipc_rtt:.0%} of the {ipc_rtt:.0f} µs p50 round trip of an ipc env step.")
+    noop, ipc = res["noop"]["steps_per_s"], res["ipc"]["steps_per_s"]
+    print(f"Python ceiling: with a backend that does nothing the env steps {noop:,.0f}/s; the kinematic "
+          f"simulator adds {1e6 / ipc - 1e6 / noop:.0f} µs per step to the {1e6 / noop:.0f} µs the bridge "
+          "itself costs.")
     if "note" in res["tcp"]:
         print(f"note: {res['tcp']['note']}")
     if a:

@@ -21,7 +21,7 @@ def test_bench_writes_json(tmp_path, capsys):
     res = json.loads(out.read_text())
     text = capsys.readouterr().out
 
-    for key in ("ipc", "tcp"):
+    for key in ("ipc", "tcp", "noop"):
         assert res[key]["steps"] == 300
         assert res[key]["steps_per_s"] > 0
         _check_latency(res[key]["latency"])
@@ -33,7 +33,7 @@ def test_bench_writes_json(tmp_path, capsys):
     assert z["request_bytes"] > 0 and z["reply_bytes"] > 0
     assert z["rtt"]["p99_ms"] >= z["rtt"]["p50_ms"] > 0
 
-    assert "| robot-env ipc |" in text and "| robot-env tcp |" in text
+    assert "| robot-env ipc |" in text and "| robot-env tcp |" in text and "no-op backend" in text
     assert "bare zmq round trip" in text and "FetchReach-v4 in-process (anchor)" in text
 
     anchor = res["anchor"]
@@ -46,6 +46,7 @@ def test_bench_writes_json(tmp_path, capsys):
         ratio = res["ratio_vs_anchor"]
         assert ratio["ipc"] == pytest.approx(res["ipc"]["steps_per_s"] / anchor["steps_per_s"], rel=1e-9)
         assert ratio["tcp"] == pytest.approx(res["tcp"]["steps_per_s"] / anchor["steps_per_s"], rel=1e-9)
+        assert ratio["noop"] == pytest.approx(res["noop"]["steps_per_s"] / anchor["steps_per_s"], rel=1e-9)
 
 
 def test_bench_anchor_missing_is_a_note(tmp_path, capsys):
