@@ -240,3 +240,27 @@ def test_sb3_vec_env_per_env_options_and_attributes(no_leftover_servers):
         assert env.get_attr("reward_type") == ["sparse", "sparse"]
     finally:
         env.close()
+
+
+def test_next_step_autoreset_when_episodes_end_at_different_steps(no_leftover_servers):
+    """After a partial reset the robots' episodes end apart: the step after one ends resets it
+    (reward 0, at rest) while the others are stepped in the same request."""
+    env = FetchReachVectorEnv(num_envs=3, max_episode_steps=4)
+    try:
+        env.reset(seed=0)
+        push = np.tile(np.array([1.0, 0.0, 0.0, 0.0], np.float32), (3, 1))
+        for _ in range(2):
+            env.step(push)
+        env.reset(options={"reset_mask": np.array([False, True, False])})  # robot 1 starts over
+        for _ in range(2):
+            obs, reward, terminated, truncated, info = env.step(push)
+        assert truncated.tolist() == [True, False, True]
+        before = obs["achieved_goal"].copy()
+        obs, reward, terminated, truncated, info = env.step(push)
+        assert reward[0] == 0 and reward[2] == 0 and not truncated.any()
+        np.testing.assert_allclose(obs["observation"][[0, 2], 5:], 0.0, atol=1e-12)  # reset, at rest
+        assert obs["achieved_goal"][1, 0] > before[1, 0] + 1e-3  # robot 1 was stepped
+        obs, reward, terminated, truncated, info = env.step(push)
+        assert truncated.tolist() == [False, True, False]  # its fourth step since its reset
+    finally:
+        env.close()
