@@ -30,7 +30,7 @@ setup(
         "plot": ["mcap>=1.6", "matplotlib>=3.7"],
         # `robot-env train` / `run`: SAC + HER. Install torch first (the CPU build: see README), or pip
         # resolves torch from PyPI, which on Linux is the multi-GB CUDA build.
-        "train": ["stable-baselines3>=2.3", "tqdm>=4"],
+        "train": ["stable-baselines3>=2.3", "tqdm>=4", "matplotlib>=3.7"],  # matplotlib: learning_curve.png
         # `robot-env train --ray`: simulator servers as Ray actors across a cluster (with the train extra)
         "ray": ["ray>=2.9"],
         # The comparison anchor for `robot-env bench`: Gymnasium-Robotics' Fetch envs assert on mujoco>=3.12.

@@ -187,7 +187,9 @@ def report_training(meta: dict, out: str, note: str = "") -> int:
         print(f"sim2real: {meta['sim2real']}")
     print(f"policy bundle  {out}/ (policy.pt, metadata.json{', normalization.json' if meta['normalize'] else ''})"
           f"{note}")
-    print(f"learning curve {os.path.join(out, 'learning_curve.png')}")
+    curve = os.path.join(out, "learning_curve.png")
+    if os.path.exists(curve):
+        print(f"learning curve {curve}")
     return 0 if t["reached_threshold"] else 1
 
 
