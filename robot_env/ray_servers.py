@@ -13,8 +13,10 @@ public key as file *contents* (nodes share no disk); each writes them to a priva
 (mode 0700, the secret file 0600), builds its server, which reads them, and deletes them at once. The
 trainer's client configs name its own key files (in a temporary directory removed by `stop()`).
 `insecure=True` skips all that for a private cluster network (`[server] insecure = true`: the servers
-print a warning). The secret keys travel inside Ray's own messages: enable Ray's TLS where the
-cluster's traffic could be read by others.
+print a warning). The secret keys travel inside Ray's own messages, and Ray keeps an actor's
+constructor arguments in its control store (GCS) while the actor lives: enable Ray's TLS and token
+authentication where others could read the cluster's traffic or reach its head node. The keys are
+fresh per run, so they are worth nothing once the pool stops.
 
 Threads. A ZeroMQ socket must be used by one thread only: the actor builds its server (binding the
 sockets) inside the thread that then serves it, and `stop()` only sets `server.running = False` and
