@@ -305,6 +305,7 @@ class RobotServer:
             options, robots = parse_reset_options(req.get("options")), None
         else:
             options, robots = parse_batch_reset_options(req.get("options"), self.batch)
+        lease = self.controller, self.lease_seen, dict(self.lease_lost)
         if req.get("token") != self.controller:
             self._lease(req, "reset")
         self.lease_seen = _now()
@@ -313,10 +314,14 @@ class RobotServer:
             for pending in self.deferred:
                 pending[0] = min(pending[0], now)
             self._finish_deferred(now)
-        if robots is None:
-            self.backend.reset(seed, options)
-        else:
-            self.backend.reset(seed, options, robots)
+        try:
+            if robots is None:
+                self.backend.reset(seed, options)
+            else:
+                self.backend.reset(seed, options, robots)
+        except RequestError:  # the backend refused (e.g. a start pose beyond the limits): no lease either
+            self.controller, self.lease_seen, self.lease_lost = lease
+            raise
         self.watchdog_tripped = False
         self.last_command = None
         self.last_advance = _now()

@@ -264,3 +264,14 @@ def test_realtime_lease_holds_while_the_estop_is_latched(realtime, ctx):
             a.clear_estop()
         a.close()
         b.close()
+
+
+def test_a_refused_reset_takes_no_lease(ab):
+    """A reset the backend refuses (a start pose beyond the limits) changes nothing, the lease included."""
+    a, b = ab
+    with pytest.raises(ServerError) as info:
+        a.reset(options={"initial_arm_position": [9.0] * 7})
+    assert info.value.code == "bad_options"
+    assert a.hello()["lease"]["held"] is False
+    b.reset()  # b may take control: a never got it
+    assert b.hello()["lease"]["yours"] is True
