@@ -253,7 +253,7 @@ def _plot(args) -> int:
     rec = read_recording(args.file)
     for problem in rec.problems:
         print(f"warning: {problem}", file=sys.stderr)
-    out = plot_recording(rec, args.out)
+    out = plot_recording(rec, args.out, robot=args.robot)
     print(rec.report().splitlines()[0])
     print(f"wrote {out}")
     return 0
@@ -399,6 +399,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("plot", help="PNG of a recording: joint trajectories vs targets, latency distributions")
     p.add_argument("file", help="a recording (MCAP)")
     p.add_argument("--out", help="the PNG to write (default: FILE with .png)")
+    p.add_argument("--robot", type=int, default=0, help="a batched server's recording: which robot to draw (0)")
     p.set_defaults(func=_plot)
 
     args = parser.parse_args(argv)

@@ -18,8 +18,11 @@ from .recording import Recording, RecordingError, read_recording
 _UNITS = {"torso_lift_joint": "m", "gripper_joint": "m"}
 
 
-def plot_recording(source, out=None, *, dpi: int = 100) -> Path:
-    """Draw the recording (a path or a `Recording`) to a PNG; returns the PNG's path."""
+def plot_recording(source, out=None, *, dpi: int = 100, robot: int = 0) -> Path:
+    """Draw the recording (a path or a `Recording`) to a PNG; returns the PNG's path.
+
+    A batched server's recording (N robots per state) is drawn for one robot, `robot`.
+    """
     try:
         import matplotlib
         matplotlib.use("Agg", force=True)
@@ -30,11 +33,18 @@ def plot_recording(source, out=None, *, dpi: int = 100) -> Path:
     if len(rec.states) < 2:
         raise RecordingError(f"{rec.path}: {len(rec.states)} states recorded; nothing to plot")
     out = Path(out) if out is not None else Path(rec.path).with_suffix(".png")
-    names = list(rec.info.get("joint_names") or [f"joint {i}" for i in range(len(rec.states[0]["q"]))])
     ts = rec.array("ts")
     t, xlabel = _time_axis(rec, ts)
     q = rec.array("q")
     target = rec.array("target") if "target" in rec.states[0] else np.full_like(q, np.nan)
+    which = f", robot {robot} of {q.shape[1]}" if q.ndim == 3 else ""
+    if q.ndim == 3:  # (time, robot, joint): a batched server
+        if not 0 <= robot < q.shape[1]:
+            raise RecordingError(f"{rec.path}: robot {robot} not recorded; it holds robots 0..{q.shape[1] - 1}")
+        q, target = q[:, robot], target[:, robot]
+    elif robot:
+        raise RecordingError(f"{rec.path}: a one-robot recording; there is no robot {robot}")
+    names = list(rec.info.get("joint_names") or [f"joint {i}" for i in range(q.shape[1])])
     modes = [s.get("mode", "ok") for s in rec.states]
     # commands on the same axis: at the time of the state sampled just before each was applied
     cmd_ta = np.array([c["ta"] for c in rec.commands if c.get("ta") is not None])
@@ -91,7 +101,7 @@ def plot_recording(source, out=None, *, dpi: int = 100) -> Path:
         ax.tick_params(labelsize=7)
     s_gaps, c_gaps = rec.gaps()
     info = rec.info
-    head = (f"{Path(rec.path).name}: {info.get('backend', '?')} backend, {info.get('clock', '?')} clock, "
+    head = (f"{Path(rec.path).name}: {info.get('backend', '?')} backend{which}, {info.get('clock', '?')} clock, "
             f"{t[-1] - t[0]:.1f} s, {len(rec.states)} states, {len(rec.commands)} commands, "
             f"{s_gaps.gaps} state gaps ({s_gaps.lost} missing)")
     if rec.problems:

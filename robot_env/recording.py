@@ -456,7 +456,7 @@ class Recorder:
         from . import __version__
         info = self.info or {}
         keys = ("backend", "clock", "control_period", "watchdog_timeout", "joint_names", "channels",
-                "description_hash", "description", "state_layout", "max_ee_step", "protocol")
+                "description_hash", "description", "state_layout", "max_ee_step", "protocol", "num_robots")
         meta = {k: json.dumps(_plain(info.get(k))) for k in keys}
         meta.update(format=FORMAT, format_version=str(FORMAT_VERSION), robot_env=__version__,
                     endpoint=self.endpoint, stream_endpoint=str(info.get("stream_endpoint")),
@@ -970,6 +970,10 @@ def replay(path, config=None, *, speed: float = 1.0, reset: bool = True, record=
         if missing:
             raise RecordingError(f"the {info.get('backend')} backend does not support the recorded "
                                  f"channel(s) {', '.join(missing)}; nothing was replayed")
+        n_rec, n_srv = rec.info.get("num_robots") or 1, info.get("num_robots") or 1
+        if n_rec != n_srv:
+            raise RecordingError(f"the recording drove {n_rec} robot(s) per request, this server hosts {n_srv}: "
+                                 "replay onto a server of the same size; nothing was replayed")
         names = rec.info.get("joint_names")
         if names and list(names) != list(info.get("joint_names", [])):
             raise RecordingError("the recording's joints differ from this robot's; nothing was replayed")
@@ -981,8 +985,8 @@ def replay(path, config=None, *, speed: float = 1.0, reset: bool = True, record=
             first_ta = events[0].get("ta", 0.0)
             before = [s for s in rec.states if s.get("ts", 0.0) <= first_ta] or rec.states[:1]
             if before:
-                q0 = np.asarray(before[-1]["q"], dtype=float)
-                client.reset(options={"initial_arm_position": q0[ARM].tolist(), "initial_torso": float(q0[TORSO])})
+                q0 = np.asarray(before[-1]["q"], dtype=float)  # (11,), or (N, 11) from a batched server
+                client.reset(options={"initial_arm_position": q0[..., ARM], "initial_torso": q0[..., TORSO]})
         realtime = info.get("clock") == "realtime"
         t_first = events[0].get("ta", 0.0)
         t0 = _now()

@@ -477,3 +477,42 @@ def test_plot_writes_a_png_of_trajectories_and_latencies(rt_recording, tmp_path)
     assert near((31, 119, 180)) > 1000  # measured positions (C0 blue): ~1600 px of lines
     assert near((214, 39, 40)) > 700  # targets (C3 red, dashed): ~1400 px
     assert near((44, 160, 44)) > 5000  # latency histograms (C2 green bars)
+
+
+def test_a_batched_server_records_replays_and_plots_per_robot(tmp_path, no_leftover_servers):
+    """A vector env's server (N robots per request): the recording replays onto a server of the same
+    size exactly (lockstep), is refused by one of another size, and plots one robot at a time."""
+    from robot_env.plot import plot_recording
+
+    def batch_cfg(n):
+        return config.load("sim", {"server": {"backend": "kinematic_batch"}, "server.kinematic_batch": {"num_robots": n}})
+
+    srv = ServerProcess(batch_cfg(3))
+    path = tmp_path / "batch.mcap"
+    try:
+        env = gym.make_vec("robot_env/FetchReach-v0", num_envs=3, overrides={"client": {"endpoint": srv.endpoint}})
+        try:
+            with Recorder(srv.endpoint, path):
+                env.reset(seed=0)
+                for a in np.random.default_rng(0).uniform(-1, 1, (30, 3, 4)):
+                    env.step(a)
+        finally:
+            env.close()
+    finally:
+        srv.close()
+    full = read_recording(path)
+    assert full.array("q").shape[1:] == (3, 11)
+    assert len(post_states(full.states, full.commands)) >= 30  # the comparison below has content
+    again = tmp_path / "again.mcap"
+    result = replay(path, batch_cfg(3), record=again)
+    assert result.sent == result.total == len(full.commands) and not result.problems
+    rerun = read_recording(again)
+    np.testing.assert_array_equal(post_states(rerun.states, rerun.commands), post_states(full.states, full.commands))
+    with pytest.raises(RecordingError, match="3 robot"):
+        replay(path, batch_cfg(2))
+    with pytest.raises(RecordingError, match="3 robot"):
+        replay(path)  # the one-robot simulator
+    png = plot_recording(path, tmp_path / "robot2.png", robot=2)
+    assert png.stat().st_size > 10_000
+    with pytest.raises(RecordingError, match="robots 0..2"):
+        plot_recording(path, tmp_path / "x.png", robot=3)
