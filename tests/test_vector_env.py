@@ -44,22 +44,24 @@ def test_make_vec_is_one_batched_server_and_reaches(no_leftover_servers):
         env.close()
 
 
-def test_vector_robots_match_single_envs_step_for_step(no_leftover_servers):
+@pytest.mark.parametrize("kw", [{}, {"control": "joint_velocity"}, {"block_gripper": False, "reward_type": "dense"}])
+def test_vector_robots_match_single_envs_step_for_step(kw, no_leftover_servers):
     """Robot i of the vector env and a single env given its goal and actions see the same episode."""
     n = 3
-    venv = FetchReachVectorEnv(num_envs=n)
-    singles = [gym.make(ENV_ID) for _ in range(n)]
+    venv = FetchReachVectorEnv(num_envs=n, **kw)
+    singles = [gym.make(ENV_ID, **kw) for _ in range(n)]
     try:
         vobs, _ = venv.reset(seed=5)
         sobs = [s.reset(options={"goal": vobs["desired_goal"][i]})[0] for i, s in enumerate(singles)]
-        actions = np.random.default_rng(0).uniform(-1.2, 1.2, (30, n, 4)).astype(np.float32)
+        width = venv.single_action_space.shape[0]
+        actions = np.random.default_rng(0).uniform(-1.2, 1.2, (30, n, width)).astype(np.float32)
         for a in actions:
             vobs, vr, _, _, vinfo = venv.step(a)
             for i, s in enumerate(singles):
                 o, r, _, _, info = s.step(a[i])
                 for k in o:
                     np.testing.assert_allclose(vobs[k][i], o[k], atol=1e-9)
-                assert vr[i] == r and vinfo["is_success"][i] == info["is_success"]
+                assert vr[i] == pytest.approx(r, abs=1e-12) and vinfo["is_success"][i] == info["is_success"]
     finally:
         venv.close()
         for s in singles:
