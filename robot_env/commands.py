@@ -64,8 +64,12 @@ def _as_vector(name: str, value, shape: tuple[int, ...]):
     return np.array(values, dtype=np.float64) if arr is None else arr
 
 
-def parse_command(cmd, supported=None, check_values: bool = True) -> dict:
-    """Validate a wire command map into {channel: float | float64 array}; raise RequestError on any fault."""
+def parse_command(cmd, supported=None, convert=_as_vector) -> dict:
+    """Validate a wire command map into {channel: float | float64 array}; raise RequestError on any fault.
+
+    `convert(name, value, shape)` checks and converts one channel's value (a batched server passes
+    one that wants a row per robot).
+    """
     if not isinstance(cmd, dict):
         raise RequestError("bad_command", f"command must be a map of channels, got {type(cmd).__name__}")
     if "arm_position" in cmd and "arm_velocity" in cmd:
@@ -80,8 +84,7 @@ def parse_command(cmd, supported=None, check_values: bool = True) -> dict:
                                                   f"known: {', '.join(CHANNELS)}")
         if supported is not None and name not in supported:
             raise RequestError("unsupported_channel", f"channel {name!r} is not supported by this backend")
-        if check_values:
-            out[name] = _as_vector(name, value, shape)
+        out[name] = convert(name, value, shape)
     return out
 
 
@@ -136,21 +139,18 @@ def parse_batch_command(cmd, supported, n: int) -> tuple[dict, np.ndarray | None
     robots = parse_robots(cmd.get("robots"), n)
     rows = n if robots is None else robots.size
     channels = {k: v for k, v in cmd.items() if k != "robots"}
-    parse_command({k: None for k in channels}, None, check_values=False)  # names and exclusions
-    out = {}
-    for name, value in channels.items():
-        if supported is not None and name not in supported:
-            raise RequestError("unsupported_channel", f"channel {name!r} is not supported by this backend")
-        out[name] = _as_batch(name, value, CHANNELS[name], rows)
-    return out, robots
+    return parse_command(channels, supported, lambda name, value, shape: _as_batch(name, value, shape, rows)), robots
 
 
 # reset option -> shape; the env's `goal` never reaches the server (it is the env's own task state).
 RESET_OPTIONS: dict[str, tuple[int, ...]] = {"initial_arm_position": (7,), "initial_torso": ()}
 
 
-def parse_reset_options(options) -> dict:
-    """Validate `reset` options like commands: unknown keys, wrong shapes and non-finite values are refused."""
+def parse_reset_options(options, convert=_as_vector, also_known=()) -> dict:
+    """Validate `reset` options like commands: unknown keys, wrong shapes and non-finite values are refused.
+
+    `convert(name, value, shape)` as in `parse_command`; `also_known`: keys the caller took out first.
+    """
     if options is None:
         return {}
     if not isinstance(options, dict):
@@ -159,9 +159,10 @@ def parse_reset_options(options) -> dict:
     for name, value in options.items():
         shape = RESET_OPTIONS.get(name) if isinstance(name, str) else None
         if shape is None:
-            raise RequestError("bad_options", f"unknown reset option {name!r}; known: {', '.join(RESET_OPTIONS)}")
+            raise RequestError("bad_options", f"unknown reset option {name!r}; known: "
+                                              f"{', '.join((*also_known, *RESET_OPTIONS))}")
         try:
-            out[name] = _as_vector(name, value, shape)
+            out[name] = convert(name, value, shape)
         except RequestError as exc:
             raise RequestError("bad_options", exc.message) from None
     return out
@@ -179,20 +180,12 @@ def parse_batch_reset_options(options, n: int) -> tuple[dict, np.ndarray | None]
     except RequestError as exc:
         raise RequestError("bad_options", exc.message) from None
     rows = n if robots is None else robots.size
-    out = {}
-    for name, value in options.items():
-        if name == "robots":
-            continue
-        shape = RESET_OPTIONS.get(name) if isinstance(name, str) else None
-        if shape is None:
-            raise RequestError("bad_options", f"unknown reset option {name!r}; known: robots, "
-                                              f"{', '.join(RESET_OPTIONS)}")
-        try:
-            if isinstance(value, np.ndarray) and value.ndim == len(shape) + 1 or isinstance(value, list) and (
-                    not shape or value and isinstance(value[0], (list, np.ndarray))):
-                out[name] = _as_batch(name, value, shape, rows)
-            else:
-                out[name] = np.broadcast_to(np.asarray(_as_vector(name, value, shape)), (rows, *shape))
-        except RequestError as exc:
-            raise RequestError("bad_options", exc.message) from None
-    return out, robots
+
+    def per_robot(name, value, shape):
+        if isinstance(value, np.ndarray) and value.ndim == len(shape) + 1 or isinstance(value, list) and (
+                not shape or value and isinstance(value[0], (list, np.ndarray))):
+            return _as_batch(name, value, shape, rows)
+        return np.broadcast_to(np.asarray(_as_vector(name, value, shape)), (rows, *shape))
+
+    rest = {k: v for k, v in options.items() if k != "robots"}
+    return parse_reset_options(rest, per_robot, also_known=("robots",)), robots
