@@ -87,16 +87,20 @@ class BatchedKinematicSim(Backend):
         if robots is None:
             self.time = 0.0
             self.pending.clear()
-        else:  # commands still in flight for a reset robot are void
-            for _, cmd, who in self.pending:
-                cmd["_void"] = cmd.get("_void", False) | np.isin(np.arange(self.num_robots) if who is None else who,
-                                                                 robots)
+        else:  # commands still in flight for a reset robot are void: drop their rows now
+            kept = collections.deque()
+            for due, cmd, who in self.pending:
+                who = np.arange(self.num_robots) if who is None else who
+                keep = ~np.isin(who, robots)
+                if keep.any():
+                    kept.append((due, {k: v[keep] for k, v in cmd.items()}, who[keep]))
+            self.pending = kept
         self.clipped = {}
         self._measure(None if robots is None else robots)
 
     def apply(self, command: dict, robots=None) -> dict:
         if self.latency_steps:
-            self.pending.append((self.time + self.latency_steps * self.period - 1e-9, dict(command), robots))
+            self.pending.append((self.time + self.latency_steps * self.period - 1e-9, command, robots))
             return self.clipped
         self.clipped = self._apply(command, robots)
         return self.clipped
@@ -106,13 +110,6 @@ class BatchedKinematicSim(Backend):
             h = min(dt, self.period)
             while self.pending and self.pending[0][0] <= self.time:
                 _, cmd, robots = self.pending.popleft()
-                void = cmd.pop("_void", None)
-                if void is not None and void.any():  # drop the rows of robots reset since
-                    keep = ~void
-                    cmd = {k: v[keep] for k, v in cmd.items()}
-                    robots = (np.arange(self.num_robots) if robots is None else robots)[keep]
-                    if robots.size == 0:
-                        continue
                 self.clipped = self._apply(cmd, robots)
             self.q, self.v = self.limiter.step(self.q, self.v, self.target, self.vel_target, self.vel_mode,
                                                h, self.speed_scale if self.speed_rand else 1.0)
