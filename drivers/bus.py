@@ -325,6 +325,17 @@ class DynamixelBus:
                           f"at {self.baud} baud ({attempts} attempt{'s' if attempts > 1 else ''}): check "
                           "power, cabling, servo id and baud rate", ids, partial)
 
+    def _instruct(self, servo_id: int, pkt: bytes, what: str, retries: int, no_status: bool = False) -> None:
+        """An instruction answered by a bare status: wait for it (retried `retries` times) unless it is
+        broadcast, the servo's status return level is below 2, or `no_status` (a status may come or
+        not: the next transaction drops whatever does)."""
+        if no_status or servo_id == p2.BROADCAST_ID or self._srl.get(servo_id, 2) < 2:
+            with self._lock:
+                self._send(self._begin(), pkt)
+                self._dirty = self._dirty or no_status
+        else:
+            self._unicast(servo_id, pkt, 0, what, retries)
+
     def _unicast(self, servo_id: int, pkt: bytes, data_len: int, what: str, retries: int) -> p2.Packet:
         """Send an instruction to one servo and return its status packet (retried)."""
         with self._lock:
@@ -388,33 +399,18 @@ class DynamixelBus:
         data = bytes(data)
         pkt = p2.write(servo_id, address, data)
         what = f"WRITE of {len(data)} byte(s) at {_where(address)}"
+        # A servo may or may not answer the write that lowers its status return level.
         lowers_srl = address <= 68 < address + len(data) and data[68 - address] < 2
-        if servo_id == p2.BROADCAST_ID or self._srl.get(servo_id, 2) < 2 or lowers_srl:
-            # No status to wait for (a servo may or may not answer the write that lowers its
-            # status return level; a stray answer is dropped by the next transaction).
-            with self._lock:
-                self._send(self._begin(), pkt)
-                self._dirty = self._dirty or lowers_srl
-        else:
-            self._unicast(servo_id, pkt, 0, what, self.retries)  # idempotent: safe to retry
+        self._instruct(servo_id, pkt, what, self.retries, no_status=lowers_srl)  # idempotent: safe to retry
         self._learn(servo_id, address, data)
 
     def reg_write(self, servo_id: int, address: int, data: bytes) -> None:
         """REG_WRITE: held by the servo until ACTION."""
         pkt = p2.write(servo_id, address, bytes(data), registered=True)
-        if servo_id == p2.BROADCAST_ID or self._srl.get(servo_id, 2) < 2:
-            with self._lock:
-                self._send(self._begin(), pkt)
-        else:
-            self._unicast(servo_id, pkt, 0, f"REG_WRITE at {_where(address)}", self.retries)
+        self._instruct(servo_id, pkt, f"REG_WRITE at {_where(address)}", self.retries)
 
     def action(self, servo_id: int = p2.BROADCAST_ID) -> None:
-        pkt = p2.action(servo_id)
-        if servo_id == p2.BROADCAST_ID or self._srl.get(servo_id, 2) < 2:
-            with self._lock:
-                self._send(self._begin(), pkt)
-        else:
-            self._unicast(servo_id, pkt, 0, "ACTION", 0)
+        self._instruct(servo_id, p2.action(servo_id), "ACTION", 0)
 
     def read_field(self, servo_id: int, name: str) -> int:
         f = F[name]
@@ -431,12 +427,7 @@ class DynamixelBus:
 
     def reboot(self, servo_id: int) -> None:
         """REBOOT (not retried). The servo is deaf while it boots: wait before talking to it."""
-        pkt = p2.reboot(servo_id)
-        if servo_id == p2.BROADCAST_ID or self._srl.get(servo_id, 2) < 2:
-            with self._lock:
-                self._send(self._begin(), pkt)
-        else:
-            self._unicast(servo_id, pkt, 0, "REBOOT", 0)
+        self._instruct(servo_id, p2.reboot(servo_id), "REBOOT", 0)
         for sid in (list(self._srl) if servo_id == p2.BROADCAST_ID else [servo_id]):
             self._srl.pop(sid, None)  # RAM (status return level included) is back to defaults
 
