@@ -44,6 +44,9 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "insecure": (bool, False, None, ""),
         "lockstep_lease_timeout": (_num, 300.0, lambda v: 0 <= v <= 86400,
                                    "between 0 (never lapses) and 86400 s"),
+        # where a latched e-stop is kept across restarts: "auto" (hardware backends, under
+        # $XDG_STATE_HOME/robot-env/), "" (not kept), or a file path (relative to this config)
+        "estop_file": (str, "auto", None, ""),
     },
     "server.security": {
         "server_secret_key": (str, "", None, ""),
@@ -82,6 +85,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "max_ee_step": (_num, 0.06, lambda v: 0 < v <= 0.2, "in (0, 0.2] m"),
         "max_joint_step": (_num, 1.0, lambda v: 0 < v <= 6.3, "in (0, 6.3] rad"),
         "watchdog_timeout": (_num, 0.25, lambda v: 0.01 <= v <= 10, "between 0.01 and 10 s"),
+        "velocity_timeout": (_num, 0.25, lambda v: 0.01 <= v <= 10,
+                             "between 0.01 and 10 s (base_twist and arm_velocity lapse unless refreshed)"),
     },
     "client": {
         "endpoint": (str, "", None, ""),
@@ -164,6 +169,9 @@ def load(name_or_path=None, overrides: dict | None = None) -> dict:
         if section[key]:
             section[key] = str((key_base / Path(section[key]).expanduser()).resolve())
     sec["allowed_clients"] = [str((key_base / Path(p).expanduser()).resolve()) for p in sec["allowed_clients"]]
+    estop = out["server"]["estop_file"]
+    if estop not in ("", "auto"):
+        out["server"]["estop_file"] = str((key_base / Path(estop).expanduser()).resolve())
     return out
 
 
@@ -200,4 +208,5 @@ def safety_config(cfg: dict):
     return SafetyConfig(profile=s["profile"], arm_acceleration=s["arm_acceleration"] or None,
                         workspace_min=tuple(s["workspace_min"]), workspace_max=tuple(s["workspace_max"]),
                         floor_height=s["floor_height"], max_ee_step=s["max_ee_step"],
-                        max_joint_step=s["max_joint_step"], watchdog_timeout=s["watchdog_timeout"])
+                        max_joint_step=s["max_joint_step"], watchdog_timeout=s["watchdog_timeout"],
+                        velocity_timeout=s["velocity_timeout"])

@@ -6,16 +6,23 @@ Two kinds of protection live here:
 - *Motion limiting*: `MotionLimiter.step` moves joints toward their targets under velocity and
   acceleration limits and brakes before position limits. The simulator integrates with it and the
   hardware loop streams its output to the servos, so both move the same way.
+- *The workspace guard*: `WorkspaceGuard` keeps the gripper inside the workspace box and above the
+  floor along the motion, whatever channel moves the joints (a Cartesian delta, joint positions or
+  velocities, the torso): target clipping alone cannot, because a joint path between two poses
+  inside the box can leave it and a velocity command has no target at all.
 Rejection of malformed input (types, shapes, non-finite values) happens before this, in `commands`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .description import (ARM, BASE_ACC_V, BASE_ACC_W, BASE_MAX_V, BASE_MAX_W, FETCH, NJ,
+from .description import (ARM, BASE_ACC_V, BASE_ACC_W, BASE_MAX_V, BASE_MAX_W, FETCH, NJ, TORSO,
                           RobotDescription, motion_profile)
+from .kinematics import fk_frames
+from .kinematics_batch import fk_frames_batch
 
 
 @dataclass
@@ -30,9 +37,28 @@ class SafetyConfig:
     max_ee_step: float = 0.06  # m per command, per axis (the env's full-scale action is 0.05)
     max_joint_step: float = 1.0  # rad (or m) between the current position and a joint target
     watchdog_timeout: float = 0.25  # s without a command (realtime clock) -> hold
+    # s a velocity command (base_twist, arm_velocity) lasts unless refreshed, whatever else arrives:
+    # the Fetch base stops when cmd_vel has been silent for 0.25 s.
+    velocity_timeout: float = 0.25
     base_max_v: float = BASE_MAX_V
     base_max_w: float = BASE_MAX_W
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        """Refuse limits that would silently disable themselves (a NaN bound compares False)."""
+        lo, hi = tuple(self.workspace_min), tuple(self.workspace_max)
+        for name, box in (("workspace_min", lo), ("workspace_max", hi)):
+            if len(box) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box):
+                raise ValueError(f"{name} must be 3 finite numbers, got {box!r}")
+        if any(a >= b for a, b in zip(lo, hi)):
+            raise ValueError(f"workspace_min {lo} must be below workspace_max {hi} on every axis")
+        for name in ("floor_height", "max_ee_step", "max_joint_step", "watchdog_timeout", "velocity_timeout",
+                     "base_max_v", "base_max_w"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if self.floor_height >= hi[2]:
+            raise ValueError(f"floor_height {self.floor_height} must be below the workspace top {hi[2]}")
 
 
 def _braking_speed(distance: np.ndarray, acc: np.ndarray, dt: float) -> np.ndarray:
@@ -62,7 +88,25 @@ class MotionLimiter:
         self.upper = description.upper
         self.vel = np.array(prof.velocity)
         self.acc = np.array(prof.acceleration)
+        self.inv_acc = 1.0 / self.acc
+        self.inv_2acc = 0.5 * self.inv_acc
+        self.inv_acc_list, self.inv_2acc_list = self.inv_acc.tolist(), self.inv_2acc.tolist()
         self._cache: dict = {}
+
+    @property
+    def lower_list(self) -> list:
+        """`lower` as floats, rebuilt when `lower` is replaced (the hardware narrows the limits)."""
+        c = self.__dict__.get("_lower_list")
+        if c is None or c[0] is not self.lower:
+            c = self._lower_list = (self.lower, self.lower.tolist())
+        return c[1]
+
+    @property
+    def upper_list(self) -> list:
+        c = self.__dict__.get("_upper_list")
+        if c is None or c[0] is not self.upper:
+            c = self._upper_list = (self.upper, self.upper.tolist())
+        return c[1]
 
     def _constants(self, dt: float):
         """Per-period constants, cached: the step runs every control period and numpy calls dominate.
@@ -125,6 +169,123 @@ class MotionLimiter:
         """Where each joint can come to rest from velocity v: the hold target after a watchdog or e-stop."""
         stop = v * np.abs(v) / (2.0 * self.acc) + v * dt / 2.0
         return np.clip(q + stop, self.lower, self.upper)
+
+
+class WorkspaceGuard:
+    """The workspace box and the floor, held along the motion for every channel.
+
+    Run on each integration step of the motion limiter (the simulators' steps, the hardware loop's
+    cycles), it asks where torso and arm would come to rest if they braked from the *next* state:
+    at most v·(T + dt)/2 further along for an arm joint (the arm brakes as one, in T, the time its
+    slowest-braking joint needs: `MotionLimiter.step` scales the arm's joints together), v|v|/2a +
+    v·dt/2 for the torso, and no further than its target for a joint tracking one (the limiter
+    lands on targets). When that rest point is outside the box, and further outside than the
+    current state's, the step is replaced by braking from the current state at full deceleration
+    (`brake`), whose rest point was accepted on the step before: the gripper stops at the boundary
+    instead of crossing it. An arm that starts outside may always move back in.
+    """
+
+    REACH = 1.2  # m: more than any arm joint's axis is from the gripper (the cheap "far inside" test)
+
+    def __init__(self, cfg: SafetyConfig, limiter: MotionLimiter):
+        lo = [float(v) for v in cfg.workspace_min]
+        lo[2] = max(lo[2], float(cfg.floor_height))
+        self.lo = lo
+        self.hi = [float(v) for v in cfg.workspace_max]
+        self.limiter = limiter
+        self._lo_np, self._hi_np = np.array(self.lo), np.array(self.hi)
+        self._ref = None  # (rest point, its clearance to the box faces) of the last FK evaluated
+
+    # -- one robot (NJ,) -------------------------------------------------------------------------
+    def excess(self, pos) -> float:
+        """How far (m, summed over the axes) a gripper position lies outside the box; 0 inside."""
+        lo, hi = self.lo, self.hi
+        out = 0.0
+        for i in range(3):
+            p = pos[i]
+            if p < lo[i]:
+                out += lo[i] - p
+            elif p > hi[i]:
+                out += p - hi[i]
+        return out
+
+    def rest_point(self, q, v, target, vel_mode, dt: float) -> list:
+        """Torso and arm (8 floats) where they would come to rest braking from (q, v) now."""
+        lim = self.limiter
+        lower, upper = lim.lower_list, lim.upper_list
+        inv_acc, inv_2acc = lim.inv_acc_list, lim.inv_2acc_list
+        ql, vl, tl = q.tolist(), v.tolist(), target.tolist()
+        vm = vel_mode.tolist()
+        t_arm = 0.0
+        for i in range(1, 8):
+            t = abs(vl[i]) * inv_acc[i]
+            if t > t_arm:
+                t_arm = t
+        out = []
+        for i in range(8):
+            vi = vl[i]
+            d = vi * (abs(vi) * inv_2acc[i] + 0.5 * dt) if i == 0 else vi * 0.5 * (t_arm + dt)
+            r = ql[i] + d
+            if not vm[i]:
+                to_target = tl[i] - ql[i]
+                if to_target * vi > 0.0 and abs(d) > abs(to_target):
+                    r = tl[i]
+            out.append(min(max(r, lower[i]), upper[i]))
+        return out
+
+    def rest_excess(self, q, v, target, vel_mode, dt: float) -> float:
+        """`excess` of the gripper at `rest_point`; skips the FK when the rest point cannot have left
+        the box since the last one evaluated (the gripper moves at most REACH per radian of arm
+        joint and one for one with the torso)."""
+        rest = self.rest_point(q, v, target, vel_mode, dt)
+        ref = self._ref
+        if ref is not None:
+            r0, clearance = ref
+            moved = abs(rest[0] - r0[0]) + self.REACH * sum(abs(a - b) for a, b in zip(rest[1:], r0[1:]))
+            if moved < clearance:
+                return 0.0
+        pos = fk_frames(rest[0], rest[1:])[0]
+        lo, hi = self.lo, self.hi
+        clearance = min(pos[0] - lo[0], pos[1] - lo[1], pos[2] - lo[2], hi[0] - pos[0], hi[1] - pos[1], hi[2] - pos[2])
+        self._ref = (rest, clearance) if clearance > 0.0 else None
+        return self.excess(pos)
+
+    def allows(self, q, v, q_new, v_new, target, vel_mode, dt: float) -> bool:
+        """May the joints go from (q, v) to (q_new, v_new) under these targets? At rest throughout: yes."""
+        if not (v_new[:8].any() or v[:8].any()):
+            return True
+        e_new = self.rest_excess(q_new, v_new, target, vel_mode, dt)
+        return e_new <= 1e-9 or e_new <= self.rest_excess(q, v, target, vel_mode, dt) + 1e-9
+
+    # -- N robots (N, NJ) ------------------------------------------------------------------------
+    def excess_batch(self, pos: np.ndarray) -> np.ndarray:
+        return (np.maximum(self._lo_np - pos, 0.0) + np.maximum(pos - self._hi_np, 0.0)).sum(axis=-1)
+
+    def rest_point_batch(self, q, v, target, vel_mode, dt: float) -> np.ndarray:
+        """`rest_point` for (N, NJ) rows: (N, 8)."""
+        lim = self.limiter
+        q8, v8 = q[:, :8], v[:, :8]
+        t_arm = (np.abs(v8[:, 1:]) * lim.inv_acc[1:8]).max(axis=1)
+        d = np.empty_like(v8)
+        d[:, 0] = v8[:, 0] * (np.abs(v8[:, 0]) * lim.inv_2acc[0] + 0.5 * dt)
+        d[:, 1:] = v8[:, 1:] * (0.5 * (t_arm + dt))[:, None]
+        rest = q8 + d
+        to_target = target[:, :8] - q8
+        lands = ~vel_mode[:, :8] & (to_target * v8 > 0.0) & (np.abs(d) > np.abs(to_target))
+        rest = np.where(lands, target[:, :8], rest)
+        return np.minimum(np.maximum(rest, lim.lower[:8]), lim.upper[:8])
+
+    def rest_excess_batch(self, q, v, target, vel_mode, dt: float) -> np.ndarray:
+        rest = self.rest_point_batch(q, v, target, vel_mode, dt)
+        return self.excess_batch(np.stack(fk_frames_batch(rest[:, 0], rest[:, 1:])[0], axis=-1))
+
+    def allows_batch(self, q, v, q_new, v_new, target, vel_mode, dt: float) -> np.ndarray:
+        """(N,) bool: `allows` per robot."""
+        e_new = self.rest_excess_batch(q_new, v_new, target, vel_mode, dt)
+        ok = e_new <= 1e-9
+        if not ok.all():
+            ok |= e_new <= self.rest_excess_batch(q, v, target, vel_mode, dt) + 1e-9
+        return ok
 
 
 class BaseLimiter:

@@ -3,6 +3,10 @@
 Cartesian deltas are resolved with one damped-least-squares IK step from the *measured* joint
 positions each command: no target wind-up when the arm lags (as it does on hardware), and the
 gripper orientation is held at what it was when Cartesian control began.
+
+`TargetController.advance` is the one integration step every backend runs (the simulators per
+step, the hardware loop per bus cycle): velocity commands lapse unless refreshed, the motion
+limiter moves the joints, and the workspace guard stops the gripper at the box and the floor.
 """
 from __future__ import annotations
 
@@ -11,8 +15,11 @@ from operator import sub as _sub
 import numpy as np
 
 from .description import ARM, FETCH, GRIPPER, HEAD, NJ, TORSO, RobotDescription
+from .errors import RequestError
 from .kinematics import fk_frames, jacobian_array, limited_step, orientation_error
-from .safety import BaseLimiter, MotionLimiter, SafetyConfig, clip_flags
+from .safety import BaseLimiter, MotionLimiter, SafetyConfig, WorkspaceGuard, clip_flags
+
+_FOREVER = float("inf")
 
 
 class Kinematics:
@@ -40,6 +47,8 @@ class TargetController:
         self.cfg = safety
         self.limiter = MotionLimiter(description, safety.profile, safety.arm_acceleration)
         self.base = BaseLimiter(max_v=safety.base_max_v, max_w=safety.base_max_w)
+        self.guard = WorkspaceGuard(safety, self.limiter)
+        self.velocity_timeout = float(safety.velocity_timeout)
         self.lower, self.upper = self.limiter.lower, self.limiter.upper
         self.ws_lo = np.array(safety.workspace_min, dtype=float)
         self.ws_hi = np.array(safety.workspace_max, dtype=float)
@@ -51,6 +60,12 @@ class TargetController:
         self.base_cmd = (0.0, 0.0)
         self.hold_rot = None
         self._limits_arm = None
+        # Velocity commands last until these times (the backend's clock) unless refreshed.
+        self.base_until = self.arm_vel_until = -_FOREVER
+        # Which channel set the arm's and the torso's targets last: named in the guard's flags.
+        self.arm_source = self.torso_source = "reset"
+        # Flags raised while moving (guard, lapses) since the last command; the state reports them.
+        self.motion_flags: list[str] = []
 
     def reset(self, q: np.ndarray) -> None:
         self.target = q.copy()
@@ -58,6 +73,9 @@ class TargetController:
         self.vel_mode[:] = False
         self.base_cmd = (0.0, 0.0)
         self.hold_rot = None
+        self.base_until = self.arm_vel_until = -_FOREVER
+        self.arm_source = self.torso_source = "reset"
+        self.motion_flags = []
 
     def hold(self, q: np.ndarray, v: np.ndarray, dt: float) -> None:
         """Stop where each joint can stop (no jerk), base twist to zero."""
@@ -65,6 +83,41 @@ class TargetController:
         self.vel_mode[:] = False
         self.vel_target[:] = 0.0
         self.base_cmd = (0.0, 0.0)
+
+    def advance(self, q: np.ndarray, v: np.ndarray, dt: float, now: float, speed_scale=1.0):
+        """One integration step of the joints from (q, v) over `dt` at backend time `now`: (q_new, v_new).
+
+        Velocity commands past their lapse time stop first (the base by its own limiter, read from
+        `base_cmd` by the backend); then the limiter moves the joints and the guard keeps the
+        gripper inside the workspace (braking from (q, v) when the step would take it out).
+        """
+        if now >= self.base_until and self.base_cmd != (0.0, 0.0):
+            self.base_cmd = (0.0, 0.0)
+            self._motion_flag("base_twist.lapsed")
+        if now >= self.arm_vel_until and self.vel_mode[1] and self.vel_target[ARM].any():
+            self.vel_target[ARM] = 0.0
+            self._motion_flag("arm_velocity.lapsed")
+        lim = self.limiter
+        q_new, v_new = lim.step(q, v, self.target, self.vel_target, self.vel_mode, dt, speed_scale)
+        if not self.guard.allows(q, v, q_new, v_new, self.target, self.vel_mode, dt):
+            moving = np.abs(v[:8]) + np.abs(v_new[:8]) > 0.0
+            if moving[ARM].any():
+                self._motion_flag(f"{self.arm_source}.workspace")
+            if moving[TORSO]:
+                self._motion_flag(f"{self.torso_source}.workspace")
+            self.brake()
+            q_new, v_new = lim.step(q, v, self.target, self.vel_target, self.vel_mode, dt, speed_scale)
+        return q_new, v_new
+
+    def brake(self) -> None:
+        """Torso and arm decelerate at full rate and stay where they stop (velocity mode, zero)."""
+        self.vel_mode[:8] = True
+        self.vel_target[:8] = 0.0
+        self.arm_vel_until = _FOREVER  # a deliberate stop, not a velocity command to lapse
+
+    def _motion_flag(self, flag: str) -> None:
+        if flag not in self.motion_flags:
+            self.motion_flags.append(flag)
 
     @property
     def limits_arm(self) -> tuple[list, list]:
@@ -79,25 +132,32 @@ class TargetController:
         return (lo[0] <= pos[0] <= hi[0] and lo[1] <= pos[1] <= hi[1]
                 and max(lo[2], self.cfg.floor_height) <= pos[2] <= hi[2])
 
-    def apply(self, cmd: dict, kin: Kinematics) -> list[str]:
-        """Set targets from a validated command; `kin` is the FK at the measured joints."""
+    def apply(self, cmd: dict, kin: Kinematics, now: float = 0.0) -> list[str]:
+        """Set targets from a validated command; `kin` is the FK at the measured joints, `now` the
+        backend's clock (velocity commands lapse `velocity_timeout` after it)."""
         flags: list[str] = []
+        self.motion_flags = []
         q = kin.q
         if "ee_delta" in cmd:
             self._ee_delta(cmd["ee_delta"], kin, flags)
+            self.arm_source = "ee_delta"
         elif "arm_position" in cmd:
             self._arm_position(cmd["arm_position"], q, flags)
+            self.arm_source = "arm_position"
         elif "arm_velocity" in cmd:
             vmax = self.limiter.vel[ARM]
             self.vel_target[ARM] = clip_flags("arm_velocity", cmd["arm_velocity"], -vmax, vmax,
                                               "velocity_limit", flags)
             self.vel_mode[ARM] = True
             self.hold_rot = None
+            self.arm_source = "arm_velocity"
+            self.arm_vel_until = now + self.velocity_timeout
         if "gripper" in cmd:
             self.target[GRIPPER] = self._scalar("gripper", cmd["gripper"], GRIPPER, flags)
         if "torso" in cmd:
-            self.target[TORSO] = self._scalar("torso", cmd["torso"], TORSO, flags)
+            self.target[TORSO] = self._torso(self._scalar("torso", cmd["torso"], TORSO, flags), kin, flags)
             self.vel_mode[TORSO] = False
+            self.torso_source = "torso"
         if "head" in cmd:
             self.target[HEAD] = clip_flags("head", cmd["head"], self.lower[HEAD], self.upper[HEAD],
                                            "position_limit", flags)
@@ -108,7 +168,25 @@ class TargetController:
             if (cv, cw) != (v, w):
                 flags.append("base_twist.velocity_limit")
             self.base_cmd = (cv, cw)
+            self.base_until = now + self.velocity_timeout
         return flags
+
+    def _torso(self, target: float, kin: Kinematics, flags) -> float:
+        """The torso lifts the whole arm: keep the gripper's height inside the box and above the floor.
+
+        The gripper's z moves one for one with the torso (a vertical prismatic joint under the arm),
+        so the allowed range is a shift of the box's z range. It never forces a move: where the
+        gripper is already outside, moving toward the inside stays allowed.
+        """
+        q = kin.q
+        t0 = float(q[TORSO])
+        z0 = kin.pos[2] if self.vel_mode[1] else fk_frames(t0, self.target[ARM].tolist())[0][2]
+        lo, hi = self.guard.lo[2], self.guard.hi[2]
+        lo_t, hi_t = min(t0 + lo - z0, t0), max(t0 + hi - z0, t0)
+        if target < lo_t or target > hi_t:
+            flags.append("torso.workspace")
+            return min(max(target, lo_t), hi_t)
+        return target
 
     def _scalar(self, name, value, i, flags) -> float:
         lo, hi = self.lower[i], self.upper[i]
@@ -172,6 +250,22 @@ class TargetController:
             flags.append("ee_delta.joint_limit")
         self.target[ARM] = new
         self.vel_mode[ARM] = False
+
+
+def check_start_pose(ctl: TargetController, q: np.ndarray) -> None:
+    """A reset's start pose: inside the joint limits, and the gripper inside the workspace box.
+
+    Refused, not clipped: a reset that lands somewhere else than asked is not the episode the
+    client asked for, and on hardware the move there is a real one.
+    """
+    if np.any(q < ctl.lower) or np.any(q > ctl.upper):
+        bad = [j.name for j, v, lo, hi in zip(FETCH.joints, q, ctl.lower, ctl.upper) if not lo <= v <= hi]
+        raise RequestError("bad_options", f"start pose is outside the joint limits ({', '.join(bad)})")
+    pos = fk_frames(float(q[TORSO]), q[ARM].tolist())[0]
+    if ctl.guard.excess(pos) > 0.0:
+        raise RequestError("bad_options", f"start pose puts the gripper at {[round(p, 3) for p in pos]}, outside "
+                                          f"the workspace box {ctl.guard.lo}..{ctl.guard.hi} ([server.safety] "
+                                          "workspace_min/max, floor_height)")
 
 
 def ee_velocity(kin: Kinematics, dq: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from robot_env.description import ARM, FETCH, NJ, READY_ARM, READY_TORSO, TORSO
 from robot_env.errors import RequestError
 from robot_env.kinematics import rot_to_quat
 from robot_env.safety import SafetyConfig
-from robot_env.targets import Kinematics, TargetController, ee_velocity
+from robot_env.targets import Kinematics, TargetController, check_start_pose, ee_velocity
 
 
 class KinematicSim(Backend):
@@ -47,10 +47,7 @@ class KinematicSim(Backend):
             q[ARM] = options["initial_arm_position"]
         if "initial_torso" in options:
             q[TORSO] = options["initial_torso"]
-        lim = self.ctl.limiter
-        clipped = np.clip(q, lim.lower, lim.upper)
-        if not np.array_equal(clipped, q):
-            raise RequestError("bad_options", "initial pose is outside the joint limits")
+        check_start_pose(self.ctl, q)
         if seed is not None:  # only once the request is known good: a refused reset changes nothing
             self.rng = np.random.default_rng(seed)
         self.q = q
@@ -67,17 +64,15 @@ class KinematicSim(Backend):
         if self.latency_steps:
             self.pending.append((self.time + self.latency_steps * self.period - 1e-9, command))
             return self.clipped
-        self.clipped = self.ctl.apply(command, self.kin)
+        self.clipped = self.ctl.apply(command, self.kin, self.time)
         return self.clipped
 
     def advance(self, dt: float) -> None:
         while dt > 1e-12:
             h = min(dt, self.period)
             while self.pending and self.pending[0][0] <= self.time:
-                self.clipped = self.ctl.apply(self.pending.popleft()[1], self.kin)
-            ctl = self.ctl
-            self.q, self.v = ctl.limiter.step(self.q, self.v, ctl.target, ctl.vel_target, ctl.vel_mode,
-                                              h, self.speed_scale)
+                self.clipped = self.ctl.apply(self.pending.popleft()[1], self.kin, self.time)
+            self.q, self.v = self.ctl.advance(self.q, self.v, h, self.time, self.speed_scale)
             self._drive(h)
             self.time += h
             dt -= h
@@ -100,7 +95,7 @@ class KinematicSim(Backend):
             "base": np.array(self.base),
             "objects": {},
             "faults": [],
-            "clipped": self.clipped,
+            "clipped": self.clipped + self.ctl.motion_flags if self.ctl.motion_flags else self.clipped,
         }
 
     # -- internals ---------------------------------------------------------------------------

@@ -18,9 +18,10 @@ from robot_env.description import ARM, BASE_ACC_V, BASE_ACC_W, FETCH, GRIPPER, H
 from robot_env.errors import RequestError
 from robot_env.kinematics_batch import (fk_frames_batch, jacobian_batch, limited_step_batch,
                                         orientation_error_batch, rot_to_quat_batch)
-from robot_env.safety import MotionLimiter, SafetyConfig
+from robot_env.safety import MotionLimiter, SafetyConfig, WorkspaceGuard
 
 _ALL = slice(None)
+_ARM_SOURCES = ("reset", "ee_delta", "arm_position", "arm_velocity")  # codes in `arm_source`
 # A state costs ~500 bytes per robot: 512 robots keep every reply within the protocol's message limit.
 MAX_ROBOTS = 512
 
@@ -40,6 +41,8 @@ class BatchedKinematicSim(Backend):
         self.cfg = safety or SafetyConfig()
         self.limiter = MotionLimiter(description, self.cfg.profile, self.cfg.arm_acceleration)
         self.lower, self.upper = self.limiter.lower, self.limiter.upper
+        self.guard = WorkspaceGuard(self.cfg, self.limiter)
+        self.velocity_timeout = float(self.cfg.velocity_timeout)
         self.ws_lo = np.array(self.cfg.workspace_min, dtype=float)
         self.ws_hi = np.array(self.cfg.workspace_max, dtype=float)
         self.latency_steps = int(action_latency_steps)
@@ -57,6 +60,11 @@ class BatchedKinematicSim(Backend):
         self.hold_rot = np.zeros((n, 9))  # gripper orientation held by Cartesian control, per robot
         self.holding = np.zeros(n, bool)
         self.speed_scale = np.ones((n, NJ))
+        self.base_until = np.full(n, -np.inf)  # velocity commands lapse at these times unless refreshed
+        self.arm_vel_until = np.full(n, -np.inf)
+        self.arm_source = np.zeros(n, np.int8)  # `_ARM_SOURCES` code of the channel that set the arm's target
+        self.torso_source = np.zeros(n, bool)  # True: the torso channel set it (else a reset)
+        self.motion_flags: dict[str, np.ndarray] = {}  # flag -> (N,) bool, raised while moving since the last command
         self.time = 0.0
         self.clipped: dict = {}
         self.reset(None, {})
@@ -72,6 +80,12 @@ class BatchedKinematicSim(Backend):
         q[:, ARM] = options["initial_arm_position"] if "initial_arm_position" in options else READY_ARM
         if ((q < self.lower) | (q > self.upper)).any():
             raise RequestError("bad_options", "initial pose is outside the joint limits")
+        out = self.guard.excess_batch(np.stack(fk_frames_batch(q[:, TORSO], q[:, ARM])[0], axis=-1)) > 0.0
+        if out.any():
+            who = np.flatnonzero(out) if robots is None else np.asarray(robots)[out]
+            raise RequestError("bad_options", f"start pose puts the gripper outside the workspace box "
+                                              f"{self.guard.lo}..{self.guard.hi} for robot(s) {who.tolist()[:16]} "
+                                              "([server.safety] workspace_min/max, floor_height)")
         if seed is not None:  # only once the request is known good: a refused reset changes nothing
             self.rng = np.random.default_rng(seed)
         self.q[idx] = q
@@ -82,6 +96,12 @@ class BatchedKinematicSim(Backend):
         self.base[idx] = 0.0
         self.base_cmd[idx] = 0.0
         self.holding[idx] = False
+        self.base_until[idx] = -np.inf
+        self.arm_vel_until[idx] = -np.inf
+        self.arm_source[idx] = 0
+        self.torso_source[idx] = False
+        for flags in self.motion_flags.values():
+            flags[idx] = False
         if self.speed_rand:
             self.speed_scale[idx] = 1.0 - self.speed_rand * self.rng.random((rows, NJ))
         if robots is None:
@@ -111,12 +131,51 @@ class BatchedKinematicSim(Backend):
             while self.pending and self.pending[0][0] <= self.time:
                 _, cmd, robots = self.pending.popleft()
                 self.clipped = self._apply(cmd, robots)
-            self.q, self.v = self.limiter.step(self.q, self.v, self.target, self.vel_target, self.vel_mode,
-                                               h, self.speed_scale if self.speed_rand else 1.0)
+            self._lapse()
+            self._step_joints(h)
             self._drive(h)
             self.time += h
             dt -= h
         self._measure()
+
+    def _lapse(self) -> None:
+        """Velocity commands not refreshed within `velocity_timeout` stop (as `TargetController.advance`)."""
+        t = self.time
+        base = (t >= self.base_until) & (self.base_cmd != 0).any(axis=1)
+        if base.any():
+            self.base_cmd[base] = 0.0
+            self._motion_flag("base_twist.lapsed", base)
+        arm = (t >= self.arm_vel_until) & self.vel_mode[:, 1] & (self.vel_target[:, ARM] != 0).any(axis=1)
+        if arm.any():
+            self.vel_target[arm, 1:8] = 0.0
+            self._motion_flag("arm_velocity.lapsed", arm)
+
+    def _step_joints(self, h: float) -> None:
+        """The limiter's step for every robot, then the workspace guard (as `TargetController.advance`)."""
+        scale = self.speed_scale if self.speed_rand else 1.0
+        q, v = self.q, self.v
+        q_new, v_new = self.limiter.step(q, v, self.target, self.vel_target, self.vel_mode, h, scale)
+        bad = ~self.guard.allows_batch(q, v, q_new, v_new, self.target, self.vel_mode, h)
+        if bad.any():
+            moving = (np.abs(v[:, :8]) + np.abs(v_new[:, :8]) > 0.0)[bad]
+            rows = np.flatnonzero(bad)
+            for r, m in zip(rows, moving):
+                if m[ARM].any():
+                    self._motion_flag(f"{_ARM_SOURCES[self.arm_source[r]]}.workspace", r)
+                if m[TORSO]:
+                    self._motion_flag("torso.workspace" if self.torso_source[r] else "reset.workspace", r)
+            self.vel_mode[bad, :8] = True  # brake at full rate: `TargetController.brake`
+            self.vel_target[bad, :8] = 0.0
+            self.arm_vel_until[bad] = np.inf
+            q2, v2 = self.limiter.step(q, v, self.target, self.vel_target, self.vel_mode, h, scale)
+            q_new[bad], v_new[bad] = q2[bad], v2[bad]
+        self.q, self.v = q_new, v_new
+
+    def _motion_flag(self, name: str, rows) -> None:
+        flags = self.motion_flags.get(name)
+        if flags is None:
+            flags = self.motion_flags[name] = np.zeros(self.num_robots, bool)
+        flags[rows] = True
 
     def hold(self) -> None:
         self.pending.clear()
@@ -140,8 +199,18 @@ class BatchedKinematicSim(Backend):
             "base": self.base.copy(),
             "objects": {},
             "faults": [],
-            "clipped": self.clipped,
+            "clipped": self._clipped(),
         }
+
+    def _clipped(self) -> dict:
+        """The last command's clip flags, plus those raised while moving since each robot's last command."""
+        if not self.motion_flags:
+            return self.clipped
+        out = dict(self.clipped)
+        for name, rows in self.motion_flags.items():
+            if rows.any():
+                out[name] = sorted(set(out.get(name, [])) | set(np.flatnonzero(rows).tolist()))
+        return out
 
     # -- internals ---------------------------------------------------------------------------
     def _measure(self, rows=None) -> None:
@@ -173,29 +242,48 @@ class BatchedKinematicSim(Backend):
     def _apply(self, cmd: dict, robots) -> dict:
         idx = _ALL if robots is None else robots
         flags: dict = {}
+        for rows in self.motion_flags.values():
+            rows[idx] = False
         if "ee_delta" in cmd:
             self._ee_delta(cmd["ee_delta"], idx, robots, flags)
+            self.arm_source[idx] = 1
         elif "arm_position" in cmd:
             self._arm_position(cmd["arm_position"], idx, robots, flags)
+            self.arm_source[idx] = 2
         elif "arm_velocity" in cmd:
             vmax = self.limiter.vel[ARM]
             self.vel_target[idx, ARM] = self._clip("arm_velocity.velocity_limit", cmd["arm_velocity"], -vmax, vmax,
                                                    robots, flags)
             self.vel_mode[idx, ARM] = True
             self.holding[idx] = False
-        for name, j in (("gripper", GRIPPER), ("torso", TORSO)):
-            if name in cmd:
-                self.target[idx, j] = self._clip(f"{name}.position_limit", cmd[name], self.lower[j], self.upper[j],
-                                                 robots, flags)
+            self.arm_source[idx] = 3
+            self.arm_vel_until[idx] = self.time + self.velocity_timeout
+        if "gripper" in cmd:
+            self.target[idx, GRIPPER] = self._clip("gripper.position_limit", cmd["gripper"], self.lower[GRIPPER],
+                                                   self.upper[GRIPPER], robots, flags)
         if "torso" in cmd:
+            torso = self._clip("torso.position_limit", cmd["torso"], self.lower[TORSO], self.upper[TORSO], robots, flags)
+            self.target[idx, TORSO] = self._torso(torso, idx, robots, flags)
             self.vel_mode[idx, TORSO] = False
+            self.torso_source[idx] = True
         if "head" in cmd:
             self.target[idx, HEAD] = self._clip("head.position_limit", cmd["head"], self.lower[HEAD],
                                                 self.upper[HEAD], robots, flags)
         if "base_twist" in cmd:
             lim = np.array([self.cfg.base_max_v, self.cfg.base_max_w])
             self.base_cmd[idx] = self._clip("base_twist.velocity_limit", cmd["base_twist"], -lim, lim, robots, flags)
+            self.base_until[idx] = self.time + self.velocity_timeout
         return flags
+
+    def _torso(self, target, idx, robots, flags) -> np.ndarray:
+        """Keep the gripper's height in the box: `TargetController._torso` per robot."""
+        q = self.q_meas[idx]
+        t0 = q[:, TORSO]
+        z_arm = np.stack(fk_frames_batch(t0, self.target[idx][:, ARM])[0], axis=-1)[:, 2]
+        z0 = np.where(self.vel_mode[idx][:, 1], self.ee_pos[idx][:, 2], z_arm)
+        lo_t = np.minimum(t0 + self.guard.lo[2] - z0, t0)
+        hi_t = np.maximum(t0 + self.guard.hi[2] - z0, t0)
+        return self._clip("torso.workspace", target, lo_t, hi_t, robots, flags)
 
     @staticmethod
     def _flag(flags: dict, name: str, changed: np.ndarray, robots) -> None:
