@@ -19,12 +19,35 @@ BACKENDS = {
 }
 
 
+class Operation(abc.ABC):
+    """A backend operation that lasts longer than a control period: a move of the real arm to a
+    start or rest pose, a servo reboot. The server keeps serving around it (state, stream,
+    watchdog, e-stop) instead of waiting inside the backend, and answers the request that started
+    it once `poll()` says it is over. An e-stop cancels it."""
+
+    what: str = "operation"
+
+    @abc.abstractmethod
+    def poll(self) -> bool:
+        """True once finished, successfully or not; called on every turn of the server's loop."""
+
+    @abc.abstractmethod
+    def cancel(self, reason: str) -> None:
+        """Stop now (the e-stop): the backend holds where it can stop; `result()` then raises."""
+
+    @abc.abstractmethod
+    def result(self) -> dict | None:
+        """After `poll()` is True: extra reply fields (or None), or raise RequestError."""
+
+
 class Backend(abc.ABC):
     """A robot the server can drive. All methods run on the server's thread.
 
     `apply` only sets targets (clipped by the safety layer; it returns the clip flags); motion
     happens in `advance`, which moves time forward by `dt` (a simulator integrates; a hardware
     backend, whose own loop moves the servos on the wall clock, just checks for faults).
+    `reset`, `reset_faults` and `park` may return an `Operation` instead of finishing at once: the
+    server must never block for longer than a control period.
     """
 
     kind: str = "abstract"
@@ -34,7 +57,8 @@ class Backend(abc.ABC):
     channels: frozenset = frozenset()
 
     @abc.abstractmethod
-    def reset(self, seed: int | None, options: dict) -> None: ...
+    def reset(self, seed: int | None, options: dict) -> Operation | None:
+        """Validate everything first (a refused reset changes nothing), then start the episode."""
 
     @abc.abstractmethod
     def apply(self, command: dict) -> list[str]: ...
@@ -51,15 +75,20 @@ class Backend(abc.ABC):
     def hold(self) -> None:
         """Watchdog or e-stop: the arm holds where it can stop, the base stops."""
 
-    def reset_faults(self) -> None:
-        """Clear recoverable faults (hardware reboots servos that report an error)."""
+    def reset_faults(self, reboot=()) -> Operation | None:
+        """Clear recoverable faults, touching only the faulted parts. `reboot`: joint names the
+        caller agrees may be rebooted where that drops a servo that still holds (hardware)."""
 
     @property
     def faults(self) -> list:
         return []
 
+    def park(self) -> Operation | None:
+        """Before `close`: move to the rest pose (hardware; the arm has no brakes)."""
+        return None
+
     def close(self) -> None:
-        """Release resources; hardware moves to rest before torque off."""
+        """Release resources; hardware turns torque off only after a completed `park`."""
 
 
 def load_backend(name: str, **kwargs) -> Backend:
@@ -73,3 +102,14 @@ def load_backend(name: str, **kwargs) -> Backend:
     except ImportError as exc:
         raise ConfigError(f"backend {name!r} is not available here: {exc}") from exc
     return getattr(mod, cls)(**kwargs)
+
+
+def finish(result, interval: float = 0.005):
+    """Wait out what a backend call returned (an `Operation`, or None): for code that drives a
+    backend without a server, as the tests do. Returns the operation's extra reply fields."""
+    import time
+    if not isinstance(result, Operation):
+        return result
+    while not result.poll():
+        time.sleep(interval)
+    return result.result()

@@ -10,6 +10,8 @@ import sys
 
 
 def _serve(args) -> int:
+    import os
+
     from . import config
     from .server import build_server
 
@@ -18,14 +20,32 @@ def _serve(args) -> int:
         cfg["server"]["clock"] = args.clock
     if args.serial_port:
         cfg["server.dynamixel"]["serial_port"] = args.serial_port
+    owner = None
+    if args.owner_from_watch_fd and args.watch_fd is not None:
+        # The spawning session hands us its secret on the pipe we watch (not argv or environ, which
+        # other processes can read): only it may close this server.
+        owner = os.read(args.watch_fd, 256).decode(errors="replace").strip() or None
+        if owner is None:
+            return 0  # the parent is gone before it could say who it is
     server = build_server(cfg, endpoint=args.endpoint, stream_endpoint=args.stream_endpoint,
-                          exit_on_close=args.exit_on_close, watch_fd=args.watch_fd,
+                          exit_on_close=not args.keep_on_close, watch_fd=args.watch_fd, owner=owner,
                           allow_client_keys=args.allow_client_key or ())
+    # SIGTERM / Ctrl-C: park (hardware: the rest pose, while still serving the e-stop), then exit.
+    # A second signal exits at once, leaving torque on (never drops the arm).
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    server.wake_fd = wake_r
+    signals = []
 
     def stop(signum, frame):
-        raise SystemExit(0)
+        signals.append(signum)
+        if len(signals) > 1:
+            raise SystemExit(0)
+        server.request_shutdown(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     if args.ready:
         print(f"READY {server.endpoint} {server.stream_endpoint}", flush=True)
     else:
@@ -35,10 +55,10 @@ def _serve(args) -> int:
         if server.guard is not None:
             print(f"  CurveZMQ on: {len(server.guard.keys.allowed)} allowed client key(s), server public key "
                   f"{server.guard.keys.public.decode()}", flush=True)
+        if server.estopped:
+            print(f"  E-STOP LATCHED since a previous run ({server.latch.path}): clear_estop to move", flush=True)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
         server.close()
     return 0
@@ -271,8 +291,9 @@ def main(argv=None) -> int:
     p.add_argument("--clock", choices=("lockstep", "realtime"), help="override the config's clock")
     p.add_argument("--serial-port", help="hardware backends: the servo bus device (overrides the config)")
     p.add_argument("--ready", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--exit-on-close", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--keep-on-close", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--watch-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--owner-from-watch-fd", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--allow-client-key", action="append", help=argparse.SUPPRESS)
     p.set_defaults(func=_serve)
 

@@ -31,7 +31,8 @@ from .errors import RequestError, ServerError, ServerTimeout
 from .latency import LatencyStats
 from .protocol import IDEMPOTENT_OPS, VERSION, decode, encode, unpack_state
 
-_now = time.time
+_wall = time.time  # the request's stamp (latency); never a deadline
+_mono = time.monotonic  # timeouts: a step of the system clock must not stretch or cut them
 # Spinning on a reply gives the CPU away on every turn: ZeroMQ's I/O threads (ours and the
 # server's) must run for the reply to arrive at all, and on a machine with few cores a plain
 # busy loop makes them wait for the scheduler to preempt it (measured: p99 round trip ~0.7 ms
@@ -41,9 +42,10 @@ _yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
 
 class RobotClient:
     def __init__(self, endpoint: str, *, timeout: float = 5.0, retries: int = 2, spin: float = 0.0005,
-                 context=None, token: str | None = None, keys=None):
+                 context=None, token: str | None = None, keys=None, owner: str | None = None):
         self.endpoint = endpoint
         self.token = token or secrets.token_hex(16)  # this session's identity for the control lease
+        self.owner = owner  # the secret of a server we spawned: `close(shutdown=True)` proves it
         self.keys = keys  # security.ClientKeys, or None: no CurveZMQ
         self._may_hold = False  # sent a motion request or acquire: release control on close
         self.timeout = float(timeout)
@@ -76,15 +78,16 @@ class RobotClient:
             fields["op"] = op
             fields["seq"] = seq
             fields["token"] = self.token
-            t_send = fields["t"] = _now()
+            t_send = fields["t"] = _wall()
+            deadline = _mono() + wait
             try:
                 self.sock.send(encode(fields), zmq.NOBLOCK)
             except zmq.Again:
                 self._connect()
                 continue
-            reply = self._wait(seq, t_send + wait)
+            reply = self._wait(seq, deadline)
             if reply is not None:
-                t_recv = _now()
+                t_recv = _wall()
                 if not reply.get("ok"):
                     err = reply.get("error") or {}
                     raise ServerError(err.get("code", "unknown"), err.get("message", "error"), op)
@@ -105,17 +108,17 @@ class RobotClient:
 
     def _wait(self, seq: int, deadline: float):
         sock = self.sock
-        spin_until = _now() + self.spin
+        spin_until = _mono() + self.spin
         while True:
             try:
                 data = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                now = _now()
+                now = _mono()
                 if now < spin_until:
                     _yield()
                     continue
                 if now >= deadline or not sock.poll(max(1, int((deadline - now) * 1000))):
-                    if _now() >= deadline:
+                    if _mono() >= deadline:
                         return None
                 continue
             try:
@@ -185,7 +188,7 @@ class RobotClient:
         if shutdown:
             try:
                 old, self.timeout = self.timeout, min(self.timeout, 1.0)
-                self.request("close")
+                self.request("close", owner=self.owner)
                 self.timeout = old
             except Exception:
                 pass

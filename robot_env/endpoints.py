@@ -1,8 +1,10 @@
-"""Endpoint rules: private by default (abstract ipc or loopback tcp); anything else is opt-in."""
+"""Endpoint rules: private by default (ipc in a private directory, or loopback tcp); anything else is opt-in."""
 from __future__ import annotations
 
+import atexit
 import os
-import secrets
+import shutil
+import tempfile
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -10,10 +12,38 @@ from .errors import ConfigError
 _LOOPBACK = ("127.", "localhost", "[::1]", "::1")
 
 
+_MADE: list[str] = []  # private directories this process made, removed when it exits
+
+
+def _runtime_dir() -> str | None:
+    """$XDG_RUNTIME_DIR (per user, cleared at logout) when usable, else the temp dir; short paths
+    only (a unix socket path holds at most 107 bytes)."""
+    for d in (os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir(), "/tmp"):
+        if d and len(d) <= 60 and os.path.isdir(d) and os.access(d, os.W_OK):
+            return d
+    return None
+
+
 def private_ipc(tag: str = "") -> tuple[str, str]:
-    """A fresh pair of abstract-namespace ipc endpoints (requests, state stream): no file to clean up."""
-    base = f"ipc://@robot-env-{os.getpid()}-{secrets.token_hex(4)}{'-' + tag if tag else ''}"
+    """A fresh pair of ipc endpoints (requests, state stream) in a new directory only this user
+    may enter (mode 0700).
+
+    Not the abstract namespace: an abstract socket has no permissions, so every process on the
+    machine (any user) can connect to it, and each one is listed in /proc/net/unix. The directory
+    is removed when the process that made it exits.
+    """
+    d = tempfile.mkdtemp(prefix="robot-env-", dir=_runtime_dir())
+    os.chmod(d, 0o700)
+    if not _MADE:
+        atexit.register(_remove_made)
+    _MADE.append(d)
+    base = f"ipc://{d}/{tag or 'server'}"
     return base, base + "-state"
+
+
+def _remove_made() -> None:
+    for d in _MADE:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def is_private(endpoint: str) -> bool:

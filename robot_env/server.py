@@ -6,6 +6,19 @@ Clocks (DESIGN.md): *lockstep* advances the backend by one control period per `s
 advances it on the wall clock, answers `step` one control period after applying the command, and
 runs the command watchdog.
 
+Time: every timeout, deadline and advance uses the monotonic clock, so a step of the system clock
+never stretches the watchdog or the lease; wall-clock time only stamps messages for latency.
+
+Long backend operations (`backend.Operation`: a move of the real arm to its start or rest pose, a
+servo reboot) never block the loop: the server keeps serving state, the stream, the watchdog and
+the e-stop, refuses other motion as `busy`, and answers the request that started the operation
+when it is over. An e-stop cancels it.
+
+Memory per peer is bounded in bytes: the send queues' high-water marks are sized from the size of
+one reply and one state (`PEER_REPLY_BYTES`, `PEER_STREAM_BYTES`); a peer that does not read its
+replies loses the ones beyond that (counted in `stats["dropped_replies"]`), and a stalled
+subscriber loses states (it sees the gaps in the stream's numbering).
+
 On the lockstep clock the loop spins briefly (yielding the CPU each turn, `spin` seconds) for the
 next request before sleeping in poll, but only while requests keep arriving within that window:
 a client stepping in a tight loop is answered by a running, cache-warm process; one that pauses
@@ -13,6 +26,7 @@ a client stepping in a tight loop is answered by a running, cache-warm process; 
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import sys
@@ -21,22 +35,32 @@ import time
 import zmq
 
 from . import protocol
-from .backend import Backend
+from .backend import Backend, Operation
 from .commands import parse_batch_command, parse_batch_reset_options, parse_command, parse_reset_options
 from .description import FETCH
 from .errors import RequestError
+from .estop_latch import EstopLatch
 from .protocol import VERSION, encode, error_reply, pack_state, parse_request
 
 log = logging.getLogger("robot_env.server")
-_now = time.time
+_wall = time.time  # stamps only (latency); never a deadline
+_mono = time.monotonic  # every timeout, deadline and advance
 _sched_yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
+
+# Bytes a peer may have queued on the server before the server drops for it (see the module docstring).
+PEER_REPLY_BYTES = 256 << 10
+PEER_STREAM_BYTES = 256 << 10
+KERNEL_BUFFER_BYTES = 256 << 10  # SO_SNDBUF per connection: the kernel's share, bounded too
+REQUEST_QUEUE = 16  # requests queued per peer while the server is busy (each at most HARD_MAX_MESSAGE)
+_LATER = object()  # a handler started a long operation: its reply comes when the operation ends
 
 
 class RobotServer:
     def __init__(self, backend: Backend, endpoint: str, stream_endpoint: str, *, clock: str = "lockstep",
                  control_period: float = 0.04, watchdog_timeout: float = 0.25,
-                 exit_on_close: bool = False, watch_fd: int | None = None, context=None,
-                 spin: float = 0.0002, keys=None, lockstep_lease_timeout: float = 300.0):
+                 exit_on_close: bool = True, watch_fd: int | None = None, context=None,
+                 spin: float = 0.0002, keys=None, lockstep_lease_timeout: float = 300.0,
+                 owner: str | None = None, estop_file: str | None = None):
         self.backend = backend
         # A batched backend (N robots per request): commands and reset options carry a robot axis.
         self.batch = getattr(backend, "num_robots", None)
@@ -46,6 +70,10 @@ class RobotServer:
         self.watchdog_timeout = watchdog_timeout
         self.exit_on_close = exit_on_close
         self.watch_fd = watch_fd
+        self.wake_fd: int | None = None  # a pipe the signal handlers write to (`signal.set_wakeup_fd`)
+        # The session that spawned this server (a secret it was handed on a pipe): only it may close
+        # the server. None for a server started by hand: then the client in control may.
+        self.owner = owner
         self.parent = os.getppid()
         # With CurveZMQ keys: a context of our own, whose ZAP endpoint our Guard answers (one per context).
         self._own_ctx = context is None and keys is not None
@@ -58,20 +86,35 @@ class RobotServer:
         self.router.setsockopt(zmq.MAXMSGSIZE, protocol.HARD_MAX_MESSAGE)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A full or vanished peer makes send fail (counted) instead of silently dropping.
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.RCVHWM, REQUEST_QUEUE)
+        self.router.setsockopt(zmq.SNDBUF, KERNEL_BUFFER_BYTES)
         if keys is not None:
             keys.apply(self.router)
-        self.router.bind(endpoint)
         self.pub = self.ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.setsockopt(zmq.SNDHWM, 1000)
+        self.pub.setsockopt(zmq.SNDBUF, KERNEL_BUFFER_BYTES)
         if keys is not None:
             keys.apply(self.pub)
+        self._hello_body = self._make_hello()
+        # High-water marks from the sizes of one reply and one state (set before bind: they apply
+        # to the pipes of peers that connect afterwards).
+        state_bytes = len(encode(pack_state(dict(backend.state(), mode="watchdog", seq=0, ts=0.0))))
+        self.reply_hwm = max(2, PEER_REPLY_BYTES // (state_bytes + 256))
+        self.stream_hwm = max(2, PEER_STREAM_BYTES // (state_bytes + 64))
+        self.router.setsockopt(zmq.SNDHWM, self.reply_hwm)
+        self.pub.setsockopt(zmq.SNDHWM, self.stream_hwm)
+        self.router.bind(endpoint)
         self.pub.bind(stream_endpoint)
         if self.guard is not None:
             self.guard.watch(self.router, "requests")
             self.guard.watch(self.pub, "state stream")
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stream_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._hello_body["stream_endpoint"] = self.stream_endpoint
+        self._hello_body["peer_queue"] = {"replies": self.reply_hwm, "states": self.stream_hwm,
+                                          "reply_bytes": PEER_REPLY_BYTES, "stream_bytes": PEER_STREAM_BYTES}
         self.subscribers = 0
         self.stream_seq = 0
         # Applied commands (and resets) go on the stream under the `command` topic, numbered by
@@ -79,18 +122,30 @@ class RobotServer:
         # subscriber, or none, costs the command path one integer test.
         self.command_subscribers = 0
         self.command_seq = 0
-        self.estopped = False
+        # A latched e-stop outlives the process where it is persisted (hardware): a software runstop
+        # that a crash clears is no runstop.
+        self.latch = EstopLatch(estop_file)
+        self.estopped = self.latch.latched
+        if self.estopped:
+            log.warning("e-stop latched since a previous run (%s); motion is refused until clear_estop",
+                        self.latch.path)
         self.watchdog_tripped = False
-        self.last_command = None  # wall time of the last motion command (realtime watchdog)
-        self.deferred: list = []  # realtime steps awaiting their control period: (deadline, frames, reply)
-        self.last_advance = _now()
+        self.last_command = None  # monotonic time of the last motion command (realtime watchdog)
+        # realtime steps awaiting their control period: [deadline (mono), head, seq, t, tr, ta]
+        self.deferred: list = []
+        self.last_advance = _mono()
         self.running = False
-        self.stats = {"requests": 0, "errors": 0, "overruns": 0}
+        self.shutting_down = False
+        self._shutdown_requested = None  # why, once asked (signal, parent gone, close)
+        # The long operation in progress: [op, head, req, tr, kind, started (mono)], or None.
+        self.pending: list | None = None
+        self.stats = {"requests": 0, "errors": 0, "overruns": 0, "dropped_replies": 0, "unroutable_replies": 0}
+        self._drop_log = 0.0
         # Control lease ("one controller at a time", see `_lease`): the session token of the client in
-        # control, the wall time of its last motion request, and tokens that lost control and have
+        # control, the time of its last motion request, and tokens that lost control and have
         # not been told yet (each told once, on its next motion request). A lease lapses after
         # `lease_timeout` s without a motion request: the watchdog timeout on the realtime clock,
-        # `lockstep_lease_timeout` in lockstep (0: never), never while the e-stop is latched.
+        # `lockstep_lease_timeout` in lockstep (0: never), never while the e-stop or a fault is latched.
         self.controller: str | None = None
         self.lease_seen = 0.0
         self.lease_timeout = (watchdog_timeout if self.clock == "realtime" else lockstep_lease_timeout) or None
@@ -101,15 +156,21 @@ class RobotServer:
             "reset_faults": self._reset_faults, "close": self._close,
             "acquire": self._acquire, "release": self._release,
         }
-        self._hello_body = self._make_hello()
 
     # -- main loop ---------------------------------------------------------------------------
+    def request_shutdown(self, why: str) -> None:
+        """Ask the loop to park the robot and stop (safe from a signal handler: sets a flag)."""
+        if self._shutdown_requested is None:
+            self._shutdown_requested = why
+
     def serve_forever(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
         if self.watch_fd is not None:
             poller.register(self.watch_fd, zmq.POLLIN)
+        if self.wake_fd is not None:
+            poller.register(self.wake_fd, zmq.POLLIN)
         guard = self.guard  # CurveZMQ: ZAP requests and handshake monitors, served from this loop
         if guard is not None:
             for sock in guard.sockets:
@@ -126,21 +187,22 @@ class RobotServer:
         recv, get = router.recv, router.get
         last_full_poll = 0.0
         self.running = True
-        next_tick = _now() + self.period
-        last_parent_check = _now()
+        next_tick = _mono() + self.period
+        last_parent_check = _mono()
         try:
             while self.running:
                 if realtime:
-                    now = _now()
+                    now = _mono()
                     due = next_tick if not self.deferred else min(next_tick, self.deferred[0][0])
                     timeout = max(0.0, due - now) * 1000.0
                 else:
-                    timeout = 500.0
-                idle = _now()
+                    # an operation in progress is polled at least once per control period
+                    timeout = 500.0 if self.pending is None and not self.shutting_down else self.period * 1000.0
+                idle = _mono()
                 ready = False
                 if spinning:
                     until = idle + spin
-                    while not (ready := get(EVENTS) & POLLIN) and _now() < until:
+                    while not (ready := get(EVENTS) & POLLIN) and _mono() < until:
                         _sched_yield()
                 if ready and idle - last_full_poll < 0.01:
                     events = router_only  # the stream and the watch pipe are polled every 10 ms
@@ -149,7 +211,7 @@ class RobotServer:
                     last_full_poll = idle
                 if router in events:
                     if spin:
-                        spinning = _now() - idle < spin
+                        spinning = _mono() - idle < spin
                     # Drain what is queued without going back to poll: cheaper under load. Asking
                     # for readiness first spares the failing recv (an exception) after the last one.
                     for _ in range(64):
@@ -168,9 +230,10 @@ class RobotServer:
                     guard.handle(events)
                 if self.watch_fd is not None and self.watch_fd in events:
                     if not os.read(self.watch_fd, 4096):
-                        log.info("parent gone (pipe closed); shutting down")
-                        break
-                now = _now()
+                        self.request_shutdown("parent gone (pipe closed)")
+                if self.wake_fd is not None and self.wake_fd in events:
+                    os.read(self.wake_fd, 4096)  # a signal: its handler has run
+                now = _mono()
                 if realtime:
                     if now >= next_tick:
                         self._tick(now)
@@ -180,18 +243,39 @@ class RobotServer:
                             next_tick = now + self.period
                     if self.deferred and self.deferred[0][0] <= now:
                         self._finish_deferred(now)
+                if self.pending is not None:
+                    self._poll_pending()
                 if now - last_parent_check > 0.5:
                     last_parent_check = now
                     if os.getppid() != self.parent:
-                        log.info("parent process died; shutting down")
-                        break
+                        self.request_shutdown("parent process died")
+                if self._shutdown_requested is not None and not self.shutting_down:
+                    self._begin_shutdown(self._shutdown_requested)
+                if self.shutting_down and self.pending is None:
+                    break
         finally:
             self.close()
+
+    def _begin_shutdown(self, why: str) -> None:
+        """Park the robot (hardware: the rest pose) while still serving, then leave the loop."""
+        log.info("shutting down: %s", why)
+        self.shutting_down = True
+        self._cancel_pending("the server is shutting down")
+        if self.estopped:
+            return  # a latched e-stop: do not move; the backend leaves torque on
+        try:
+            op = self.backend.park()
+        except Exception:
+            log.exception("park failed")
+            return
+        if op is not None:
+            self.pending = [op, None, {}, _wall(), "park", _mono()]
 
     def close(self) -> None:
         if self.router.closed:
             return
         try:
+            self._cancel_pending("the server is closing")
             self.backend.close()
         finally:
             if self.guard is not None:
@@ -201,9 +285,32 @@ class RobotServer:
             if self._own_ctx:
                 self.ctx.term()
 
+    # -- replies -----------------------------------------------------------------------------
+    def _send(self, head: list, payload: bytes) -> None:
+        """One reply; a peer whose queue is full (it does not read) or that is gone loses it, counted."""
+        router = self.router
+        try:
+            for frame in head:  # send_multipart, without its per-call overhead
+                router.send(frame, zmq.SNDMORE | zmq.NOBLOCK)
+            router.send(payload, zmq.NOBLOCK)
+        except zmq.Again:
+            self._dropped("dropped_replies", "a client does not read its replies")
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self._dropped("unroutable_replies", "a client went away before its reply")
+
+    def _dropped(self, key: str, why: str) -> None:
+        self.stats[key] += 1
+        now = _mono()
+        if now - self._drop_log > 10.0:
+            self._drop_log = now
+            log.warning("dropped a reply: %s (dropped %d, unroutable %d so far)", why,
+                        self.stats["dropped_replies"], self.stats["unroutable_replies"])
+
     # -- request handling --------------------------------------------------------------------
     def _on_request(self, frames: list) -> None:
-        tr = _now()
+        tr = _wall()
         self.stats["requests"] += 1
         if len(frames) == 2:
             ident, payload = frames
@@ -215,8 +322,8 @@ class RobotServer:
             # Keep a REQ client's delimiter, or the REQ socket drops the error reply and waits forever.
             head = [frames[0], b""] if len(frames) > 3 and frames[1] == b"" else [frames[0]]
             self.stats["errors"] += 1
-            self.router.send_multipart(head + [error_reply(
-                None, "malformed", f"expected one message frame, got {len(frames) - len(head)}")])
+            self._send(head, error_reply(None, "malformed",
+                                         f"expected one message frame, got {len(frames) - len(head)}"))
             return
         seq = t = None
         try:
@@ -227,26 +334,26 @@ class RobotServer:
             self.stats["errors"] += 1
             if seq is None:
                 seq = getattr(exc, "seq", None)
-            self.router.send_multipart(head + [error_reply(seq, exc.code, exc.message, t)])
+            self._send(head, error_reply(seq, exc.code, exc.message, t))
             return
         except Exception as exc:  # a bug or a backend failure: report it, keep serving
             log.exception("request failed")
             self.stats["errors"] += 1
-            self.router.send_multipart(head + [error_reply(seq, "internal", f"{type(exc).__name__}: {exc}", t)])
+            self._send(head, error_reply(seq, "internal", f"{type(exc).__name__}: {exc}", t))
             return
-        if reply is None:  # deferred (realtime step)
+        if reply is None:  # deferred: a realtime step
             self.deferred[-1][1] = head
+            return
+        if reply is _LATER:  # a long operation: answered by `_poll_pending`
+            self.pending[1] = head
             return
         reply["v"] = VERSION
         reply["seq"] = seq
         reply["ok"] = True
         reply["t"] = t
         reply["tr"] = tr
-        reply["tx"] = _now()
-        router = self.router
-        for frame in head:  # send_multipart, without its per-call overhead
-            router.send(frame, zmq.SNDMORE)
-        router.send(encode(reply))
+        reply["tx"] = _wall()
+        self._send(head, encode(reply))
 
     def _sample(self) -> dict:
         """The backend's state with the server's view on top: mode, stream number, sample time.
@@ -257,22 +364,34 @@ class RobotServer:
         faults = st["faults"]
         st["mode"] = ("estop" if self.estopped else "fault" if faults else
                       "watchdog" if self.watchdog_tripped else "ok")
+        if self.pending is not None:
+            st["busy"] = self.pending[0].what
         self.stream_seq += 1
         st["seq"] = self.stream_seq
-        st["ts"] = _now()
+        st["ts"] = _wall()
         pack_state(st)
         if self.subscribers:
-            self.pub.send_multipart([b"state", encode(st)])
+            try:
+                self.pub.send_multipart([b"state", encode(st)], zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # XPUB drops for a full subscriber itself; Again only if the socket is busy
         return st
 
     def _guard_motion(self, op: str) -> None:
         if self.estopped:
             raise RequestError("estop", f"{op} refused: the e-stop is latched; send clear_estop first")
+        if self.shutting_down:
+            raise RequestError("shutting_down", f"{op} refused: the server is shutting down")
+        if self.pending is not None:
+            p = self.pending
+            raise RequestError("busy", f"{op} refused: {p[0].what} in progress (for {_mono() - p[5]:.1f} s); "
+                                       "wait for its reply, or send estop to cancel it")
 
     def _hello(self, req, tr):
         body = dict(self._hello_body)
         tok = req.get("token")
-        body["lease"] = self._lease_info(tok if tok.__class__ is str else None, _now())
+        body["lease"] = self._lease_info(tok if tok.__class__ is str else None, _mono())
+        body["stats"] = dict(self.stats)
         return body
 
     def _make_hello(self) -> dict:
@@ -291,7 +410,6 @@ class RobotServer:
             "num_robots": self.batch or 1,
             "max_ee_step": getattr(getattr(b, "ctl", None), "cfg", None).max_ee_step
             if hasattr(b, "ctl") else None,
-            "stream_endpoint": self.stream_endpoint,
             "state_layout": pack_state(b.state()).get("layout"),
             "pid": os.getpid(),
         }
@@ -308,30 +426,32 @@ class RobotServer:
         lease = self.controller, self.lease_seen, dict(self.lease_lost)
         if req.get("token") != self.controller:
             self._lease(req, "reset")
-        self.lease_seen = _now()
+        self.lease_seen = _mono()
         if self.deferred:  # answer realtime steps still waiting out their period; never drop a reply
-            now = _now()
+            now = _mono()
             for pending in self.deferred:
                 pending[0] = min(pending[0], now)
             self._finish_deferred(now)
         try:
             if robots is None:
-                self.backend.reset(seed, options)
+                op = self.backend.reset(seed, options)
             else:
-                self.backend.reset(seed, options, robots)
+                op = self.backend.reset(seed, options, robots)
         except RequestError:  # the backend refused (e.g. a start pose beyond the limits): no lease either
             self.controller, self.lease_seen, self.lease_lost = lease
             raise
         self.watchdog_tripped = False
         self.last_command = None
-        self.last_advance = _now()
-        ta = _now()
         if self.command_subscribers:
             msg = {"op": "reset", "seed": seed, "options": options}
             if robots is not None:
                 msg["robots"] = robots
-            self._publish_command(msg, req, ta)
-        return {"ta": ta, "state": self._sample()}
+            self._publish_command(msg, req, _wall())
+        if op is not None:
+            self.pending = [op, None, req, tr, "reset", _mono()]
+            return _LATER
+        self.last_advance = _mono()
+        return {"ta": _wall(), "state": self._sample()}
 
     def _apply(self, req, op):
         self._guard_motion(op)
@@ -341,9 +461,9 @@ class RobotServer:
             cmd, robots = parse_batch_command(req.get("cmd"), self.backend.channels, self.batch)
         if req.get("token") != self.controller:  # the hot path's whole lease check
             self._lease(req, op)
-        self.lease_seen = _now()
+        now = _mono()
+        self.lease_seen = now
         if self.clock == "realtime":
-            now = _now()
             self._advance_to(now)
             self.last_command = now
             self.watchdog_tripped = False
@@ -351,7 +471,7 @@ class RobotServer:
             self.backend.apply(cmd)
         else:
             self.backend.apply(cmd, robots)
-        ta = _now()
+        ta = _wall()
         if self.command_subscribers:
             msg = {"op": op, "cmd": cmd}
             if robots is not None:
@@ -368,14 +488,17 @@ class RobotServer:
         msg["client_seq"] = req.get("seq")
         msg["ta"] = ta
         msg["after"] = self.stream_seq
-        self.pub.send_multipart([b"command", encode(msg)])
+        try:
+            self.pub.send_multipart([b"command", encode(msg)], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     def _step(self, req, tr):
         ta = self._apply(req, "step")
         if self.clock == "lockstep":
             self.backend.advance(self.period)
             return {"ta": ta, "state": self._sample()}
-        self.deferred.append([ta + self.period, None, req.get("seq"), req.get("t"), tr, ta])
+        self.deferred.append([_mono() + self.period, None, req.get("seq"), req.get("t"), tr, ta])
         return None
 
     def _command(self, req, tr):
@@ -384,26 +507,96 @@ class RobotServer:
 
     def _state(self, req, tr):
         if self.clock == "realtime":
-            self._advance_to(_now())
+            self._advance_to(_mono())
         return {"state": self._sample()}
 
     def _estop(self, req, tr):
         self.estopped = True
         self.backend.hold()
+        self.latch.set(True)
+        self._cancel_pending("the e-stop")
         log.warning("e-stop latched")
         return {"state": self._sample()}
 
     def _clear_estop(self, req, tr):
         self._guard_lease(req, "clear_estop")
         self.estopped = False
+        self.latch.set(False)
         self.last_command = None
-        self.lease_seen = _now()  # the lease did not lapse while latched; its clock restarts now
+        self.lease_seen = _mono()  # the lease did not lapse while latched; its clock restarts now
         return {"state": self._sample()}
 
     def _reset_faults(self, req, tr):
-        self._guard_lease(req, "reset_faults")
-        self.backend.reset_faults()
+        """Only the controller: recovering a servo can mean rebooting it (its torque off meanwhile)."""
+        if self.pending is not None:
+            self._guard_motion("reset_faults")
+        reboot = req.get("reboot", [])
+        if reboot is True:
+            reboot = ["*"]
+        if not isinstance(reboot, list) or not all(isinstance(j, str) and 0 < len(j) <= 64 for j in reboot):
+            raise RequestError("bad_request", "reset_faults 'reboot' must be a list of joint names (or true)")
+        tok = req.get("token")
+        if tok != self.controller or self.controller is None:
+            if self._token(req) is None:
+                raise RequestError("not_controller", "reset_faults refused: only the client in control may "
+                                                     "reset faults; send a session token (RobotClient does)")
+            self._lease(req, "reset_faults")
+        self.lease_seen = _mono()
+        op = self.backend.reset_faults(reboot=tuple(reboot))
+        if op is not None:
+            self.pending = [op, None, req, tr, "reset_faults", _mono()]
+            return _LATER
         return {"state": self._sample()}
+
+    # -- long operations ---------------------------------------------------------------------
+    def _poll_pending(self) -> None:
+        op, head, req, tr, kind, started = self.pending
+        try:
+            if not op.poll():
+                return
+        except Exception as exc:  # a backend bug: report it on the operation, keep serving
+            log.exception("%s failed", op.what)
+            self.pending = None
+            self._answer_pending(head, req, tr, error=("internal", f"{type(exc).__name__}: {exc}"))
+            return
+        self.pending = None
+        try:
+            extra = op.result()
+        except RequestError as exc:
+            self._answer_pending(head, req, tr, error=(exc.code, exc.message))
+            return
+        if kind == "reset":
+            self.watchdog_tripped = False
+            self.last_command = None
+        self._answer_pending(head, req, tr, extra=extra)
+
+    def _cancel_pending(self, why: str) -> None:
+        if self.pending is None:
+            return
+        op, head, req, tr, *_ = self.pending
+        op.cancel(why)
+        self.pending = None
+        try:
+            op.result()
+        except RequestError as exc:
+            self._answer_pending(head, req, tr, error=(exc.code, exc.message))
+        else:
+            self._answer_pending(head, req, tr, error=("cancelled", f"{op.what} cancelled by {why}"))
+
+    def _answer_pending(self, head, req, tr=None, *, error=None, extra=None) -> None:
+        if head is None:  # nobody waits (a park during shutdown)
+            if error is not None:
+                log.error("%s", error[1])
+            return
+        if error is not None:
+            self.stats["errors"] += 1
+            self._send(head, error_reply(req.get("seq"), error[0], error[1], req.get("t")))
+            return
+        reply = dict(extra or {})
+        reply.update({"v": VERSION, "seq": req.get("seq"), "ok": True, "t": req.get("t"), "tr": tr,
+                      "ta": _wall(), "state": self._sample()})
+        reply["tx"] = _wall()
+        self._send(head, encode(reply))
 
     # -- control lease -----------------------------------------------------------------------
     # Motion ops (step, command, reset) run only for the controller: a request whose `token` is the
@@ -411,13 +604,16 @@ class RobotServer:
     # released, or lapsed) is acquired implicitly by the request's token, so a client that never
     # calls `acquire` still works while nobody else holds control. A request without a token moves
     # the robot only while the lease is free and never holds it. Observing (hello, state, the
-    # stream) and `estop` are open to all; `clear_estop` and `reset_faults` to the controller, or
-    # to anyone while the lease is free.
+    # stream) and `estop` are open to all; `clear_estop` to the controller, or to anyone while the
+    # lease is free; `reset_faults` to the controller only (a free lease is taken by it implicitly).
     def _lease_free(self, now: float) -> bool:
         if self.controller is None:
             return True
         t = self.lease_timeout
-        return t is not None and not self.estopped and now - self.lease_seen > t
+        if t is None or self.estopped or now - self.lease_seen <= t:
+            return False
+        # A latched fault holds the lease too: whoever was in control when it came decides on recovery.
+        return not self.backend.faults
 
     @staticmethod
     def _token(req, required: bool = False):
@@ -445,7 +641,7 @@ class RobotServer:
             if lost is not None:
                 raise RequestError("not_controller", f"{op} refused: {lost}; nothing was applied. Call "
                                                      "acquire() to take control again (force=True to take it over)")
-        now = _now()
+        now = _mono()
         if not self._lease_free(now):
             raise RequestError("not_controller", self._held_message(op, now))
         self._grant(tok, now, f"implicitly, by its first {op}")
@@ -472,7 +668,7 @@ class RobotServer:
                 "idle": now - self.lease_seen if held else None, "timeout": self.lease_timeout}
 
     def _guard_lease(self, req, op: str) -> None:
-        if req.get("token") != self.controller and not self._lease_free(_now()):
+        if req.get("token") != self.controller and not self._lease_free(_mono()):
             raise RequestError("not_controller", f"{op} refused: another client holds control of the robot, "
                                                  f"and only the controller may {op} while it does. Take over "
                                                  "with acquire(force=True) (RobotClient.acquire(force=True))")
@@ -482,7 +678,7 @@ class RobotServer:
         force = req.get("force", False)
         if force.__class__ is not bool:
             raise RequestError("bad_request", "acquire 'force' must be true or false")
-        now = _now()
+        now = _mono()
         self.lease_lost.pop(tok, None)
         current = self.controller
         if current == tok or self._lease_free(now):
@@ -504,11 +700,24 @@ class RobotServer:
             self.controller = None
             log.info("control released by session %s...", tok[:6])
         self.lease_lost.pop(tok, None)
-        return {"released": released, "lease": self._lease_info(tok, _now())}
+        return {"released": released, "lease": self._lease_info(tok, _mono())}
 
     def _close(self, req, tr):
+        """Close parks the robot and ends the server: only for the session that spawned it (it
+        proves that with the secret it handed the server), or, for a server started by hand, the
+        client in control."""
+        if self.owner is not None:
+            given = req.get("owner")
+            if given.__class__ is not str or not hmac.compare_digest(given.encode(), self.owner.encode()):
+                raise RequestError("not_controller", "close refused: only the session that started this server "
+                                                     "may close it")
+        else:
+            tok = req.get("token")
+            if tok is None or tok != self.controller or self._lease_free(_mono()):
+                raise RequestError("not_controller", "close refused: only the client in control of this server "
+                                                     "may close it (acquire() first)")
         if self.exit_on_close:
-            self.running = False
+            self.request_shutdown("close requested by " + ("its owner" if self.owner is not None else "the controller"))
         return {}
 
     # -- realtime clock ----------------------------------------------------------------------
@@ -537,8 +746,8 @@ class RobotServer:
                 self.stats["overruns"] += 1
             reply = {"v": VERSION, "seq": seq, "ok": True, "t": t, "tr": tr, "ta": ta,
                      "state": self._sample(), "overrun": overrun}
-            reply["tx"] = _now()
-            self.router.send_multipart(head + [encode(reply)])
+            reply["tx"] = _wall()
+            self._send(head, encode(reply))
 
     def _on_subscription(self) -> None:
         while True:
@@ -562,6 +771,7 @@ def build_server(cfg: dict, *, endpoint: str | None = None, stream_endpoint: str
     from .backend import load_backend
     from .config import safety_config
     from .endpoints import check_bind, private_ipc, stream_endpoint_for
+    from .estop_latch import estop_path
 
     from .security import server_keys
 
@@ -576,6 +786,11 @@ def build_server(cfg: dict, *, endpoint: str | None = None, stream_endpoint: str
     settings = dict(cfg.get(f"server.{srv['backend']}", {}))
     backend = load_backend(srv["backend"], safety=safety_config(cfg), control_period=srv["control_period"],
                            **settings)
-    return RobotServer(backend, ep, sep, clock=srv["clock"], control_period=srv["control_period"],
-                       watchdog_timeout=cfg["server.safety"]["watchdog_timeout"], keys=keys,
-                       lockstep_lease_timeout=srv["lockstep_lease_timeout"], **kwargs)
+    try:
+        return RobotServer(backend, ep, sep, clock=srv["clock"], control_period=srv["control_period"],
+                           watchdog_timeout=cfg["server.safety"]["watchdog_timeout"], keys=keys,
+                           lockstep_lease_timeout=srv["lockstep_lease_timeout"],
+                           estop_file=estop_path(cfg, backend), **kwargs)
+    except BaseException:
+        backend.close()
+        raise

@@ -23,7 +23,8 @@ class Session:
             self.server = ServerProcess(self.cfg, allow_client_keys=allow)
             endpoint = self.server.endpoint
         try:
-            self.client = RobotClient(endpoint, timeout=cc["timeout"], retries=cc["retries"], keys=self.keys)
+            self.client = RobotClient(endpoint, timeout=cc["timeout"], retries=cc["retries"], keys=self.keys,
+                                      owner=self.server.owner if self.server is not None else None)
             self.info = self.client.hello()
         except BaseException:
             self.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import subprocess
 import sys
@@ -89,7 +90,11 @@ class ChildProcess:
 
 
 class ServerProcess(ChildProcess):
-    """A spawned server: endpoints, and `close()` that leaves no process behind."""
+    """A spawned server: endpoints, and `close()` that leaves no process behind.
+
+    `owner` is a secret handed to the server on the pipe it watches: a `close` request must carry
+    it (`RobotClient(owner=...)`), so no other client can shut down (park, torque off) our server.
+    """
 
     def __init__(self, cfg: dict, *, endpoint: str | None = None, ready_timeout: float = 30.0,
                  allow_client_keys=(), exit_on_close: bool = True):
@@ -98,13 +103,15 @@ class ServerProcess(ChildProcess):
         sep = srv["stream_endpoint"] or None
         if not ep:
             ep, sep = private_ipc()
-        args = ["serve", "--config-json", json.dumps(cfg), "--endpoint", ep, "--ready"]
-        if exit_on_close:
-            args.append("--exit-on-close")
+        args = ["serve", "--config-json", json.dumps(cfg), "--endpoint", ep, "--ready", "--owner-from-watch-fd"]
+        if not exit_on_close:
+            args.append("--keep-on-close")
         if sep:
             args += ["--stream-endpoint", sep]
         for key in allow_client_keys:  # CurveZMQ public keys (not secret) allowed besides the config's
             args += ["--allow-client-key", key]
         super().__init__(args, "robot server")
+        self.owner = secrets.token_hex(16)
+        os.write(self._watch_w, (self.owner + "\n").encode())
         _, self.endpoint, self.stream_endpoint = self.wait_line(
             ready_timeout, lambda line: line.startswith("READY ")).split()
