@@ -31,6 +31,7 @@ import pytest
 from drivers import control_table as ct
 from drivers.hardware import DynamixelBackend
 from robot_env import config
+from robot_env.backend import finish
 from robot_env.client import RobotClient
 from robot_env.description import ARM, BASE_ACC_V, BASE_ACC_W, FETCH, motion_profile
 from robot_env.errors import ServerTimeout
@@ -261,7 +262,7 @@ def _moving(b):
 
 def _recover_and_move(emu, b):
     """reset_faults, then a head move completes: the driver works again."""
-    b.reset_faults()
+    finish(b.reset_faults())
     assert b.faults == [], b.faults
     b.apply({"head": -HEAD_GOAL})
     assert wait_for(lambda: np.abs(b.state()["q"][9:11] + HEAD_GOAL).max() < 0.01, timeout=5.0)

@@ -10,6 +10,7 @@ from drivers.bus import PortError
 from drivers.calibration import load_calibration
 from drivers.hardware import DynamixelBackend
 from robot_env import config
+from robot_env.backend import finish
 from robot_env.demo import run_episodes
 from robot_env.description import FETCH, TUCK_ARM, TUCK_TORSO
 from robot_env.errors import ConfigError, RequestError
@@ -74,7 +75,7 @@ def test_no_command_moves_a_servo_past_its_limits(rig):
 
 def test_reset_moves_to_ready_and_cartesian_steps_move_the_gripper(rig):
     emu, b = rig
-    b.reset(None, {})
+    finish(b.reset(None, {}))
     st = b.state()
     np.testing.assert_allclose(st["ee"][:3], [0.6, 0.0, 0.8], atol=5e-3)
     p0 = st["ee"][:3].copy()
@@ -95,7 +96,7 @@ def test_hardware_error_faults_names_joint_and_servo_then_reset_faults_recovers(
     with pytest.raises(RequestError) as info:
         b.apply({"ee_delta": np.zeros(3)})
     assert info.value.code == "fault"
-    b.reset_faults()
+    finish(b.reset_faults())
     assert b.faults == []
     assert emu.servo(elbow.id).get("hardware_error_status") == 0
     assert emu.servo(elbow.id).get("torque_enable") == 1
@@ -126,7 +127,7 @@ def test_tripped_bus_watchdog_is_a_fault_and_reset_faults_rearms_it(rig):
         emu.servo(wrist.id)._trip_watchdog()
     assert wait_for(lambda: any(f["code"] == "bus_watchdog" for f in b.faults))
     assert any(f["servo"] == wrist.id and "wrist_roll_joint" in f["message"] for f in b.faults)
-    b.reset_faults()
+    finish(b.reset_faults())
     assert b.faults == [] and emu.servo(wrist.id).get("bus_watchdog") == 15
 
 
@@ -137,7 +138,7 @@ def test_unplugged_adapter_is_a_port_fault_and_reconnects(rig):
     st = b.state()
     assert any(f["code"] == "port" for f in st["faults"])
     emu.reopen()
-    b.reset_faults()
+    finish(b.reset_faults())
     assert b.faults == []
     b.apply({"head": np.array([-0.2, 0.1])})
     assert wait_for(lambda: abs(b.state()["q"][9] + 0.2) < 0.01)
@@ -148,6 +149,7 @@ def test_close_moves_to_rest_then_turns_torque_off():
     path = emu.start()
     try:
         b = DynamixelBackend(serial_port=path, **SETTINGS)
+        finish(b.park())
         b.close()
         for s, want in zip(CAL.joints[1:8], TUCK_ARM):
             assert s.to_units(emu.servo(s.id).get("present_position")) == pytest.approx(want, abs=0.01)
@@ -204,8 +206,9 @@ def test_same_env_code_reaches_goals_on_the_driver_over_the_emulated_bus(tmp_pat
 def test_full_twist_saturates_both_wheels_by_one_factor(rig):
     emu, b = rig
     left, right = CAL.wheels
-    b.apply({"base_twist": np.array([1.0, 4.5])})
-    time.sleep(1.8)  # past the base's acceleration ramps (0.75 m/s², 3 rad/s²)
+    for _ in range(18):  # refreshed, as a velocity command must be (it lapses after 0.25 s)
+        b.apply({"base_twist": np.array([1.0, 4.5])})
+        time.sleep(0.1)  # 1.8 s in all: past the base's acceleration ramps (0.75 m/s², 3 rad/s²)
     assert abs(emu.servo(right.id).get("goal_velocity")) == 1023
     gl = left.direction * emu.servo(left.id).get("goal_velocity")
     gr = right.direction * emu.servo(right.id).get("goal_velocity")
