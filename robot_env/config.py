@@ -14,6 +14,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from .endpoints import parse as parse_endpoint
 from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -23,6 +24,15 @@ _num = (int, float)
 
 def _vec3(v):
     return isinstance(v, list) and len(v) == 3 and all(isinstance(x, _num) and not isinstance(x, bool) for x in v)
+
+
+def _endpoint(bind: bool):
+    """An endpoint key's check: empty (the default) or a plain endpoint, else the parser's ConfigError."""
+    def check(v):
+        if v:
+            parse_endpoint(v, bind=bind)
+        return True
+    return check
 
 
 # The kinematic simulators' sim-to-real knobs, all off by default.
@@ -39,8 +49,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
                     "one of 'kinematic', 'kinematic_batch', 'dynamixel', 'mujoco'"),
         "clock": (str, "lockstep", lambda v: v in ("lockstep", "realtime"), "'lockstep' or 'realtime'"),
         "control_period": (_num, 0.04, lambda v: 0.001 <= v <= 1.0, "between 0.001 and 1.0 s"),
-        "endpoint": (str, "", None, ""),
-        "stream_endpoint": (str, "", None, ""),
+        "endpoint": (str, "", _endpoint(bind=True), ""),
+        "stream_endpoint": (str, "", _endpoint(bind=True), ""),
         "insecure": (bool, False, None, ""),
         "lockstep_lease_timeout": (_num, 300.0, lambda v: 0 <= v <= 86400,
                                    "between 0 (never lapses) and 86400 s"),
@@ -84,7 +94,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "watchdog_timeout": (_num, 0.25, lambda v: 0.01 <= v <= 10, "between 0.01 and 10 s"),
     },
     "client": {
-        "endpoint": (str, "", None, ""),
+        "endpoint": (str, "", _endpoint(bind=False), ""),
         "timeout": (_num, 5.0, lambda v: 0 < v <= 600, "in (0, 600] s"),
         "retries": (int, 2, lambda v: 0 <= v <= 10, "between 0 and 10"),
         "server_public_key": (str, "", None, ""),
@@ -142,7 +152,11 @@ def load(name_or_path=None, overrides: dict | None = None) -> dict:
                 raise ConfigError(f"{where}: [{table}] {key}: expected a {tname}, got {value!r}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{where}: [{table}] {key}: must be finite, got {value!r}")
-            if check is not None and not check(value):
+            try:
+                ok = check is None or check(value)
+            except ConfigError as exc:  # a check that says what is wrong itself (endpoints)
+                raise ConfigError(f"{where}: [{table}] {key}: {exc}") from None
+            if not ok:
                 raise ConfigError(f"{where}: [{table}] {key}: expected {wants}, got {value!r}")
             section[key] = value
         if given:
