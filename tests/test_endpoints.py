@@ -224,6 +224,61 @@ def test_config_error_names_file_and_key(tmp_path, text, words):
         assert word.lower() in message.lower(), f"{word!r} not in {message!r}"
 
 
+# A NaN or inf bound compares false with everything, so a box edge made of one clips nothing; an
+# inverted box or a floor at its top leaves no target that is inside.
+BAD_SAFETY = [
+    ("nan_min", "workspace_min = [0.0, nan, 0.05]", ["workspace_min", "finite"]),
+    ("inf_max", "workspace_max = [inf, 0.9, 1.7]", ["workspace_max", "finite"]),
+    ("minus_inf_min", "workspace_min = [-inf, -0.9, 0.05]", ["workspace_min", "finite"]),
+    ("signed_nan_max", "workspace_max = [1.3, 0.9, +nan]", ["workspace_max", "finite"]),
+    ("inverted_x", "workspace_min = [1.3, -0.9, 0.05]\nworkspace_max = [0.0, 0.9, 1.7]",
+     ["workspace_min", "below workspace_max", "x: 1.3 >= 0.0"]),
+    ("flat_z", "workspace_min = [0.0, -0.9, 0.5]\nworkspace_max = [1.3, 0.9, 0.5]", ["workspace_min", "z: 0.5 >= 0.5"]),
+    ("floor_at_top", "floor_height = 1.7", ["floor_height", "1.7", "workspace_max"]),
+    ("floor_above_top", "workspace_max = [1.3, 0.9, 0.9]\nfloor_height = 1.0", ["floor_height", "1.0", "0.9"]),
+]
+
+
+@pytest.mark.parametrize("text,words", [c[1:] for c in BAD_SAFETY], ids=[c[0] for c in BAD_SAFETY])
+def test_safety_box_must_be_finite_ordered_and_above_the_floor(tmp_path, text, words):
+    path = write_toml(tmp_path, "safety.toml", f"[server.safety]\n{text}\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}: [server.safety] {words[0]}: "), message
+    for word in words[1:]:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+def test_safety_checks_cover_overrides_and_configs_changed_after_load():
+    nan = float("nan")
+    with pytest.raises(ConfigError, match=r"sim\.toml: \[server\.safety\] workspace_max: must be finite"):
+        config.load("sim", {"server.safety": {"workspace_max": [1.3, nan, 1.7]}})
+    with pytest.raises(ConfigError, match=r"<dict>: \[server\.safety\] floor_height"):
+        config.load({"server.safety": {"workspace_min": [0.0, -0.9, 0.0],
+                                       "workspace_max": [1.3, 0.9, 0.04]}})  # a top below the default floor
+    cfg = config.load("sim")
+    cfg["server.safety"]["workspace_min"] = [0.0, -0.9, float("-inf")]  # edited in place, as the CLI does
+    with pytest.raises(ConfigError, match=r"sim\.toml: \[server\.safety\] workspace_min: must be finite"):
+        config.safety_config(cfg)
+    cfg = config.load("sim")
+    cfg["server.safety"]["workspace_max"] = [0.0, 0.9, 1.7]
+    with pytest.raises(ConfigError, match=r"workspace_min: must be below workspace_max on every axis; x: 0.0 >= 0.0"):
+        build_server(cfg)
+    # a floor below the box (the box's bottom binds) and one inside it are fine
+    for floor in (-0.5, 0.05, 1.69):
+        s = config.safety_config(config.load({"server.safety": {"floor_height": floor}}))
+        assert s.floor_height == floor and s.workspace_max == (1.3, 0.9, 1.7)
+
+
+def test_serve_refuses_a_nan_workspace(tmp_path):
+    path = write_toml(tmp_path, "nan.toml", "[server.safety]\nworkspace_max = [1.3, 0.9, nan]\n")
+    proc = subprocess.run(serve_cmd("--config", str(path)), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{path}: [server.safety] workspace_max: must be finite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_config_error_in_overrides_and_dicts():
     with pytest.raises(ConfigError, match=r"\[server\] clock"):
         config.load("sim", {"server": {"clock": "whenever"}})
