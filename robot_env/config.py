@@ -14,6 +14,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from .endpoints import parse as parse_endpoint
 from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -22,7 +23,17 @@ _num = (int, float)
 
 
 def _vec3(v):
-    return isinstance(v, list) and len(v) == 3 and all(isinstance(x, _num) and not isinstance(x, bool) for x in v)
+    return isinstance(v, list) and len(v) == 3 and all(
+        isinstance(x, _num) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+
+
+def _endpoint(bind: bool):
+    """An endpoint key's check: empty (the default) or a plain endpoint, else the parser's ConfigError."""
+    def check(v):
+        if v:
+            parse_endpoint(v, bind=bind)
+        return True
+    return check
 
 
 # The kinematic simulators' sim-to-real knobs, all off by default.
@@ -39,8 +50,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
                     "one of 'kinematic', 'kinematic_batch', 'dynamixel', 'mujoco'"),
         "clock": (str, "lockstep", lambda v: v in ("lockstep", "realtime"), "'lockstep' or 'realtime'"),
         "control_period": (_num, 0.04, lambda v: 0.001 <= v <= 1.0, "between 0.001 and 1.0 s"),
-        "endpoint": (str, "", None, ""),
-        "stream_endpoint": (str, "", None, ""),
+        "endpoint": (str, "", _endpoint(bind=True), ""),
+        "stream_endpoint": (str, "", _endpoint(bind=True), ""),
         "insecure": (bool, False, None, ""),
         "lockstep_lease_timeout": (_num, 300.0, lambda v: 0 <= v <= 86400,
                                    "between 0 (never lapses) and 86400 s"),
@@ -89,7 +100,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
                              "between 0.01 and 10 s (base_twist and arm_velocity lapse unless refreshed)"),
     },
     "client": {
-        "endpoint": (str, "", None, ""),
+        "endpoint": (str, "", _endpoint(bind=False), ""),
         "timeout": (_num, 5.0, lambda v: 0 < v <= 600, "in (0, 600] s"),
         "retries": (int, 2, lambda v: 0 <= v <= 10, "between 0 and 10"),
         "server_public_key": (str, "", None, ""),
@@ -142,13 +153,7 @@ def load(name_or_path=None, overrides: dict | None = None) -> dict:
                 section[key] = default
                 continue
             value = given.pop(key)
-            if isinstance(value, bool) and typ is not bool or not isinstance(value, typ):
-                tname = "number" if typ is _num else getattr(typ, "__name__", str(typ))
-                raise ConfigError(f"{where}: [{table}] {key}: expected a {tname}, got {value!r}")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{where}: [{table}] {key}: must be finite, got {value!r}")
-            if check is not None and not check(value):
-                raise ConfigError(f"{where}: [{table}] {key}: expected {wants}, got {value!r}")
+            _check_value(where, table, key, value)
             section[key] = value
         if given:
             raise ConfigError(f"{where}: [{table}] unknown key(s) {', '.join(sorted(given))}; "
@@ -158,6 +163,7 @@ def load(name_or_path=None, overrides: dict | None = None) -> dict:
         raise ConfigError(f"{where}: unknown table(s) {', '.join(f'[{t}]' for t in sorted(flat))}; "
                           f"known: {', '.join(f'[{t}]' for t in SCHEMA)}")
     out["source"] = where
+    _check_safety(out["server.safety"], where)
     dyn = out["server.dynamixel"]
     if not os.path.isabs(dyn["calibration"]):
         base = Path(where).parent if where != "<dict>" else CONFIG_DIR
@@ -173,6 +179,37 @@ def load(name_or_path=None, overrides: dict | None = None) -> dict:
     if estop not in ("", "auto"):
         out["server"]["estop_file"] = str((key_base / Path(estop).expanduser()).resolve())
     return out
+
+
+def _check_value(where: str, table: str, key: str, value) -> None:
+    """One key's type, finiteness (numbers and the numbers in lists: TOML has inf and nan) and check."""
+    typ, _, check, wants = SCHEMA[table][key]
+    if isinstance(value, bool) and typ is not bool or not isinstance(value, typ):
+        tname = "number" if typ is _num else getattr(typ, "__name__", str(typ))
+        raise ConfigError(f"{where}: [{table}] {key}: expected a {tname}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: [{table}] {key}: must be finite, got {value!r}")
+    if isinstance(value, list) and any(isinstance(x, float) and not math.isfinite(x) for x in value):
+        raise ConfigError(f"{where}: [{table}] {key}: must be finite numbers, got {value!r}")
+    try:
+        ok = check is None or check(value)
+    except ConfigError as exc:  # a check that says what is wrong itself (endpoints)
+        raise ConfigError(f"{where}: [{table}] {key}: {exc}") from None
+    if not ok:
+        raise ConfigError(f"{where}: [{table}] {key}: expected {wants}, got {value!r}")
+
+
+def _check_safety(s: dict, where: str) -> None:
+    """The rules across [server.safety] keys: a box with min < max on every axis (an inverted or flat
+    one holds no target) and a floor below the box's top (else no height is allowed)."""
+    lo, hi = s["workspace_min"], s["workspace_max"]
+    bad = [f"{axis}: {a!r} >= {b!r}" for axis, a, b in zip("xyz", lo, hi) if not a < b]
+    if bad:
+        raise ConfigError(f"{where}: [server.safety] workspace_min: must be below workspace_max on every axis; "
+                          f"{', '.join(bad)}")
+    if not s["floor_height"] < hi[2]:
+        raise ConfigError(f"{where}: [server.safety] floor_height: {s['floor_height']!r} is at or above the "
+                          f"workspace top (workspace_max z = {hi[2]!r}): no gripper height would be allowed")
 
 
 def _unflatten(raw: dict) -> dict:
@@ -203,8 +240,13 @@ def _flatten(raw: dict, where: str) -> dict:
 
 
 def safety_config(cfg: dict):
+    """The backend's SafetyConfig; the table is checked again, since a loaded config can be edited."""
     from .safety import SafetyConfig
     s = cfg["server.safety"]
+    where = cfg.get("source", "<dict>")
+    for key, value in s.items():
+        _check_value(where, "server.safety", key, value)
+    _check_safety(s, where)
     return SafetyConfig(profile=s["profile"], arm_acceleration=s["arm_acceleration"] or None,
                         workspace_min=tuple(s["workspace_min"]), workspace_max=tuple(s["workspace_max"]),
                         floor_height=s["floor_height"], max_ee_step=s["max_ee_step"],

@@ -10,8 +10,9 @@ Security. A server on a non-local address needs CurveZMQ keys or an explicit ins
 (`endpoints.check_bind`). `ServerPool` makes fresh keys for each run on the trainer: one key pair per
 server and one for the trainer's clients. The actors get their server's secret key and the trainer's
 public key as file *contents* (nodes share no disk); each writes them to a private temporary directory
-(mode 0700, the secret file 0600), builds its server, which reads them, and deletes them at once. The
-trainer's client configs name its own key files (in a temporary directory removed by `stop()`).
+(mode 0700; `security.write_key_file`, as for any key file: secret 0600, public 0644, never through
+a link), builds its server, which reads them, and deletes them at once. The trainer's client configs
+name its own key files (in a temporary directory removed by `stop()`).
 `insecure=True` skips all that for a private cluster network (`[server] insecure = true`: the servers
 print a warning). The secret keys travel inside Ray's own messages, and Ray keeps an actor's
 constructor arguments in its control store (GCS) while the actor lives: enable Ray's TLS and token
@@ -94,14 +95,13 @@ class SimulatorServer:
             keydir = None
             try:
                 if server_key is not None:
+                    from .security import write_key_file
                     keydir = tempfile.mkdtemp(prefix="robot-env-keys-")  # mode 0700
-                    secret = os.path.join(keydir, "server.key_secret")
-                    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                        fh.write(server_key)
-                    Path(keydir, "trainer.key").write_text(client_key, encoding="utf-8")
-                    overrides["server.security"] = {"server_secret_key": secret,
-                                                    "allowed_clients": [os.path.join(keydir, "trainer.key")]}
+                    # as `robot-env keys` writes them: explicit modes, never through a link
+                    secret = write_key_file(Path(keydir, "server.key_secret"), server_key, secret=True)
+                    trainer = write_key_file(Path(keydir, "trainer.key"), client_key, secret=False)
+                    overrides["server.security"] = {"server_secret_key": str(secret),
+                                                    "allowed_clients": [str(trainer)]}
                 cfg = config_mod.load(cfg, overrides)
                 host = self.node_ip if ":" not in self.node_ip else f"[{self.node_ip}]"
                 self.server = build_server(cfg, endpoint=f"tcp://{host}:{port or '*'}",

@@ -2,8 +2,9 @@
 
 Key files are pyzmq's certificate format (what `zmq.auth.create_certificates` writes and
 `zmq.auth.load_certificate` reads): ``NAME.key`` holds the public key, ``NAME.key_secret`` the
-public and the secret key and is created with mode 0600. Keys are Z85 text. `robot-env keys`
-makes a pair.
+public and the secret key. Keys are Z85 text. `robot-env keys` makes a pair. Every key file is
+created new with its mode set explicitly (secret 0600, public 0644: never the umask's choice) and
+never through a symlink; a directory made for keys is 0700 (`write_key_file`).
 
 Server side (`ServerKeys`, `Guard`): with ``[server.security] server_secret_key`` set, both the
 request ROUTER and the state-stream XPUB are CURVE servers. The server answers ZeroMQ's ZAP
@@ -50,28 +51,105 @@ _PUBLIC_BANNER = ("#   ****  Generated on {0} by robot-env keys (pyzmq certifica
 
 
 # -- key files -----------------------------------------------------------------------------------
+_KEY_MODE = {True: 0o600, False: 0o644}  # secret?
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def create_keypair(out_dir, name: str = "robot-env", *, force: bool = False) -> tuple[Path, Path]:
-    """Write NAME.key (public) and NAME.key_secret (public + secret, mode 0600) into `out_dir`."""
+    """Write NAME.key (public, 0644) and NAME.key_secret (public + secret, 0600) into `out_dir`.
+
+    Both paths are checked before either is written, so a refusal leaves nothing half made.
+    """
     if not name or os.sep in name or name.startswith("."):
         raise ConfigError(f"key name {name!r}: use a plain file name without '/' or a leading '.'")
     out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True, mode=0o700)
     public_path, secret_path = out / f"{name}.key", out / f"{name}.key_secret"
-    for path in (public_path, secret_path):
-        if path.exists() and not force:
-            raise ConfigError(f"{path} exists; pass --force to replace it")
     public, secret = zmq.curve_keypair()
     now = datetime.datetime.now().isoformat(timespec="seconds")
     body = f"metadata\ncurve\n    public-key = \"{public.decode()}\"\n"
-    # The secret file is created 0600 from the start (never briefly readable by others).
-    if secret_path.exists():
-        secret_path.unlink()
-    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        fh.write(_SECRET_BANNER.format(now) + body + f"    secret-key = \"{secret.decode()}\"\n")
-    public_path.write_text(_PUBLIC_BANNER.format(now) + body, encoding="utf-8")
+    dfd = _key_dir(out)
+    try:
+        present = [_existing(dfd, path, force) for path in (public_path, secret_path)]
+        for path, there in zip((public_path, secret_path), present):
+            if there:  # --force: a new file, so nothing sharing the old one's inode is written to
+                os.unlink(path.name, dir_fd=dfd)
+        _write_new(dfd, secret_path, _SECRET_BANNER.format(now) + body + f"    secret-key = \"{secret.decode()}\"\n",
+                   _KEY_MODE[True])
+        _write_new(dfd, public_path, _PUBLIC_BANNER.format(now) + body, _KEY_MODE[False])
+    finally:
+        os.close(dfd)
     return public_path, secret_path
+
+
+def write_key_file(path, text: str, *, secret: bool, force: bool = False) -> Path:
+    """Create one key file (mode 0600 if `secret`, else 0644, whatever the umask), never through a
+    symlink; an existing file is refused, or with `force` unlinked first. Missing directories are 0700."""
+    path = Path(path).expanduser()
+    dfd = _key_dir(path.parent)
+    try:
+        if _existing(dfd, path, force):
+            os.unlink(path.name, dir_fd=dfd)
+        _write_new(dfd, path, text, _KEY_MODE[secret])
+    finally:
+        os.close(dfd)
+    return path
+
+
+def _key_dir(out: Path) -> int:
+    """A descriptor of directory `out`, whose missing parts are made 0700 whatever the umask; a
+    symlink there is refused (the keys would land wherever it points)."""
+    missing = []
+    d = out
+    while not os.path.lexists(d):
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: checked below like any existing directory
+        fd = os.open(d, _DIR)
+        try:
+            os.fchmod(fd, 0o700)  # mkdir's mode went through the umask
+        finally:
+            os.close(fd)
+    if out.is_symlink():
+        raise ConfigError(f"{out} is a symbolic link (to {os.readlink(out)!r}); refusing to write keys through "
+                          "it: give the directory itself")
+    try:
+        return os.open(out, _DIR)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {out} as the key directory: {exc.strerror}") from None
+
+
+def _existing(dfd: int, path: Path, force: bool) -> bool:
+    """Whether a regular file is at `path` (then `force` is needed); a symlink or anything else is refused."""
+    try:
+        st = os.stat(path.name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(f"{path} is a symbolic link (to {os.readlink(path.name, dir_fd=dfd)!r}); refusing to "
+                          "write a key through it, even with --force: remove the link")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path} exists and is not a regular file; remove it or choose another --out")
+    if not force:
+        raise ConfigError(f"{path} exists; pass --force to replace it")
+    return True
+
+
+def _write_new(dfd: int, path: Path, text: str, mode: int) -> None:
+    """Create `path` (it must not exist, not even as a link) with exactly `mode` from the start."""
+    try:
+        fd = os.open(path.name, _NEW_FILE, mode, dir_fd=dfd)
+    except FileExistsError:
+        raise ConfigError(f"{path} appeared while the keys were being written; nothing was written to it") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), mode)  # the umask may have taken bits from the open's mode
+        fh.write(text)
 
 
 def _check_key(key, path, what: str) -> bytes:

@@ -2,6 +2,7 @@
 bind rule, and config errors that name the file and the key."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import queue
 import shutil
@@ -14,10 +15,12 @@ import time
 import gymnasium
 import numpy as np
 import pytest
+import zmq
 
 import robot_env  # noqa: F401  (registers the env)
 from robot_env import config
 from robot_env.client import RobotClient
+from robot_env.endpoints import check_bind, is_private, parse, stream_endpoint_for
 from robot_env.errors import ConfigError, RobotEnvError
 from robot_env.server import build_server
 from support import free_port_pair
@@ -221,6 +224,61 @@ def test_config_error_names_file_and_key(tmp_path, text, words):
         assert word.lower() in message.lower(), f"{word!r} not in {message!r}"
 
 
+# A NaN or inf bound compares false with everything, so a box edge made of one clips nothing; an
+# inverted box or a floor at its top leaves no target that is inside.
+BAD_SAFETY = [
+    ("nan_min", "workspace_min = [0.0, nan, 0.05]", ["workspace_min", "finite"]),
+    ("inf_max", "workspace_max = [inf, 0.9, 1.7]", ["workspace_max", "finite"]),
+    ("minus_inf_min", "workspace_min = [-inf, -0.9, 0.05]", ["workspace_min", "finite"]),
+    ("signed_nan_max", "workspace_max = [1.3, 0.9, +nan]", ["workspace_max", "finite"]),
+    ("inverted_x", "workspace_min = [1.3, -0.9, 0.05]\nworkspace_max = [0.0, 0.9, 1.7]",
+     ["workspace_min", "below workspace_max", "x: 1.3 >= 0.0"]),
+    ("flat_z", "workspace_min = [0.0, -0.9, 0.5]\nworkspace_max = [1.3, 0.9, 0.5]", ["workspace_min", "z: 0.5 >= 0.5"]),
+    ("floor_at_top", "floor_height = 1.7", ["floor_height", "1.7", "workspace_max"]),
+    ("floor_above_top", "workspace_max = [1.3, 0.9, 0.9]\nfloor_height = 1.0", ["floor_height", "1.0", "0.9"]),
+]
+
+
+@pytest.mark.parametrize("text,words", [c[1:] for c in BAD_SAFETY], ids=[c[0] for c in BAD_SAFETY])
+def test_safety_box_must_be_finite_ordered_and_above_the_floor(tmp_path, text, words):
+    path = write_toml(tmp_path, "safety.toml", f"[server.safety]\n{text}\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}: [server.safety] {words[0]}: "), message
+    for word in words[1:]:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+def test_safety_checks_cover_overrides_and_configs_changed_after_load():
+    nan = float("nan")
+    with pytest.raises(ConfigError, match=r"sim\.toml: \[server\.safety\] workspace_max: must be finite"):
+        config.load("sim", {"server.safety": {"workspace_max": [1.3, nan, 1.7]}})
+    with pytest.raises(ConfigError, match=r"<dict>: \[server\.safety\] floor_height"):
+        config.load({"server.safety": {"workspace_min": [0.0, -0.9, 0.0],
+                                       "workspace_max": [1.3, 0.9, 0.04]}})  # a top below the default floor
+    cfg = config.load("sim")
+    cfg["server.safety"]["workspace_min"] = [0.0, -0.9, float("-inf")]  # edited in place, as the CLI does
+    with pytest.raises(ConfigError, match=r"sim\.toml: \[server\.safety\] workspace_min: must be finite"):
+        config.safety_config(cfg)
+    cfg = config.load("sim")
+    cfg["server.safety"]["workspace_max"] = [0.0, 0.9, 1.7]
+    with pytest.raises(ConfigError, match=r"workspace_min: must be below workspace_max on every axis; x: 0.0 >= 0.0"):
+        build_server(cfg)
+    # a floor below the box (the box's bottom binds) and one inside it are fine
+    for floor in (-0.5, 0.05, 1.69):
+        s = config.safety_config(config.load({"server.safety": {"floor_height": floor}}))
+        assert s.floor_height == floor and s.workspace_max == (1.3, 0.9, 1.7)
+
+
+def test_serve_refuses_a_nan_workspace(tmp_path):
+    path = write_toml(tmp_path, "nan.toml", "[server.safety]\nworkspace_max = [1.3, 0.9, nan]\n")
+    proc = subprocess.run(serve_cmd("--config", str(path)), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{path}: [server.safety] workspace_max: must be finite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_config_error_in_overrides_and_dicts():
     with pytest.raises(ConfigError, match=r"\[server\] clock"):
         config.load("sim", {"server": {"clock": "whenever"}})
@@ -258,3 +316,169 @@ def test_serve_with_bad_config_exits_with_message(tmp_path):
     assert proc.returncode != 0
     assert str(path) in proc.stderr and "clock" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- only plain endpoint forms -------------------------------------------------------------------
+def non_loopback_address() -> str | None:
+    """This machine's IPv4 address on its default route, if it has one (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the route
+        except OSError:
+            return None
+        addr = s.getsockname()[0]
+    return None if addr == "0.0.0.0" or ipaddress.ip_address(addr).is_loopback else addr
+
+
+# What ZeroMQ does with strings the old check took for loopback: it reads the port's digits and
+# ignores the rest (and wraps the port to 16 bits), so the host before the port is what it binds.
+BYPASSES = [("tcp://0.0.0.0:{p}@127.0.0.1", "tcp://0.0.0.0:{p}"),
+            ("tcp://*:{p}@localhost", "tcp://0.0.0.0:{p}"),
+            ("tcp://127.0.0.1:{wrapped}", "tcp://127.0.0.1:{p}")]
+
+
+@pytest.mark.parametrize("written,bound", BYPASSES, ids=["any@loopback", "wildcard@localhost", "port>65535"])
+def test_zeromq_binds_what_precedes_the_port_and_the_check_refuses_it(written, bound):
+    port = free_port_pair()
+    endpoint, expect = (x.format(p=port, wrapped=port + 65536) for x in (written, bound))
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    try:
+        router.bind(endpoint)  # ZeroMQ accepts the string...
+        assert router.getsockopt_string(zmq.LAST_ENDPOINT) == expect  # ...and listens on what precedes ':'
+        addr = non_loopback_address()
+        if addr is not None and "0.0.0.0" in expect:  # reachable from this machine's other address
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.linger = 0
+            dealer.connect(f"tcp://{addr}:{port}")
+            dealer.send(b"hello from " + addr.encode())
+            assert router.poll(5000), f"{endpoint} did not take a connection to {addr}"
+            assert router.recv_multipart()[1] == b"hello from " + addr.encode()
+            dealer.close()
+    finally:
+        router.close()
+        ctx.term()
+    for insecure, secure in ((False, False), (True, False), (False, True)):  # malformed whatever the keys
+        with pytest.raises(ConfigError) as info:
+            check_bind(endpoint, insecure=insecure, secure=secure)
+        assert repr(endpoint) in str(info.value) and "tcp://HOST:PORT" in str(info.value)
+
+
+@pytest.mark.parametrize("where", ["flag", "flag_with_stream", "stream_flag", "config", "config_insecure"])
+@pytest.mark.parametrize("written", [b[0] for b in BYPASSES[:2]], ids=["any@loopback", "wildcard@localhost"])
+def test_serve_refuses_malformed_endpoints(tmp_path, written, where):
+    port = free_port_pair()
+    endpoint = written.format(p=port)
+    if where == "flag":
+        args = ["--endpoint", endpoint]
+    elif where == "flag_with_stream":  # no port + 1 to derive: the bind check itself must refuse it
+        args = ["--endpoint", endpoint, "--stream-endpoint", f"tcp://127.0.0.1:{port + 1}"]
+    elif where == "stream_flag":  # the state stream goes through the same check
+        args = ["--endpoint", f"tcp://127.0.0.1:{port + 1}", "--stream-endpoint", endpoint]
+    else:
+        extra = "insecure = true\n" if where == "config_insecure" else ""
+        args = ["--config", str(write_toml(tmp_path, "s.toml", f'[server]\nendpoint = "{endpoint}"\n{extra}'))]
+    proc = subprocess.run(serve_cmd(*args), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert f"robot-env: error: " in proc.stderr and repr(endpoint) in proc.stderr, proc.stderr
+    assert "'@'" in proc.stderr and "tcp://HOST:PORT" in proc.stderr, proc.stderr
+    if where.startswith("config"):
+        assert "s.toml: [server] endpoint" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert port_free(port) and port_free(port + 1)
+
+
+PLAIN = [  # endpoint, private (loopback or ipc/inproc)
+    ("tcp://127.0.0.1:5555", True), ("tcp://127.0.0.2:5555", True), ("tcp://127.255.255.254:1", True),
+    ("tcp://localhost:65535", True), ("tcp://[::1]:5555", True), ("tcp://127.0.0.1:*", True),
+    ("tcp://0.0.0.0:5555", False), ("tcp://*:5555", False), ("tcp://[::]:5555", False),
+    ("tcp://192.0.2.7:5555", False), ("tcp://robot.local:5555", False), ("tcp://eth0:5555", False),
+    ("tcp://lo:5555", False), ("tcp://br-1a2b.100:5555", False), ("tcp://[2001:db8::1]:5555", False),
+    ("tcp://[::ffff:127.0.0.1]:5555", False),
+    # the old prefix test took these for loopback: names, resolved by whoever answers for them
+    ("tcp://localhost.example.com:5555", False), ("tcp://127.example.com:5555", False),
+    ("ipc://@robot-env-1-abcd", True), ("ipc:///tmp/robot.sock", True), ("ipc://run/robot.sock", True),
+    ("inproc://zeromq.zap.01", True),
+]
+
+
+@pytest.mark.parametrize("endpoint,private", PLAIN, ids=[p[0] for p in PLAIN])
+def test_plain_endpoints_are_accepted_and_only_loopback_is_private(endpoint, private):
+    assert is_private(endpoint) is private
+    assert parse(endpoint).text == endpoint
+    if private:
+        assert check_bind(endpoint, insecure=False) is None
+    else:
+        with pytest.raises(ConfigError, match="insecure"):
+            check_bind(endpoint, insecure=False)
+        assert check_bind(endpoint, insecure=False, secure=True) is None
+
+
+MALFORMED = [  # endpoint, a word of the reason
+    ("tcp://0.0.0.0:5555@127.0.0.1", "'@'"), ("tcp://*:5555@localhost", "'@'"),
+    ("tcp://user@127.0.0.1:5555", "'@'"), ("tcp://127.0.0.1:5555;0.0.0.0", "';'"),
+    ("tcp://0.0.0.0;127.0.0.1:5555", "';'"), ("tcp://127.0.0.1:5555/x", "path"), ("tcp://127.0.0.1:5555?a=1", "path"),
+    ("tcp://127.0.0.1:5555#f", "path"), ("tcp://127.0.0.1:5555 ", "whitespace"),
+    ("tcp:// 127.0.0.1:5555", "whitespace"),
+    ("tcp://127.0.0.1:5555\n", "whitespace"), ("tcp://[::1%lo]:5555", "'%'"), ("tcp://[fe80::1%eth0]:5555", "'%'"),
+    ("tcp://:5555", "no host"), ("tcp://127.0.0.1:", "no port"), ("tcp://127.0.0.1", "no port"), ("tcp://", "no host"),
+    ("tcp://127.0.0.1:65536", "port"), ("tcp://127.0.0.1:70000", "port"), ("tcp://127.0.0.1:0", "port"),
+    ("tcp://127.0.0.1:+5555", "port"), ("tcp://127.0.0.1:05555", "port"), ("tcp://127.0.0.1:55x", "port"),
+    ("tcp://::1:5555", "bracket"), ("tcp://[::1]5555", "bracket"), ("tcp://[127.0.0.1]:5555", "IPv6"),
+    ("tcp://[zz::1]:5555", "IPv6"), ("tcp://127.1:5555", "IPv4"), ("tcp://2130706433:5555", "IPv4"),
+    ("tcp://0x7f000001:5555", "IPv4"), ("tcp://127.000.000.001:5555", "IPv4"), ("tcp://0127.0.0.1:5555", "IPv4"),
+    ("tcp://256.0.0.1:5555", "IPv4"), ("tcp://robot_.-x:5555", "host"), ("tcp://rob%ot:5555", "'%'"),
+    ("udp://127.0.0.1:5555", "use tcp://"), ("TCP://127.0.0.1:5555", "use tcp://"), ("127.0.0.1:5555", "use tcp://"),
+    ("pgm://eth0;239.192.1.1:5555", "use tcp://"), ("", "use tcp://"), ("ipc://", "no path"), ("ipc://@", "no path"),
+    ("inproc://", "no name"), ("ipc://a b", "whitespace"),
+]
+
+
+@pytest.mark.parametrize("endpoint,word", MALFORMED, ids=[repr(m[0]) for m in MALFORMED])
+def test_malformed_endpoints_are_refused_with_the_accepted_form(endpoint, word):
+    for call in (lambda: parse(endpoint), lambda: is_private(endpoint),
+                 lambda: check_bind(endpoint, insecure=True, secure=True)):
+        with pytest.raises(ConfigError) as info:
+            call()
+        message = str(info.value)
+        assert repr(endpoint) in message and word in message, message
+        assert "tcp://HOST:PORT" in message and "ipc://PATH" in message and "inproc://NAME" in message
+
+
+def test_connect_endpoints_need_a_host_and_a_port():
+    """A client connects to one address: the bind-only wildcards are refused there."""
+    for endpoint in ("tcp://*:5555", "tcp://127.0.0.1:*"):
+        assert parse(endpoint).transport == "tcp"
+        with pytest.raises(ConfigError, match="connect"):
+            parse(endpoint, bind=False)
+    assert parse("tcp://robot.local:5555", bind=False).host == "robot.local"
+    assert parse("tcp://[::1]:5555", bind=False).host == "::1"
+
+
+def test_stream_endpoint_is_the_next_port():
+    assert stream_endpoint_for("tcp://127.0.0.1:5555") == "tcp://127.0.0.1:5556"
+    assert stream_endpoint_for("tcp://[::1]:5555") == "tcp://[::1]:5556"
+    assert stream_endpoint_for("ipc://@robot") == "ipc://@robot-state"
+    for endpoint, word in (("tcp://127.0.0.1:65535", "65535"), ("tcp://127.0.0.1:*", "explicit port"),
+                           ("tcp://0.0.0.0:5555@127.0.0.1", "'@'")):
+        with pytest.raises(ConfigError, match=word):
+            stream_endpoint_for(endpoint)
+
+
+@pytest.mark.parametrize("table,endpoint,word", [
+    ("client", "tcp://127.0.0.1:5555@10.0.0.1", "'@'"), ("client", "tcp://10.0.0.1;127.0.0.1:5555", "';'"),
+    ("client", "tcp://*:5555", "connect"), ("client", "tcp://127.0.0.1:*", "connect"),
+    ("client", "tcp://robot:99999", "port"), ("server", "tcp://0.0.0.0:5555@127.0.0.1", "'@'"),
+    ("server", "tcp://127.0.0.1:5555 ", "whitespace"),
+], ids=lambda v: v if v in ("client", "server") else None)
+def test_config_endpoints_go_through_the_parser(tmp_path, table, endpoint, word):
+    key = "endpoint" if table == "client" else "stream_endpoint"
+    path = write_toml(tmp_path, "ep.toml", f'[{table}]\n{key} = "{endpoint}"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(str(path))
+    message = str(info.value)
+    assert f"{path}: [{table}] {key}: " in message and repr(endpoint) in message and word in message, message
+    with pytest.raises(ConfigError, match=f"\\[{table}\\] {key}"):
+        config.load({table: {key: endpoint}})
+    assert config.load({table: {key: ""}})[table][key] == ""  # empty: the default (private ipc / spawn)

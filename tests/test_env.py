@@ -110,6 +110,42 @@ def test_reset_options_set_goal_and_start(env):
         env.reset(options={"bogus": 1})
 
 
+BAD_RESET_OPTIONS = [
+    ({"goal": [np.nan, 0.0, 0.7]}, "goal"), ({"goal": [0.6, 0.0, np.inf]}, "goal"), ({"goal": [1, 2]}, "goal"),
+    ({"goal": "abc"}, "goal"), ({"goal": {"x": 1}}, "goal"), ({"goal": [[0.6, 0.0, 0.7]]}, "goal"),
+    ({"initial_arm_position": np.zeros(6)}, "initial_arm_position"),
+    ({"initial_arm_position": [np.nan] * 7}, "initial_arm_position"),
+    ({"goal": [0.6, 0.0, 0.7], "initial_arm_position": [0.0] * 6 + [np.inf]}, "initial_arm_position"),
+    ({"goal": [0.6, 0.0, 0.7], "bogus": 1}, "unknown reset options"), ("goal", "options"),
+]
+
+
+def test_bad_reset_options_move_nothing():
+    """Every option is checked before the reset request: on hardware a reset is a physical move."""
+    e = gym.make("robot_env/FetchReach-v0")
+    try:
+        u = e.unwrapped
+        e.reset(seed=1)
+        for _ in range(5):
+            e.step(np.array([1.0, 0.5, -0.5, 0.0], np.float32))
+        before = u._client.state()
+        goal, rng = u.goal.copy(), u.np_random.bit_generator.state
+        assert before["time"] > 0 and np.abs(before["dq"]).max() > 0  # mid-motion, away from the start
+        for options, word in BAD_RESET_OPTIONS:
+            with pytest.raises(ValueError, match=word):
+                e.reset(seed=7, options=options)
+        after = u._client.state()
+        assert after["time"] == before["time"]  # lockstep: no reset, no step happened on the server
+        for key in ("q", "dq", "target", "ee"):
+            np.testing.assert_array_equal(after[key], before[key])
+        np.testing.assert_array_equal(u.goal, goal)
+        assert u.np_random.bit_generator.state == rng  # not even reseeded
+        obs, _ = e.reset(seed=7, options={"goal": [0.6, 0.0, 0.7]})  # a good reset still works
+        assert u._client.state()["time"] == 0.0 and obs["desired_goal"].tolist() == [0.6, 0.0, 0.7]
+    finally:
+        e.close()
+
+
 def test_actions_are_clipped_and_nonfinite_rejected(env):
     env.reset(seed=3)
     obs_big, *_ = env.step(np.array([100, 0, 0, 0], np.float32))

@@ -24,7 +24,8 @@ from robot_env import config, protocol
 from robot_env.client import RobotClient
 from robot_env.endpoints import check_bind
 from robot_env.errors import ConfigError, ServerTimeout
-from robot_env.security import ClientKeys, client_keys, create_keypair, read_public_key, server_keys
+from robot_env.security import (ClientKeys, client_keys, create_keypair, read_public_key, server_keys,
+                                 write_key_file)
 from robot_env.server import build_server
 from robot_env.spawn import ServerProcess
 from support import free_port_pair
@@ -98,6 +99,98 @@ def test_keys_command_writes_a_pyzmq_certificate_pair(keydir, tmp_path):
     a = create_keypair(tmp_path, "x")
     b = create_keypair(tmp_path, "x", force=True)
     assert a == b and stat.S_IMODE(os.stat(b[1]).st_mode) == 0o600
+
+
+def mode_of(path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o777], ids=["umask000", "umask777"])
+def test_keys_command_sets_the_modes_whatever_the_umask(tmp_path, umask):
+    """Modes are set, not left to the umask: 0o000 made the public file 0666 (anyone could swap the
+    key a server trusts) and the directories 0777; 0o777 would have made them unusable."""
+    out = tmp_path / "made" / "keys"
+    run = lambda *extra: subprocess.run(keys_cmd("--out", str(out), "--name", "k", *extra), capture_output=True,
+                                        text=True, timeout=30, preexec_fn=lambda: os.umask(umask))
+    proc = run()
+    assert proc.returncode == 0, proc.stderr
+    public, secret = out / "k.key", out / "k.key_secret"
+    assert (mode_of(public), mode_of(secret)) == (0o644, 0o600)
+    assert mode_of(out) == 0o700 and mode_of(out.parent) == 0o700  # the directories it created
+    first = zmq.auth.load_certificate(secret)
+    proc = run("--force")  # replaced: a new pair, the same modes
+    assert proc.returncode == 0, proc.stderr
+    assert (mode_of(public), mode_of(secret)) == (0o644, 0o600)
+    assert zmq.auth.load_certificate(secret) != first
+    assert zmq.auth.load_certificate(public)[0] == zmq.auth.load_certificate(secret)[0]
+
+
+@pytest.mark.parametrize("linked", ["k.key", "k.key_secret", "dangling", "out_dir"])
+@pytest.mark.parametrize("force", [False, True], ids=["", "force"])
+def test_keys_command_never_writes_through_a_symlink(tmp_path, linked, force):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    victim.chmod(0o640)
+    out = tmp_path / "keys"
+    out.mkdir()
+    if linked == "out_dir":
+        real = tmp_path / "elsewhere"
+        real.mkdir()
+        out.rmdir()
+        out.symlink_to(real)
+        link, watched = out, real
+    elif linked == "dangling":  # a link to a file that does not exist yet: it must not be created
+        link, watched = out / "k.key", tmp_path / "created_by_the_link"
+        link.symlink_to(watched)
+    else:
+        link, watched = out / linked, victim
+        link.symlink_to(victim)
+    args = ["--out", str(out), "--name", "k"] + (["--force"] if force else [])
+    proc = subprocess.run(keys_cmd(*args), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "symbolic link" in proc.stderr and str(link) in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert victim.read_text() == "precious\n" and mode_of(victim) == 0o640
+    if linked == "out_dir":
+        assert list(watched.iterdir()) == []
+    elif linked == "dangling":
+        assert not os.path.lexists(watched)
+    assert link.is_symlink()  # left as it was
+    if linked != "out_dir":  # and nothing half-written next to it
+        assert [p.name for p in out.iterdir()] == [link.name]
+
+
+def test_force_replaces_a_key_file_without_writing_into_it(tmp_path):
+    """--force unlinks the old file: another name for the same file (a hard link) keeps its content."""
+    public, secret = create_keypair(tmp_path, "k")
+    other_name = tmp_path / "copy_of_public"
+    os.link(public, other_name)
+    before = other_name.read_text()
+    public2, secret2 = create_keypair(tmp_path, "k", force=True)
+    assert other_name.read_text() == before and public2.read_text() != before
+    assert os.stat(public2).st_ino != os.stat(other_name).st_ino
+    (tmp_path / "dir.key").mkdir()
+    with pytest.raises(ConfigError, match="not a regular file"):
+        create_keypair(tmp_path, "dir", force=True)
+
+
+def test_write_key_file_modes_and_links(tmp_path):
+    """The one writer of key files (`robot-env keys` and the Ray actors' temporary key files)."""
+    old = os.umask(0)
+    try:
+        secret = write_key_file(tmp_path / "new" / "s.key_secret", "secret text", secret=True)
+        public = write_key_file(tmp_path / "new" / "p.key", "public text", secret=False)
+    finally:
+        os.umask(old)
+    assert (mode_of(secret), mode_of(public), mode_of(tmp_path / "new")) == (0o600, 0o644, 0o700)
+    assert secret.read_text() == "secret text"
+    with pytest.raises(ConfigError, match="exists"):
+        write_key_file(public, "again", secret=False)
+    assert write_key_file(public, "again", secret=False, force=True).read_text() == "again"
+    (tmp_path / "new" / "l.key").symlink_to(tmp_path / "victim")
+    with pytest.raises(ConfigError, match="symbolic link"):
+        write_key_file(tmp_path / "new" / "l.key", "x", secret=False, force=True)
+    assert not os.path.lexists(tmp_path / "victim")
 
 
 # -- the handshake -------------------------------------------------------------------------------

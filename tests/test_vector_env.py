@@ -228,6 +228,32 @@ def test_bad_reset_options_change_nothing_and_rows_follow_the_mask(no_leftover_s
         env.close()
 
 
+def test_bad_reset_options_move_no_robot_and_keep_time_and_rng(no_leftover_servers):
+    """Non-numeric and non-finite options are refused as ValueError before the reset request."""
+    env = gym.make_vec(ENV_ID, num_envs=3)
+    try:
+        u = env.unwrapped
+        env.reset(seed=0)
+        for _ in range(5):
+            env.step(np.ones((3, 4), np.float32))
+        before = u._client.state()
+        rng = u.np_random.bit_generator.state
+        assert before["time"] > 0
+        for opts in ({"goal": "abc"}, {"goal": {"x": 1}}, {"goal": [0.6, 0.0, np.nan]},
+                     {"initial_arm_position": np.full((3, 7), np.inf)}, {"initial_arm_position": [[0.0] * 7] * 2},
+                     {"goal": [0.6, 0.0, 0.7], "reset_mask": [1, 0, 1]}, {"goal": [0.6, 0.0, 0.7], "bogus": 1},
+                     "goal"):
+            with pytest.raises(ValueError):
+                env.reset(seed=3, options=opts)
+        after = u._client.state()
+        assert after["time"] == before["time"]
+        for key in ("q", "dq", "target"):
+            np.testing.assert_array_equal(after[key], before[key])
+        assert u.np_random.bit_generator.state == rng
+    finally:
+        env.close()
+
+
 def test_sb3_vec_env_per_env_options_and_attributes(no_leftover_servers):
     pytest.importorskip("stable_baselines3")
     from robot_env.envs.sb3_vec_env import FetchReachVecEnv
@@ -240,6 +266,28 @@ def test_sb3_vec_env_per_env_options_and_attributes(no_leftover_servers):
         got = env.get_attr("goal", indices=[1])
         assert len(got) == 1 and np.array_equal(got[0], goals[1])
         assert env.get_attr("reward_type") == ["sparse", "sparse"]
+    finally:
+        env.close()
+
+
+def test_sb3_vec_env_bad_options_move_nothing(no_leftover_servers):
+    pytest.importorskip("stable_baselines3")
+    from robot_env.envs.sb3_vec_env import FetchReachVecEnv
+    env = FetchReachVecEnv(2)
+    try:
+        env.reset()
+        env.step_async(np.ones((2, 4), np.float32))
+        env.step_wait()
+        before = env.venv._client.state()
+        for options, word in (([{"goal": {"x": 1}}, {"goal": [0.6, 0.0, 0.7]}], "numbers"),
+                              ([{"goal": [0.6, 0.0, np.nan]}, {"goal": [0.6, 0.0, 0.7]}], "non-finite"),
+                              ([{"goal": [0.6, 0.0]}, {"goal": [0.6, 0.0]}], "shape")):
+            env.set_options(options)
+            with pytest.raises(ValueError, match=word):
+                env.reset()
+        after = env.venv._client.state()
+        assert after["time"] == before["time"]
+        np.testing.assert_array_equal(after["q"], before["q"])
     finally:
         env.close()
 

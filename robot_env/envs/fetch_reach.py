@@ -25,6 +25,28 @@ def goal_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.norm(a - b, axis=-1)
 
 
+def option_array(name: str, value) -> np.ndarray:
+    """A numeric reset option as a float array; anything that is not numbers is a ValueError naming it."""
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"options[{name!r}] must be numbers, got {value!r}") from None
+
+
+def reset_options(options) -> dict:
+    """A copy of the reset options (None: none); a non-dict is a ValueError."""
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"reset options must be a dict, got {type(options).__name__}")
+    return dict(options or {})
+
+
+def _vector_option(name: str, value, n: int) -> np.ndarray:
+    arr = option_array(name, value)
+    if arr.shape != (n,) or not np.isfinite(arr).all():
+        raise ValueError(f"options[{name!r}] must be {n} finite numbers, got {value!r}")
+    return arr
+
+
 class BridgeEnvMixin:
     """What every env over the bridge has beside the Gymnasium API: its client's latency, the last
     full server state, and a `close()` (safe twice) that stops a server the env spawned."""
@@ -93,14 +115,18 @@ class FetchReachEnv(BridgeEnvMixin, gym.Env):
 
     # -- Gymnasium API -----------------------------------------------------------------------
     def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        options = dict(options or {})
+        # Every option is checked before anything changes: on hardware the reset request moves the arm.
+        options = reset_options(options)
         goal = options.pop("goal", None)
+        if goal is not None:
+            goal = _vector_option("goal", goal, 3)
         srv_opts = {}
         if "initial_arm_position" in options:
-            srv_opts["initial_arm_position"] = np.asarray(options.pop("initial_arm_position"), dtype=float)
+            srv_opts["initial_arm_position"] = _vector_option("initial_arm_position",
+                                                              options.pop("initial_arm_position"), 7)
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; known: goal, initial_arm_position")
+        super().reset(seed=seed)
         # The server's RNG (noise, randomization) is seeded from ours so one seed fixes the episode.
         srv_seed = int(self.np_random.integers(2**31)) if seed is not None else None
         st = self._client.reset(seed=srv_seed, options=srv_opts)
@@ -108,10 +134,6 @@ class FetchReachEnv(BridgeEnvMixin, gym.Env):
         self.initial_gripper_xpos = np.array(st["ee"][:3])
         if goal is None:
             goal = self.initial_gripper_xpos + self.np_random.uniform(-TARGET_RANGE, TARGET_RANGE, size=3)
-        else:
-            goal = np.asarray(goal, dtype=float)
-            if goal.shape != (3,) or not np.isfinite(goal).all():
-                raise ValueError(f"options['goal'] must be 3 finite numbers, got {goal!r}")
         self.goal = goal.copy()
         obs = self._obs(st)
         return obs, {"is_success": self._success(obs["achieved_goal"])}

@@ -22,7 +22,8 @@ from .. import config as config_mod
 from ..description import ARM, GRIPPER
 from ..errors import ConfigError
 from ..session import Session
-from .fetch_reach import ACTION_SCALE, DISTANCE_THRESHOLD, OBS_BOUND, TARGET_RANGE, BridgeEnvMixin, goal_distance
+from .fetch_reach import (ACTION_SCALE, DISTANCE_THRESHOLD, OBS_BOUND, TARGET_RANGE, BridgeEnvMixin, goal_distance,
+                          option_array, reset_options)
 
 
 def batch_config(config, num_envs: int, overrides: dict | None = None) -> tuple:
@@ -110,7 +111,7 @@ class FetchReachVectorEnv(BridgeEnvMixin, VectorEnv):
         if isinstance(seed, (list, tuple)):
             seed = seed[0] if seed else None
         # Everything is checked before anything is reset: a bad option changes nothing.
-        options = dict(options or {})
+        options = reset_options(options)
         mask = options.pop("reset_mask", None)
         if mask is None:
             idx = np.arange(self.num_envs)
@@ -205,7 +206,7 @@ class FetchReachVectorEnv(BridgeEnvMixin, VectorEnv):
         """A reset option given once ((width,)) or per env ((N, width)) -> one finite row per reset env."""
         if value is None:
             return None
-        arr = np.asarray(value, dtype=float)
+        arr = option_array(name, value)
         if arr.shape == (width,):
             arr = np.broadcast_to(arr, (idx.size, width))
         elif arr.shape == (self.num_envs, width):

@@ -16,6 +16,7 @@ except ImportError as exc:  # the core install has no SB3: say how to get it
     from ..train import TRAIN_HINT
     raise ImportError(f"robot_env.envs.sb3_vec_env needs Stable-Baselines3 ({exc}): {TRAIN_HINT}") from None
 
+from .fetch_reach import option_array
 from .fetch_reach_vector import FetchReachVectorEnv
 
 
@@ -47,7 +48,10 @@ class FetchReachVecEnv(VecEnv):
         if any(set(o) != keys for o in given):
             raise ValueError("set_options: give every env the same option keys (here: per-env goal or "
                              "initial_arm_position rows)")
-        return {k: np.stack([np.asarray(o[k], dtype=float) for o in given]) for k in keys}
+        try:  # checked here and in the vector env's reset, before its reset request
+            return {k: np.stack([option_array(k, o[k]) for o in given]) for k in keys}
+        except ValueError as exc:
+            raise ValueError(f"set_options: {exc}") from None
 
     def step_async(self, actions) -> None:
         self._actions = actions
