@@ -80,6 +80,14 @@ def _remove_made() -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def remove_private(endpoint: str) -> None:
+    """Remove the directory `private_ipc` made for `endpoint` (now, not at exit), if it made one."""
+    d = os.path.dirname(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
+    if d in _MADE:
+        _MADE.remove(d)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def parse(endpoint: str, *, bind: bool = True) -> Endpoint:
     """The endpoint if it is in a plain form (see `ACCEPTED`), else a ConfigError that says why.
 

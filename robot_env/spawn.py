@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-from .endpoints import private_ipc
+from .endpoints import private_ipc, remove_private
 from .errors import RobotEnvError
 
 
@@ -110,8 +110,14 @@ class ServerProcess(ChildProcess):
             args += ["--stream-endpoint", sep]
         for key in allow_client_keys:  # CurveZMQ public keys (not secret) allowed besides the config's
             args += ["--allow-client-key", key]
+        self._private = ep
         super().__init__(args, "robot server")
         self.owner = secrets.token_hex(16)
         os.write(self._watch_w, (self.owner + "\n").encode())
         _, self.endpoint, self.stream_endpoint = self.wait_line(
             ready_timeout, lambda line: line.startswith("READY ")).split()
+
+    def close(self, timeout: float = 5.0) -> int | None:
+        code = super().close(timeout)
+        remove_private(self._private)  # the private ipc directory we made for it, if we did
+        return code

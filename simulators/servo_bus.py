@@ -136,6 +136,8 @@ class EmulatedServo:
         self.registered: tuple[int, bytes] | None = None
         self.wd_error = False
         self.silent = False
+        # Test evidence: how often a WRITE (not a reboot or a shutdown) turned this servo's torque off.
+        self.torque_off_writes = 0
         self._set_goal_position(int(position))
         self._publish(0.0)
 
@@ -227,6 +229,8 @@ class EmulatedServo:
         if address <= 64 < end:
             if not t[64]:
                 self.vel = self.acc = 0.0
+                if old_torque:
+                    self.torque_off_writes += 1
             elif not old_torque:
                 self.last_rx = now
         if address <= 20 < end:
@@ -982,7 +986,10 @@ def control_reply(emu: ServoBusEmulator, msg: dict) -> dict:
             with emu._lock:
                 emu.servo(int(msg["id"])).set(msg["name"], int(msg["value"]))
         elif op == "status":
-            return {"ok": True, "path": emu.path, "ids": [s.id for s in emu.servos], "stats": dict(emu.stats)}
+            with emu._lock:
+                off = {s.id: s.torque_off_writes for s in emu.servos}
+            return {"ok": True, "path": emu.path, "ids": [s.id for s in emu.servos], "stats": dict(emu.stats),
+                    "torque_off_writes": off}
         else:
             return {"ok": False, "error": f"unknown op {op!r}; known: {', '.join(CONTROL_OPS)}"}
         return {"ok": True}

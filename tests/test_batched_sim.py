@@ -64,6 +64,7 @@ def test_batched_sim_steps_exactly_like_n_single_sims(knobs):
     for s in singles:
         s.reset(None, {})
     vmax = batch.limiter.vel[ARM]
+    motion_flags: set = set()
     for k in range(160):
         kind = k // 20 % 4
         robots = np.sort(rng.choice(n, size=3, replace=False)) if k % 3 == 0 else None
@@ -96,8 +97,13 @@ def test_batched_sim_steps_exactly_like_n_single_sims(knobs):
                 np.testing.assert_allclose(st[key][i], ss[key], atol=1e-9, err_msg=f"step {k} robot {i} {key}")
         if not knobs and k % 37 != 36:  # flags of the command just applied (with latency: of an older one)
             got = _flags_by_robot(bflags, n)
+            in_state = _flags_by_robot(st["clipped"], n)  # plus what the guard and the lapses raised since
             for i in (range(n) if robots is None else robots):
                 assert got[i] == set(singles[i].clipped), (k, i)
+                assert in_state[i] == set(singles[i].state()["clipped"]), (k, i)
+                motion_flags |= in_state[i] - got[i]
+    if not knobs:
+        assert motion_flags, "the workspace guard never acted: the comparison did not cover it"
 
 
 def _batch_server(n: int) -> ServerProcess:

@@ -162,3 +162,65 @@ def test_reset_does_not_swallow_another_clients_pending_step(session, client):
             assert outcome["state"]["mode"] == "ok"
     finally:
         other.close()
+
+
+# A server whose wall clock (time.time) the test can step back by 5 s with SIGUSR1, as NTP or an
+# operator may; everything else about it is the real `robot-env serve`.
+CLOCK_STEP_SERVER = """
+import signal, sys, time
+_real, _offset = time.time, [0.0]
+time.time = lambda: _real() + _offset[0]
+signal.signal(signal.SIGUSR1, lambda *a: _offset.__setitem__(0, _offset[0] - 5.0))
+from robot_env.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_backward_step_of_the_wall_clock_does_not_stretch_the_watchdog_or_the_lease(tmp_path):
+    """The issue: a backward clock step of 5 s left the base driving 6.8 s after its controller died."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from robot_env import config as config_mod
+    cfg = config_mod.load("sim", {"server": {"clock": "realtime"},
+                                  "server.safety": {"velocity_timeout": 10.0}})  # only the watchdog may stop it
+    endpoint = f"ipc://{tmp_path}/srv"
+    proc = subprocess.Popen([sys.executable, "-c", CLOCK_STEP_SERVER, "serve", "--config-json", json.dumps(cfg),
+                             "--endpoint", endpoint, "--ready"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().startswith("READY")
+        a = RobotClient(endpoint, timeout=5.0)
+        obs = RobotClient(endpoint, timeout=5.0)
+        a.reset(seed=0)
+        for _ in range(40):  # 1.6 s: the base at 0.5 m/s (it ramps at 0.75 m/s²)
+            a.command({"base_twist": [0.5, 0.0]})
+            time.sleep(0.04)
+        assert obs.state()["base"][3] == pytest.approx(0.5, abs=0.01)
+        os.kill(proc.pid, signal.SIGUSR1)  # the wall clock jumps back 5 s ...
+        t0 = time.monotonic()  # ... and the controller goes silent (as if it died)
+        assert wait_until(lambda: obs.state()["base"][3] == 0.0, timeout=8.0)
+        stopped = time.monotonic() - t0
+        # watchdog 0.25 s + braking 0.5/0.75 = 0.67 s; with the wall clock it was 5 s more
+        assert stopped < 0.25 + 0.67 + MARGIN + 1.0, stopped
+        assert obs.state()["mode"] == "watchdog"
+        lease = obs.hello()["lease"]
+        assert lease["held"] is False  # the lease lapsed on time too, despite the clock step
+        obs.acquire()
+        a.close()
+        obs.close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def wait_until(pred, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
