@@ -238,9 +238,9 @@ def _record(args) -> int:
 
 REPLAY_EXIT = ("Exit status: 0 every recorded command was replayed, with its recorded timing; 3 replayed, "
                "with problems (invalid records skipped, a damaged or unclosed file, a hole in the command "
-               "numbers, an e-stop); 2 nothing replayed or the replay failed (not an MCAP recording, empty or "
-               "cut before any record, no valid command, a config or robot that does not fit the recording, a "
-               "command the server refused).")
+               "numbers, waits cut to --max-wait or a step back in recorded time, an e-stop); 2 nothing "
+               "replayed or the replay failed (not an MCAP recording, empty or cut before any record, no valid "
+               "command, a config or robot that does not fit the recording, a command the server refused).")
 PLOT_EXIT = ("Exit status: 0 drawn from an intact file; 3 drawn from what is valid, with warnings (invalid "
              "records skipped, a damaged or unclosed file); 2 nothing drawn (not an MCAP recording, empty or "
              "cut before any record, fewer than 2 valid states, no such robot).")
@@ -250,7 +250,7 @@ def _replay(args) -> int:
     from .recording import replay
 
     result = replay(args.file, args.config, speed=args.speed, reset=not args.no_reset, record=args.record,
-                    through_gaps=args.through_gaps,
+                    through_gaps=args.through_gaps, max_wait=args.max_wait,
                     echo=lambda text: print(text, file=sys.stderr, flush=True))
     print(result, flush=True)
     if result.recording is not None:
@@ -269,6 +269,17 @@ def _plot(args) -> int:
     print(rec.report().splitlines()[0])
     print(f"wrote {out}")
     return 3 if rec.problems else 0
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a number of seconds >= 0 (``inf``: no cap)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def _positive(text: str) -> float:
@@ -415,6 +426,9 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=None,
                    help="config name or path (default: an embedded simulator on the recording's clock)")
     p.add_argument("--speed", type=_positive, default=1.0, help="time scale of the waits between commands (1.0)")
+    p.add_argument("--max-wait", type=_seconds, default=1.0, metavar="SECONDS",
+                   help="the longest wait between two commands (1.0 s): a longer recorded gap (a pause, a clock "
+                   "jump) is cut to it and reported; inf keeps every pause")
     p.add_argument("--no-reset", action="store_true",
                    help="start from where the robot is, not from the recorded start pose")
     p.add_argument("--record", help="also record the replay to this MCAP file")

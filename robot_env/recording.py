@@ -47,8 +47,8 @@ list of `problems`) and checks every record against the schemas the recorder wri
 (`robot_env.recording_schema`; commands also by the server's own command rules): a record that
 fails is skipped and counted by reason, so a hand-edited or hostile file (valid chunks, CRCs and
 JSON, wrong fields) gives its valid part, never a crash. `replay` re-sends the recorded commands
-with their original timing through the normal client (so the server's safety layer applies);
-`robot-env record/replay/plot` wrap them.
+with their original timing through the normal client (so the server's safety layer applies), each
+wait capped; `robot-env record/replay/plot` wrap them.
 """
 from __future__ import annotations
 
@@ -89,6 +89,7 @@ META_SUMMARY = "robot_env.summary"
 MAX_RANGES = 100  # missing-seq ranges kept in the summary
 MAX_REASONS = 10  # reasons for skipped records listed one per line in `Recording.problems`
 MAX_EXAMPLES = 3  # examples kept per reason
+DEFAULT_MAX_WAIT = 1.0  # s: the longest a replay waits between two commands (`replay(max_wait=...)`)
 MAGIC = bytes((137, 77, 67, 65, 80, 48, 13, 10))
 
 
@@ -968,6 +969,12 @@ class ReplayResult:
     trajectory: list = field(default_factory=list)  # (t since the first command, q) per reply
     final_state: dict | None = None
     recording: RecordingStats | None = None
+    max_wait: float = DEFAULT_MAX_WAIT  # s, the longest wait between two commands
+    jumps_capped: int = 0  # recorded gaps between commands longer than max_wait, waited max_wait
+    longest_jump: float = 0.0  # the longest of them, s (after `speed`)
+    jumps_back: int = 0  # commands recorded as applied before the one sent ahead of them: not waited
+    longest_wait: float = 0.0  # the longest single wait between two commands, s
+    waited: float = 0.0  # all waits together, s
 
     def __str__(self) -> str:
         s = f"replayed {self.sent} of {self.total} commands in {self.duration:.2f} s"
@@ -975,7 +982,49 @@ class ReplayResult:
             s += f" ({self.recorded} in the recording)"
         if self.skipped:
             s += f"; {self.skipped} invalid records skipped"
+        if self.jumps_capped:
+            s += (f"; {self.jumps_capped} waits cut to the {self.max_wait:g} s max wait (the longest gap recorded: "
+                  f"{self.longest_jump:.1f} s)")
+        if self.jumps_back:
+            s += f"; {self.jumps_back} backward jumps in time (not waited)"
         return s + (f"; {self.stopped}" if self.stopped else "")
+
+
+class _Pacer:
+    """The waits between replayed commands: the recorded spacing of their apply times `ta`, scaled by
+    1/`speed`, each wait at most `max_wait` (a clock step or a long pause in a recording must not
+    stall a replay for as long), none for a step back in time. A replay that falls behind catches up
+    without waiting, as the original schedule would."""
+
+    def __init__(self, speed: float, max_wait: float, result: ReplayResult):
+        self.speed, self.max_wait, self.result = speed, max_wait, result
+        self.due: float | None = None
+        self.prev: float | None = None
+
+    def wait(self, t: float, count: bool = True) -> None:
+        """Wait until the event recorded at `t` is due (`count`: jumps count as the replay's problems)."""
+        r = self.result
+        now = _now()
+        if self.due is None:
+            self.due = now
+        else:
+            gap = (t - self.prev) / self.speed
+            if gap < 0:
+                if count:
+                    r.jumps_back += 1
+                gap = 0.0
+            elif gap > self.max_wait:
+                if count:
+                    r.jumps_capped += 1
+                    r.longest_jump = max(r.longest_jump, gap)
+                gap = self.max_wait
+            self.due += gap
+        self.prev = t
+        delay = self.due - now
+        if delay > 0:
+            time.sleep(delay)
+            r.waited += delay
+            r.longest_wait = max(r.longest_wait, delay)
 
 
 def replay_events(rec: Recording, through_gaps: bool = False) -> tuple[list, list]:
@@ -1021,25 +1070,29 @@ def replay_events(rec: Recording, through_gaps: bool = False) -> tuple[list, lis
 
 
 def replay(path, config=None, *, speed: float = 1.0, reset: bool = True, record=None, clock: str | None = None,
-           through_gaps: bool = False, echo=None) -> ReplayResult:
+           through_gaps: bool = False, max_wait: float = DEFAULT_MAX_WAIT, echo=None) -> ReplayResult:
     """Re-send a recording's commands with their original timing through the normal client.
 
     Works on any backend the config names (no endpoint: a spawned server on the recording's clock);
     the server validates and clips as it did when recording. With `reset`, the robot first goes to
     the recorded start pose (arm and torso, through `reset`) unless the recording begins with its
     own reset. `speed` scales the waits between commands (a `step` still takes one control period
-    on a realtime server). A damaged recording replays its intact part, and invalid records are
-    skipped (the reader checks each against its schema, commands by the server's own rules, before
-    anything is sent); `ReplayResult.problems` says what was lost. `record` records the replay itself to another file.
+    on a realtime server); no wait is longer than `max_wait` s (longer recorded gaps are counted in
+    `ReplayResult.jumps_capped`, steps back in time in `jumps_back`, and both are `problems`). A
+    damaged recording replays its intact part, and invalid records are skipped (the reader checks
+    each against its schema, commands by the server's own rules, before anything is sent);
+    `ReplayResult.problems` says what was lost. `record` records the replay itself to another file.
     """
     from .description import ARM, TORSO
     from .session import Session
 
     if not (speed > 0 and math.isfinite(speed)):
         raise ValueError(f"speed must be a positive number, got {speed}")
+    if not max_wait >= 0:
+        raise ValueError(f"max_wait must be a number of seconds >= 0, got {max_wait}")
     echo = echo or (lambda text: None)
     rec = read_recording(path)
-    result = ReplayResult(problems=list(rec.problems), skipped=rec.n_skipped)
+    result = ReplayResult(problems=list(rec.problems), skipped=rec.n_skipped, max_wait=max_wait)
     events, notes = replay_events(rec, through_gaps)
     result.problems += notes
     result.total = len([e for e in events if e["op"] != "estop"])
@@ -1086,13 +1139,10 @@ def replay(path, config=None, *, speed: float = 1.0, reset: bool = True, record=
                     raise RecordingError(f"the server refused the recorded start pose: {exc.message} [{exc.code}]; "
                                          "nothing was replayed (--no-reset starts from where the robot is)") from None
         realtime = info.get("clock") == "realtime"
-        t_first = events[0]["ta"]
+        pacer = _Pacer(speed, max_wait, result)
         t0 = _now()
         for ev, req in zip(events, requests):
-            due = t0 + (ev["ta"] - t_first) / speed
-            delay = due - _now()
-            if delay > 0:
-                time.sleep(delay)
+            pacer.wait(ev["ta"])
             op = ev["op"]
             try:
                 if op == "step":
@@ -1116,12 +1166,20 @@ def replay(path, config=None, *, speed: float = 1.0, reset: bool = True, record=
                                      f"{exc.message} [{exc.code}]; replay stopped") from None
             result.sent += 1
             result.trajectory.append((_now() - t0, np.array(st["q"])))
-        if realtime and rec.states and not result.stopped:
+        if realtime and rec.states and not result.stopped and result.sent:
             # let the robot run out the recording's tail (it settled while the recorder listened)
-            tail = (max(s["ts"] for s in rec.states) - t_first) / speed
-            delay = t0 + tail - _now()
-            if delay > 0:
-                time.sleep(min(delay, 30.0))
+            pacer.wait(max(s["ts"] for s in rec.states), count=False)
+        timing = []
+        if result.jumps_capped:
+            timing.append(f"{result.jumps_capped} gaps between recorded commands were longer than the {max_wait:g} s "
+                          f"max wait and were cut to it (the longest: {result.longest_jump:.1f} s): the replay's "
+                          "timing differs there (--max-wait keeps longer pauses)")
+        if result.jumps_back:
+            timing.append(f"{result.jumps_back} recorded commands were applied before the one ahead of them (the "
+                          "recorded time went back): sent without waiting")
+        for p in timing:
+            echo(f"warning: {p}")
+        result.problems += timing
         result.final_state = client.state()
         result.duration = _now() - t0
         if recorder is not None:

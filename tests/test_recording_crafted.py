@@ -2,7 +2,8 @@
 valid CRCs, JSON messages), whose records are wrong in the ways a hand-edited, foreign or hostile
 file can be. The reader must skip each bad record and say why, `robot-env replay` and `robot-env
 plot` (the real CLI in a subprocess, replay onto a spawned simulator) must use what is valid and
-exit with their documented status, never a traceback."""
+exit with their documented status, never a traceback, and a jump in recorded time must not stall a
+replay for as long as the jump."""
 import json
 import pickle
 import subprocess
@@ -382,6 +383,38 @@ def test_plot_of_a_cut_file_draws_what_is_there_and_exits_3(tmp_path):
     assert res.returncode == 3 and ("ends in the middle" in res.stderr or "not closed" in res.stderr) and png.exists()
     res = cli("plot", tmp_path / "whole.mcap", "--out", png)
     assert res.returncode == 0 and "warning" not in res.stderr, res.stderr
+
+
+# -- time jumps ----------------------------------------------------------------------------------
+def jumpy_recording(tmp_path):
+    """Ten steps 0.04 s apart, but the recorded time jumps one hour ahead after the 5th and half an
+    hour back after the 8th (a clock stepped by NTP, a hand-edited file)."""
+    ta = [T0 + 0.04 * i for i in range(5)] + [T0 + 3600 + 0.04 * i for i in range(5, 8)]
+    ta += [ta[-1] - 1800 + 0.04 * i for i in range(1, 3)]
+    cmds = [command(i + 1, ta=t, t=t - 0.001, t_recv=t + 0.001) for i, t in enumerate(ta)]
+    return write_mcap(tmp_path / "jumpy.mcap", [(S, state(1, ts=T0 - 0.01, t_recv=T0 - 0.009))]
+                      + [(C, c) for c in cmds]), len(cmds)
+
+
+def test_a_forward_jump_waits_only_max_wait_and_a_backward_one_not_at_all(tmp_path):
+    path, n = jumpy_recording(tmp_path)
+    result = replay(path, max_wait=0.5)
+    assert result.sent == result.total == n and not result.stopped
+    assert result.jumps_capped == 1 and 3599 < result.longest_jump < 3601 and result.jumps_back == 1
+    # the waits replay did: the capped one, and seven of (at most) the recorded 0.04 s
+    assert 0 < result.longest_wait <= 0.5 and result.waited <= 0.5 + 7 * 0.04 + 1e-6
+    assert result.duration < 30  # an hour's jump, replayed in well under a minute
+    assert any("cut to it" in p and "3600.0 s" in p for p in result.problems)
+    assert any("went back" in p for p in result.problems)
+    # the CLI: exit 3 (the timing differs from the recording), the cap in its output; a hang would time out
+    res = cli("replay", path, "--max-wait", "0.2", timeout=60)
+    assert_no_traceback(res)
+    assert res.returncode == 3 and f"replayed {n} of {n} commands" in res.stdout
+    assert "1 waits cut to the 0.2 s max wait" in res.stdout and "1 backward jumps" in res.stdout
+    assert "max wait" in res.stderr and "went back" in res.stderr
+    for bad in ("-1", "nan", "soon"):
+        res = cli("replay", path, "--max-wait", bad)
+        assert res.returncode == 2 and "--max-wait" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_a_real_recording_is_written_with_the_schemas_the_reader_checks(tmp_path):
