@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 
@@ -255,11 +256,22 @@ def _record(args) -> int:
     return code
 
 
+REPLAY_EXIT = ("Exit status: 0 every recorded command was replayed, with its recorded timing; 3 replayed, "
+               "with problems (invalid records skipped, a damaged or unclosed file, a hole in the command "
+               "numbers, waits cut to --max-wait or a step back in recorded time, an e-stop); 2 nothing "
+               "replayed or the replay failed (not an MCAP recording, empty or cut before any record, no valid "
+               "command, a config or robot that does not fit the recording, a command the server refused).")
+PLOT_EXIT = ("Exit status: 0 drawn from an intact file; 3 drawn from what is valid, with warnings (invalid "
+             "records skipped, a damaged or unclosed file); 2 nothing drawn (not an MCAP recording, empty or "
+             "cut before any record, fewer than 2 valid states, no such robot).")
+
+
 def _replay(args) -> int:
     from .recording import replay
 
     result = replay(args.file, args.config, speed=args.speed, reset=not args.no_reset, record=args.record,
-                    through_gaps=args.through_gaps, echo=lambda text: print(text, file=sys.stderr, flush=True))
+                    through_gaps=args.through_gaps, max_wait=args.max_wait,
+                    echo=lambda text: print(text, file=sys.stderr, flush=True))
     print(result, flush=True)
     if result.recording is not None:
         print(f"replay recorded: {result.recording}")
@@ -271,12 +283,34 @@ def _plot(args) -> int:
     from .recording import read_recording
 
     rec = read_recording(args.file)
+    out = plot_recording(rec, args.out, robot=args.robot)  # nothing to draw: an error, no warnings first
     for problem in rec.problems:
         print(f"warning: {problem}", file=sys.stderr)
-    out = plot_recording(rec, args.out, robot=args.robot)
     print(rec.report().splitlines()[0])
     print(f"wrote {out}")
-    return 0
+    return 3 if rec.problems else 0
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a number of seconds >= 0 (``inf``: no cap)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
 
 
 def main(argv=None) -> int:
@@ -405,11 +439,17 @@ def main(argv=None) -> int:
                    help="after this long without a message, check the server is alive (s, 2)")
     p.set_defaults(func=_record)
 
-    p = sub.add_parser("replay", help="re-send a recording's commands with their timing, on any backend")
+    p = sub.add_parser("replay", help="re-send a recording's commands with their timing, on any backend",
+                       description="Re-send a recording's commands with their recorded timing through the normal "
+                       "client. Records that fail the recording's schema (commands: the server's own rules) are "
+                       "skipped and counted, never sent. " + REPLAY_EXIT)
     p.add_argument("file", help="a recording (MCAP) from `robot-env record`, Recorder or RecordEpisodes")
     p.add_argument("--config", default=None,
                    help="config name or path (default: an embedded simulator on the recording's clock)")
-    p.add_argument("--speed", type=float, default=1.0, help="time scale of the waits between commands (1.0)")
+    p.add_argument("--speed", type=_positive, default=1.0, help="time scale of the waits between commands (1.0)")
+    p.add_argument("--max-wait", type=_seconds, default=1.0, metavar="SECONDS",
+                   help="the longest wait between two commands (1.0 s): a longer recorded gap (a pause, a clock "
+                   "jump) is cut to it and reported; inf keeps every pause")
     p.add_argument("--no-reset", action="store_true",
                    help="start from where the robot is, not from the recorded start pose")
     p.add_argument("--record", help="also record the replay to this MCAP file")
@@ -417,7 +457,10 @@ def main(argv=None) -> int:
                    help="go on past commands missing from the recording (default: stop before the hole)")
     p.set_defaults(func=_replay)
 
-    p = sub.add_parser("plot", help="PNG of a recording: joint trajectories vs targets, latency distributions")
+    p = sub.add_parser("plot", help="PNG of a recording: joint trajectories vs targets, latency distributions",
+                       description="Draw a recording's joint trajectories against their targets and its latency "
+                       "distributions to a PNG, from the records that pass the recording's schema (the others "
+                       "are skipped and counted in a warning). " + PLOT_EXIT)
     p.add_argument("file", help="a recording (MCAP)")
     p.add_argument("--out", help="the PNG to write (default: FILE with .png)")
     p.add_argument("--robot", type=int, default=0, help="a batched server's recording: which robot to draw (0)")

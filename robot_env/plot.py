@@ -31,12 +31,14 @@ def plot_recording(source, out=None, *, dpi: int = 100, robot: int = 0) -> Path:
         raise RecordingError("plotting needs matplotlib: pip install 'robot-env[plot]'") from None
     rec = source if isinstance(source, Recording) else read_recording(source)
     if len(rec.states) < 2:
-        raise RecordingError(f"{rec.path}: {len(rec.states)} states recorded; nothing to plot")
+        raise RecordingError(f"{rec.path}: {len(rec.states)} states recorded; nothing to plot"
+                             + (f" ({rec.skip_summary()})" if rec.skipped else ""))
     out = Path(out) if out is not None else Path(rec.path).with_suffix(".png")
     ts = rec.array("ts")
     t, xlabel = _time_axis(rec, ts)
     q = rec.array("q")
-    target = rec.array("target") if "target" in rec.states[0] else np.full_like(q, np.nan)
+    # a state without a target (the schema does not require one) draws a gap in the dashed line
+    target = np.array([s["target"] if "target" in s else np.full(q.shape[1:], np.nan) for s in rec.states], dtype=float)
     which = f", robot {robot} of {q.shape[1]}" if q.ndim == 3 else ""
     if q.ndim == 3:  # (time, robot, joint): a batched server
         if not 0 <= robot < q.shape[1]:

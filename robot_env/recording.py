@@ -43,8 +43,12 @@ Why MCAP (not HDF5, not a LeRobot dataset).
   detected, and reading resynchronizes on the next intact chunk to say exactly which seqs were lost.
 
 `read_recording` reads a file tolerantly (a truncated or corrupted one gives what is intact plus a
-list of `problems`), `replay` re-sends the recorded commands with their original timing through the
-normal client (so the server's safety layer applies), `robot-env record/replay/plot` wrap them.
+list of `problems`) and checks every record against the schemas the recorder writes into the file
+(`robot_env.recording_schema`; commands also by the server's own command rules): a record that
+fails is skipped and counted by reason, so a hand-edited or hostile file (valid chunks, CRCs and
+JSON, wrong fields) gives its valid part, never a crash. `replay` re-sends the recorded commands
+with their original timing through the normal client (so the server's safety layer applies), each
+wait capped; `robot-env record/replay/plot` wrap them.
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ import queue
 import struct
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +69,8 @@ import numpy as np
 import zmq
 
 from .errors import RobotEnvError, ServerError, ServerTimeout
+from .recording_schema import (COMMAND_SCHEMA, EVENT_SCHEMA, INFO_SCHEMA, STATE_SCHEMA, SUMMARY_SCHEMA,  # noqa: F401
+                               MAX_SEQ, Invalid, check_metadata, check_record, command_request, shape_of)
 
 log = logging.getLogger("robot_env.recording")
 _now = time.time
@@ -80,37 +87,11 @@ FIXED_CHANNELS = {1: TOPIC_STATE, 2: TOPIC_COMMAND, 3: TOPIC_RECORDER}
 META_INFO = "robot_env.recording"
 META_SUMMARY = "robot_env.summary"
 MAX_RANGES = 100  # missing-seq ranges kept in the summary
+MAX_REASONS = 10  # reasons for skipped records listed one per line in `Recording.problems`
+MAX_EXAMPLES = 3  # examples kept per reason
+DEFAULT_MAX_WAIT = 1.0  # s: the longest a replay waits between two commands (`replay(max_wait=...)`)
 MAGIC = bytes((137, 77, 67, 65, 80, 48, 13, 10))
 
-_NUM_ARRAY = {"type": "array", "items": {"type": "number"}}
-STATE_SCHEMA = {
-    "title": "robot_env.State", "type": "object",
-    "properties": {
-        "seq": {"type": "integer", "description": "state stream number (consecutive while subscribed)"},
-        "ts": {"type": "number", "description": "server sample time, s since the epoch"},
-        "t_recv": {"type": "number", "description": "recorder receive time, s since the epoch"},
-        "time": {"type": "number", "description": "backend clock, s"},
-        "mode": {"type": "string"}, "faults": {"type": "array"},
-        "clipped": {"type": "array", "items": {"type": "string"}},
-        "q": _NUM_ARRAY, "dq": _NUM_ARRAY, "effort": _NUM_ARRAY, "target": _NUM_ARRAY,
-        "ee": _NUM_ARRAY, "ee_vel": _NUM_ARRAY, "base": _NUM_ARRAY, "objects": {"type": "object"},
-    },
-}
-COMMAND_SCHEMA = {
-    "title": "robot_env.Command", "type": "object",
-    "properties": {
-        "op": {"type": "string", "enum": ["step", "command", "reset"]},
-        "cmd": {"type": "object", "description": "applied channels (arm_position, ee_delta, gripper, ...)"},
-        "seed": {"type": ["integer", "null"]}, "options": {"type": "object"},
-        "cseq": {"type": "integer", "description": "server command number (consecutive while subscribed)"},
-        "t": {"type": ["number", "null"], "description": "client send time, s since the epoch"},
-        "client_seq": {"type": ["integer", "null"]},
-        "ta": {"type": "number", "description": "time the backend applied it, s since the epoch"},
-        "after": {"type": "integer", "description": "seq of the last state sampled before it"},
-        "t_recv": {"type": "number", "description": "recorder receive time, s since the epoch"},
-    },
-}
-EVENT_SCHEMA = {"title": "robot_env.Event", "type": "object"}
 
 
 class RecordingError(RobotEnvError):
@@ -604,6 +585,9 @@ class Recording:
     `problems` is empty for an intact, properly closed file. `closed` is False when the recorder
     never closed it (killed, or the machine lost power): every message up to the cut is still here.
     `damaged` is True when data inside the file (not just its unwritten tail) could not be read.
+    Every record here passed its schema (`robot_env.recording_schema`); those that did not are left
+    out and counted in `skipped` (reason -> count, a few examples each in `skip_examples`, and a line
+    per reason in `problems`); `invalid_cseqs` are the command numbers of skipped commands.
     """
     path: str
     info: dict = field(default_factory=dict)
@@ -617,6 +601,22 @@ class Recording:
     truncated: bool = False
     bytes_read: int = 0
     size: int = 0
+    skipped: dict = field(default_factory=dict)
+    skip_examples: dict = field(default_factory=dict)
+    invalid_cseqs: list = field(default_factory=list)
+    batch: int | None = None  # robots per state of a batched server's recording; None: one robot
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def skip_summary(self, reasons: int = 2) -> str:
+        """One line: how many records were skipped, and the commonest reasons."""
+        if not self.skipped:
+            return ""
+        top = sorted(self.skipped.items(), key=lambda kv: -kv[1])
+        text = ", ".join(f"{n} × {key.replace(chr(0), ': ')}" for key, n in top[:reasons])
+        return f"{self.n_skipped} invalid records skipped ({text}{', ...' if len(top) > reasons else ''})"
 
     def array(self, key: str, states=None) -> np.ndarray:
         """A state field over time, e.g. ``array("q")`` -> (N, 11); ``array("ts")`` -> (N,)."""
@@ -703,8 +703,11 @@ class _Reader:
 
     def __init__(self, rec: Recording, data: bytes):
         self.rec, self.data = rec, data
-        self.channels: dict[int, str] = dict(FIXED_CHANNELS)
+        # channel id -> (topic, message encoding)
+        self.channels: dict[int, tuple[str, str]] = {i: (t, "json") for i, t in FIXED_CHANNELS.items()}
         self.unknown: list = []  # messages whose channel record is not (yet) read
+        self.raw: list = []  # ((topic, encoding), Message) in file order, checked once everything is read
+        self.last_recv: float | None = None  # receive time of the last state or command read
 
     def run(self) -> None:
         from mcap.data_stream import ReadDataStream
@@ -737,7 +740,7 @@ class _Reader:
                     self._chunk(Chunk.read(stream))
                 elif opcode == Opcode.CHANNEL:
                     ch = Channel.read(stream)
-                    self.channels[ch.id] = ch.topic
+                    self.channels[ch.id] = (ch.topic, ch.message_encoding)
                 elif opcode == Opcode.MESSAGE:
                     self._message(Message.read(stream, length))
                 elif opcode == Opcode.METADATA:
@@ -772,14 +775,14 @@ class _Reader:
             rec.truncated = True
             rec.problems.append("the file was not closed (no footer: the recorder was killed or its machine "
                                 "stopped before it finished); every message written before that is intact")
+        self._check()
 
     def _damage(self, text: str) -> None:
         self.rec.damaged = True
         self.rec.problems.append(text)
 
     def _cut(self, pos: int, what: str) -> None:
-        last = [lst[-1].get("t_recv") for lst in (self.rec.states, self.rec.commands) if lst]
-        when = f", after the message received at {max(last):.3f}" if last else ""
+        when = f", after the message received at {self.last_recv:.3f}" if self.last_recv is not None else ""
         self.rec.truncated = True
         self.rec.problems.append(
             f"the file ends in the middle of {what} at byte {pos}{when} ({len(self.data) - pos} bytes "
@@ -826,28 +829,108 @@ class _Reader:
             raise _ChunkError(f"failed its check: {type(exc).__name__}: {exc}{span}") from None
         for r in records:
             if isinstance(r, Channel):
-                self.channels[r.id] = r.topic
+                self.channels[r.id] = (r.topic, r.message_encoding)
             elif isinstance(r, Message):
                 self._message(r)
 
     def _message(self, m) -> None:
-        topic = self.channels.get(m.channel_id)
-        if topic is None:
+        channel = self.channels.get(m.channel_id)
+        if channel is None:
             self.unknown.append(m)
             return
-        try:
-            msg = json.loads(m.data)
+        self.raw.append((channel, m))
+        if channel[0] in (TOPIC_STATE, TOPIC_COMMAND):
+            self.last_recv = m.log_time / 1e9
+
+    # -- validation: every record against its schema, once the whole file (and its metadata) is read --
+    def _check(self) -> None:
+        """Decode each message (JSON only: nothing from a file is unpickled or evaluated) and keep
+        those that pass their schema; skip and count the rest by reason. The joint vector's shape
+        comes from the robot metadata (or, without it, the most common one), so it is known before
+        the first state is checked."""
+        rec = self.rec
+        rec.info, bad = check_metadata(INFO_SCHEMA, rec.info)
+        for exc in bad:
+            self._skip(f"metadata {META_INFO}", exc, "")
+        if rec.summary is not None:
+            rec.summary, bad = check_metadata(SUMMARY_SCHEMA, rec.summary)
+            for exc in bad:
+                self._skip(f"metadata {META_SUMMARY}", exc, "")
+        decoded = []
+        for (topic, encoding), m in self.raw:
+            if encoding != "json":
+                self._skip(topic, Invalid(f"message encoding {encoding!r}, not json"), _received(m.log_time))
+                continue
+            try:
+                msg = json.loads(m.data)
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+                self._skip(topic, Invalid("not JSON", f"{type(exc).__name__}: {str(exc)[:60]}"), _received(m.log_time))
+                continue
             if not isinstance(msg, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            self._damage(f"an undecodable message on {topic} (received {m.log_time / 1e9:.3f})")
-            return
-        if topic == TOPIC_STATE:
-            self.rec.states.append(msg)
-        elif topic == TOPIC_COMMAND:
-            self.rec.commands.append(msg)
-        else:
-            self.rec.events.setdefault(topic, []).append(msg)
+                self._skip(topic, Invalid("not a JSON object", f"a JSON {type(msg).__name__}"), _received(m.log_time))
+                continue
+            decoded.append((topic, msg, m.log_time))
+        self.raw = []  # the bytes are decoded: let them go
+        dims = _dims(rec.info, [msg for topic, msg, _ in decoded if topic == TOPIC_STATE])
+        rec.batch = dims["robots"]
+        for topic, msg, log_time in decoded:
+            kind = "state" if topic == TOPIC_STATE else "command" if topic == TOPIC_COMMAND else "event"
+            try:
+                check_record(kind, msg, dims)
+            except Invalid as exc:
+                name = "seq" if kind == "state" else "cseq"
+                number = msg.get(name)
+                ok_number = isinstance(number, int) and not isinstance(number, bool) and 0 <= number <= MAX_SEQ
+                self._skip(topic, exc, (f"{name} {number} " if ok_number else "") + _received(log_time))
+                if kind == "command" and ok_number:
+                    rec.invalid_cseqs.append(number)
+                continue
+            if kind == "state":
+                rec.states.append(msg)
+            elif kind == "command":
+                rec.commands.append(msg)
+            else:
+                rec.events.setdefault(topic, []).append(msg)
+        reasons = sorted(rec.skipped.items(), key=lambda kv: -kv[1])
+        for key, count in reasons[:MAX_REASONS]:
+            where, why = key.split("\0")
+            rec.problems.append(f"skipped {count} invalid {where} record{'s' if count != 1 else ''}: {why} "
+                                f"(e.g. {'; '.join(rec.skip_examples[key])})")
+        if len(reasons) > MAX_REASONS:
+            rest = reasons[MAX_REASONS:]
+            rec.problems.append(f"skipped {sum(n for _, n in rest)} more invalid records, for {len(rest)} other "
+                                "reasons")
+
+    def _skip(self, where: str, exc: Invalid, example: str) -> None:
+        key = f"{where}\0{exc.reason}"
+        count = self.rec.skipped.get(key, 0)
+        self.rec.skipped[key] = count + 1
+        if count < MAX_EXAMPLES:
+            text = ": ".join(part for part in (example, exc.detail) if part)
+            self.rec.skip_examples.setdefault(key, []).append(text or "no details")
+
+
+def _received(log_time: int) -> str:
+    return f"received {log_time / 1e9:.3f}"
+
+
+def _dims(info: dict, states: list) -> dict:
+    """The joint vectors' expected shape for `validate`: (J,), or (N, J) on a batched server of N robots.
+
+    The robot metadata's joint count and robot count choose among the shapes the states have (a
+    batched server of one robot records (1, J)); without metadata, the most common shape wins."""
+    shapes = [sh for sh, _ in Counter(shape_of(s["q"]) for s in states if isinstance(s.get("q"), list)).most_common()
+              if sh is not None and len(sh) in (1, 2) and min(sh) >= 1]
+    joints = len(info["joint_names"]) if info.get("joint_names") else None
+    robots = info.get("num_robots") or 1
+    if joints is not None:
+        fits = [sh for sh in shapes if sh in ((joints,), (robots, joints))]
+        shape = fits[0] if fits else ((joints,) if robots == 1 else (robots, joints))
+    elif shapes:
+        shape = shapes[0]
+    else:  # no state to learn from: a batched server's commands still need its size
+        return {"joints": None, "robots": robots if robots > 1 else None}
+    return {"joints": shape[-1], "robots": shape[0] if len(shape) == 2 else None}
 
 
 def read_recording(path) -> Recording:
@@ -868,7 +951,8 @@ def read_recording(path) -> Recording:
                              if len(data) >= 8 else f"{path} is empty or cut to {len(data)} bytes")
     _Reader(rec, data).run()
     if not rec.info and not rec.states:
-        raise RecordingError(f"{path}: no robot-env recording could be read: " + "; ".join(rec.problems))
+        why = rec.skip_summary() or "; ".join(rec.problems[:2]) or "it holds no robot-env metadata and no states"
+        raise RecordingError(f"{path}: no robot-env recording could be read: {why}")
     return rec
 
 
@@ -877,19 +961,70 @@ def read_recording(path) -> Recording:
 class ReplayResult:
     sent: int = 0
     total: int = 0  # commands to replay (up to a hole or a recorded e-stop)
-    recorded: int = 0  # commands in the file
+    recorded: int = 0  # valid commands in the file
+    skipped: int = 0  # invalid records the reader left out (`Recording.skipped` says why)
     duration: float = 0.0
     stopped: str = ""
     problems: list = field(default_factory=list)
     trajectory: list = field(default_factory=list)  # (t since the first command, q) per reply
     final_state: dict | None = None
     recording: RecordingStats | None = None
+    max_wait: float = DEFAULT_MAX_WAIT  # s, the longest wait between two commands
+    jumps_capped: int = 0  # recorded gaps between commands longer than max_wait, waited max_wait
+    longest_jump: float = 0.0  # the longest of them, s (after `speed`)
+    jumps_back: int = 0  # commands recorded as applied before the one sent ahead of them: not waited
+    longest_wait: float = 0.0  # the longest single wait between two commands, s
+    waited: float = 0.0  # all waits together, s
 
     def __str__(self) -> str:
         s = f"replayed {self.sent} of {self.total} commands in {self.duration:.2f} s"
         if self.recorded != self.total:
             s += f" ({self.recorded} in the recording)"
+        if self.skipped:
+            s += f"; {self.skipped} invalid records skipped"
+        if self.jumps_capped:
+            s += (f"; {self.jumps_capped} waits cut to the {self.max_wait:g} s max wait (the longest gap recorded: "
+                  f"{self.longest_jump:.1f} s)")
+        if self.jumps_back:
+            s += f"; {self.jumps_back} backward jumps in time (not waited)"
         return s + (f"; {self.stopped}" if self.stopped else "")
+
+
+class _Pacer:
+    """The waits between replayed commands: the recorded spacing of their apply times `ta`, scaled by
+    1/`speed`, each wait at most `max_wait` (a clock step or a long pause in a recording must not
+    stall a replay for as long), none for a step back in time. A replay that falls behind catches up
+    without waiting, as the original schedule would."""
+
+    def __init__(self, speed: float, max_wait: float, result: ReplayResult):
+        self.speed, self.max_wait, self.result = speed, max_wait, result
+        self.due: float | None = None
+        self.prev: float | None = None
+
+    def wait(self, t: float, count: bool = True) -> None:
+        """Wait until the event recorded at `t` is due (`count`: jumps count as the replay's problems)."""
+        r = self.result
+        now = _now()
+        if self.due is None:
+            self.due = now
+        else:
+            gap = (t - self.prev) / self.speed
+            if gap < 0:
+                if count:
+                    r.jumps_back += 1
+                gap = 0.0
+            elif gap > self.max_wait:
+                if count:
+                    r.jumps_capped += 1
+                    r.longest_jump = max(r.longest_jump, gap)
+                gap = self.max_wait
+            self.due += gap
+        self.prev = t
+        delay = self.due - now
+        if delay > 0:
+            time.sleep(delay)
+            r.waited += delay
+            r.longest_wait = max(r.longest_wait, delay)
 
 
 def replay_events(rec: Recording, through_gaps: bool = False) -> tuple[list, list]:
@@ -912,7 +1047,9 @@ def replay_events(rec: Recording, through_gaps: bool = False) -> tuple[list, lis
         seq = c.get("cseq")
         last = cmds[-1].get("cseq") if cmds else None
         if (not through_gaps and isinstance(seq, int) and isinstance(last, int) and seq > last + 1):
+            invalid = sum(last < n < seq for n in rec.invalid_cseqs)
             why = ("the stream dropped them before the recorder saw them" if (last + 1, seq - 1) in dropped
+                   else f"{invalid} of them skipped as invalid records" if invalid
                    else "lost with a damaged part of the file")
             notes.append(f"commands {last + 1}..{seq - 1} are missing ({why}): replaying the {len(cmds)} "
                          f"commands before the hole, not the {len(rec.commands) - len(cmds)} after it")
@@ -933,33 +1070,43 @@ def replay_events(rec: Recording, through_gaps: bool = False) -> tuple[list, lis
 
 
 def replay(path, config=None, *, speed: float = 1.0, reset: bool = True, record=None, clock: str | None = None,
-           through_gaps: bool = False, echo=None) -> ReplayResult:
+           through_gaps: bool = False, max_wait: float = DEFAULT_MAX_WAIT, echo=None) -> ReplayResult:
     """Re-send a recording's commands with their original timing through the normal client.
 
     Works on any backend the config names (no endpoint: a spawned server on the recording's clock);
     the server validates and clips as it did when recording. With `reset`, the robot first goes to
     the recorded start pose (arm and torso, through `reset`) unless the recording begins with its
     own reset. `speed` scales the waits between commands (a `step` still takes one control period
-    on a realtime server). A damaged recording replays its intact part; `ReplayResult.problems` says
-    what was lost. `record` records the replay itself to another file.
+    on a realtime server); no wait is longer than `max_wait` s (longer recorded gaps are counted in
+    `ReplayResult.jumps_capped`, steps back in time in `jumps_back`, and both are `problems`). A
+    damaged recording replays its intact part, and invalid records are skipped (the reader checks
+    each against its schema, commands by the server's own rules, before anything is sent);
+    `ReplayResult.problems` says what was lost. `record` records the replay itself to another file.
     """
     from .description import ARM, TORSO
     from .session import Session
 
     if not (speed > 0 and math.isfinite(speed)):
         raise ValueError(f"speed must be a positive number, got {speed}")
+    if not max_wait >= 0:
+        raise ValueError(f"max_wait must be a number of seconds >= 0, got {max_wait}")
     echo = echo or (lambda text: None)
     rec = read_recording(path)
-    result = ReplayResult(problems=list(rec.problems))
+    result = ReplayResult(problems=list(rec.problems), skipped=rec.n_skipped, max_wait=max_wait)
     events, notes = replay_events(rec, through_gaps)
     result.problems += notes
-    for p in result.problems:
-        echo(f"warning: {p}")
     result.total = len([e for e in events if e["op"] != "estop"])
     result.recorded = len(rec.commands)
-    if not result.total:
-        raise RecordingError(f"{path}: no commands to replay" + (f" ({'; '.join(result.problems)})"
-                                                                 if result.problems else ""))
+    if not result.total:  # unusable: one line that says why
+        why = [rec.skip_summary()] if rec.skipped else []
+        why += [p for p in result.problems if not p.startswith("skipped ")][:2]
+        raise RecordingError(f"{path}: no valid command to replay" + (f" ({'; '.join(why)})" if why else ""))
+    for p in result.problems:
+        echo(f"warning: {p}")
+    try:  # what each command re-sends, by the server's own rules: all of it before anything is sent
+        requests = [command_request(e, rec.batch) if e["op"] != "estop" else None for e in events]
+    except Invalid as exc:  # a Recording built by hand, not read: the reader skips these
+        raise RecordingError(f"{path}: a recorded command would be refused: {exc}; nothing was replayed") from None
     used = sorted({ch for e in events if e["op"] in ("step", "command") for ch in e.get("cmd", {})})
     clock = clock or rec.info.get("clock")
     session = Session(config, {"server": {"clock": clock}} if clock in ("lockstep", "realtime") else None)
@@ -986,23 +1133,24 @@ def replay(path, config=None, *, speed: float = 1.0, reset: bool = True, record=
             before = [s for s in rec.states if s.get("ts", 0.0) <= first_ta] or rec.states[:1]
             if before:
                 q0 = np.asarray(before[-1]["q"], dtype=float)  # (11,), or (N, 11) from a batched server
-                client.reset(options={"initial_arm_position": q0[..., ARM], "initial_torso": q0[..., TORSO]})
+                try:
+                    client.reset(options={"initial_arm_position": q0[..., ARM], "initial_torso": q0[..., TORSO]})
+                except ServerError as exc:
+                    raise RecordingError(f"the server refused the recorded start pose: {exc.message} [{exc.code}]; "
+                                         "nothing was replayed (--no-reset starts from where the robot is)") from None
         realtime = info.get("clock") == "realtime"
-        t_first = events[0].get("ta", 0.0)
+        pacer = _Pacer(speed, max_wait, result)
         t0 = _now()
-        for ev in events:
-            due = t0 + (ev.get("ta", t_first) - t_first) / speed
-            delay = due - _now()
-            if delay > 0:
-                time.sleep(delay)
+        for ev, req in zip(events, requests):
+            pacer.wait(ev["ta"])
             op = ev["op"]
             try:
                 if op == "step":
-                    st = client.step(ev.get("cmd", {}))
+                    st = client.step(req["cmd"])
                 elif op == "command":
-                    st = client.command(ev.get("cmd", {}))
+                    st = client.command(req["cmd"])
                 elif op == "reset":
-                    st = client.reset(seed=ev.get("seed"), options=ev.get("options") or {})
+                    st = client.reset(seed=req["seed"], options=req["options"])
                 elif op == "estop":
                     client.estop()
                     result.stopped = "stopped at the recorded e-stop (the e-stop is latched)"
@@ -1018,12 +1166,20 @@ def replay(path, config=None, *, speed: float = 1.0, reset: bool = True, record=
                                      f"{exc.message} [{exc.code}]; replay stopped") from None
             result.sent += 1
             result.trajectory.append((_now() - t0, np.array(st["q"])))
-        if realtime and rec.states and not result.stopped:
+        if realtime and rec.states and not result.stopped and result.sent:
             # let the robot run out the recording's tail (it settled while the recorder listened)
-            tail = (max(s.get("ts", 0.0) for s in rec.states) - t_first) / speed
-            delay = t0 + tail - _now()
-            if delay > 0:
-                time.sleep(min(delay, 30.0))
+            pacer.wait(max(s["ts"] for s in rec.states), count=False)
+        timing = []
+        if result.jumps_capped:
+            timing.append(f"{result.jumps_capped} gaps between recorded commands were longer than the {max_wait:g} s "
+                          f"max wait and were cut to it (the longest: {result.longest_jump:.1f} s): the replay's "
+                          "timing differs there (--max-wait keeps longer pauses)")
+        if result.jumps_back:
+            timing.append(f"{result.jumps_back} recorded commands were applied before the one ahead of them (the "
+                          "recorded time went back): sent without waiting")
+        for p in timing:
+            echo(f"warning: {p}")
+        result.problems += timing
         result.final_state = client.state()
         result.duration = _now() - t0
         if recorder is not None:
