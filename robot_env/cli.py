@@ -447,8 +447,8 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=None,
                    help="config name or path (default: an embedded simulator on the recording's clock)")
     p.add_argument("--speed", type=_positive, default=1.0, help="time scale of the waits between commands (1.0)")
-    p.add_argument("--max-wait", type=_seconds, default=1.0, metavar="SECONDS",
-                   help="the longest wait between two commands (1.0 s): a longer recorded gap (a pause, a clock "
+    p.add_argument("--max-wait", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="the longest wait between two commands (5 s): a longer recorded gap (a pause, a clock "
                    "jump) is cut to it and reported; inf keeps every pause")
     p.add_argument("--no-reset", action="store_true",
                    help="start from where the robot is, not from the recorded start pose")

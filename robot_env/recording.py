@@ -89,7 +89,7 @@ META_SUMMARY = "robot_env.summary"
 MAX_RANGES = 100  # missing-seq ranges kept in the summary
 MAX_REASONS = 10  # reasons for skipped records listed one per line in `Recording.problems`
 MAX_EXAMPLES = 3  # examples kept per reason
-DEFAULT_MAX_WAIT = 1.0  # s: the longest a replay waits between two commands (`replay(max_wait=...)`)
+DEFAULT_MAX_WAIT = 5.0  # s: the longest a replay waits between two commands (`replay(max_wait=...)`)
 MAGIC = bytes((137, 77, 67, 65, 80, 48, 13, 10))
 
 
