@@ -63,6 +63,8 @@ class RobotClient:
             self.sock.close(0)
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if self.endpoint.startswith("tcp://["):  # an IPv6 server address
+            self.sock.setsockopt(zmq.IPV6, 1)
         if self.keys is not None:
             self.keys.apply(self.sock)
         self.sock.connect(self.endpoint)

@@ -90,11 +90,15 @@ class RobotServer:
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.RCVHWM, REQUEST_QUEUE)
         self.router.setsockopt(zmq.SNDBUF, KERNEL_BUFFER_BYTES)
+        if endpoint.startswith("tcp://["):  # an IPv6 address (else ZeroMQ would not bind it)
+            self.router.setsockopt(zmq.IPV6, 1)
         if keys is not None:
             keys.apply(self.router)
         self.pub = self.ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDBUF, KERNEL_BUFFER_BYTES)
+        if stream_endpoint.startswith("tcp://["):
+            self.pub.setsockopt(zmq.IPV6, 1)
         if keys is not None:
             keys.apply(self.pub)
         self._hello_body = self._make_hello()
