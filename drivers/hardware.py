@@ -219,15 +219,19 @@ class DynamixelBackend(Backend):
             out["current_limit"] = int(s.current_limit / _CUR_UNIT)
         return out
 
-    def _torque_on(self, s: JointServo) -> None:
+    def _torque_on(self, s: JointServo, arm_watchdog: bool = True) -> None:
         """Goal at the present position first (no jump), torque on, bus watchdog armed."""
         bus = self.bus
         if s.mode != "velocity":
             bus.write_field(s.id, "goal_position", bus.read_field(s.id, "present_position"))
         bus.write_field(s.id, "torque_enable", 1)
         self._torque[s.id] = True
+        if arm_watchdog:
+            self._arm_watchdog(s)
+
+    def _arm_watchdog(self, s: JointServo) -> None:
         if self.bus_watchdog:
-            bus.write_field(s.id, "bus_watchdog", int(round(self.bus_watchdog / 0.02)))
+            self.bus.write_field(s.id, "bus_watchdog", int(round(self.bus_watchdog / 0.02)))
 
     # -- the control loop --------------------------------------------------------------------
     def _start_loop(self) -> None:
@@ -656,7 +660,9 @@ class DynamixelBackend(Backend):
                                        f"(with reboot=[{s.joint!r}] if it holds torque)")
                 self._prepare_servo(s)
             yield
-            self._torque_on(s)
+            # No goals reach a servo until its fault clears at the end: arm its watchdog only then,
+            # or one recovered early would trip while the others are still being recovered.
+            self._torque_on(s, arm_watchdog=False)
             self._excluded.discard(sid)
             self._misses.pop(sid, None)
             yield
@@ -668,6 +674,9 @@ class DynamixelBackend(Backend):
             self.wheel_cmd = (0.0, 0.0)
             self.ctl.reset(self.q_meas)
             self._faults = [f for f in self._faults if f not in faults]
+        self._write_goals()  # the recovered servos get goals again before their watchdogs run
+        for sid in sorted(todo):
+            self._arm_watchdog(self.cal.by_id(sid))
         self.bus.reset_stats()
 
     def _restore_torque(self, servos: set[int]) -> None:
