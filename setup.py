@@ -36,7 +36,7 @@ setup(
         # The comparison anchor for `robot-env bench`: Gymnasium-Robotics' Fetch envs assert on mujoco>=3.12.
         "anchor": ["gymnasium-robotics>=1.4", "mujoco<3.12"],
     },
-    entry_points={"console_scripts": ["robot-env=robot_env.cli:main"]},
+    entry_points={"console_scripts": ["robot-env=robot_env.apps.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -14,7 +14,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from robot_env.description import FETCH, RobotDescription
+from robot_env.model.description import FETCH, RobotDescription
 from robot_env.errors import ConfigError
 
 from . import control_table as ct

@@ -27,15 +27,14 @@ import time
 
 import numpy as np
 
-from robot_env.backend import Backend, Operation
-from robot_env.commands import CHANNELS
-from robot_env.description import (ARM, FETCH, NJ, READY_ARM, READY_TORSO, TORSO, TUCK_ARM, TUCK_TORSO,
-                                   WHEEL_RADIUS, RobotDescription)
+from robot_env.backends.interface import Backend, Operation
+from robot_env.control.commands import CHANNELS
+from robot_env.model.description import ARM, FETCH, NJ, READY_ARM, READY_TORSO, TORSO, TUCK_ARM, TUCK_TORSO, WHEEL_RADIUS, RobotDescription
 from robot_env.errors import ConfigError, RequestError
-from robot_env.kinematics import fk_frames, rot_to_quat
-from robot_env.latency import Histogram
-from robot_env.safety import SafetyConfig
-from robot_env.targets import Kinematics, TargetController, check_start_pose, ee_velocity
+from robot_env.model.kinematics import fk_frames, rot_to_quat
+from robot_env.bridge.latency import Histogram
+from robot_env.control.safety import SafetyConfig
+from robot_env.control.targets import Kinematics, TargetController, check_start_pose, ee_velocity
 
 from . import control_table as ct
 from .bus import BusError, BusTimeout, DynamixelBus, PortError

@@ -14,7 +14,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from .endpoints import parse as parse_endpoint
+from .bridge.endpoints import parse as parse_endpoint
 from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -241,7 +241,7 @@ def _flatten(raw: dict, where: str) -> dict:
 
 def safety_config(cfg: dict):
     """The backend's SafetyConfig; the table is checked again, since a loaded config can be edited."""
-    from .safety import SafetyConfig
+    from .control.safety import SafetyConfig
     s = cfg["server.safety"]
     where = cfg.get("source", "<dict>")
     for key, value in s.items():

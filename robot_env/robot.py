@@ -12,10 +12,10 @@ import time
 
 import numpy as np
 
-from .description import ARM, GRIPPER, HEAD, READY_ARM, READY_TORSO, TORSO
+from .model.description import ARM, GRIPPER, HEAD, READY_ARM, READY_TORSO, TORSO
 from .errors import RobotEnvError, ServerError
-from .kinematics import solve_ik
-from .session import Session
+from .model.kinematics import solve_ik
+from .bridge.session import Session
 
 
 class MoveError(RobotEnvError):

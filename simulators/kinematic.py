@@ -11,13 +11,13 @@ import math
 
 import numpy as np
 
-from robot_env.backend import Backend
-from robot_env.commands import CHANNELS
-from robot_env.description import ARM, FETCH, NJ, READY_ARM, READY_TORSO, TORSO
+from robot_env.backends.interface import Backend
+from robot_env.control.commands import CHANNELS
+from robot_env.model.description import ARM, FETCH, NJ, READY_ARM, READY_TORSO, TORSO
 from robot_env.errors import RequestError
-from robot_env.kinematics import rot_to_quat
-from robot_env.safety import SafetyConfig
-from robot_env.targets import Kinematics, TargetController, check_start_pose, ee_velocity
+from robot_env.model.kinematics import rot_to_quat
+from robot_env.control.safety import SafetyConfig
+from robot_env.control.targets import Kinematics, TargetController, check_start_pose, ee_velocity
 
 
 class KinematicSim(Backend):

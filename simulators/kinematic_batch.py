@@ -13,12 +13,11 @@ import collections
 
 import numpy as np
 
-from robot_env.backend import Backend
-from robot_env.description import ARM, BASE_ACC_V, BASE_ACC_W, FETCH, GRIPPER, HEAD, NJ, READY_ARM, READY_TORSO, TORSO
+from robot_env.backends.interface import Backend
+from robot_env.model.description import ARM, BASE_ACC_V, BASE_ACC_W, FETCH, GRIPPER, HEAD, NJ, READY_ARM, READY_TORSO, TORSO
 from robot_env.errors import RequestError
-from robot_env.kinematics_batch import (fk_frames_batch, jacobian_batch, limited_step_batch,
-                                        orientation_error_batch, rot_to_quat_batch)
-from robot_env.safety import MotionLimiter, SafetyConfig, WorkspaceGuard
+from robot_env.model.kinematics_batch import fk_frames_batch, jacobian_batch, limited_step_batch, orientation_error_batch, rot_to_quat_batch
+from robot_env.control.safety import MotionLimiter, SafetyConfig, WorkspaceGuard
 
 _ALL = slice(None)
 _ARM_SOURCES = ("reset", "ee_delta", "arm_position", "arm_velocity")  # codes in `arm_source`

@@ -61,7 +61,7 @@ import tty
 
 from drivers import control_table as ct
 from drivers import protocol2 as p2
-from robot_env.spawn import ChildProcess
+from robot_env.bridge.spawn import ChildProcess
 
 log = logging.getLogger("simulators.servo_bus")
 
@@ -1057,7 +1057,7 @@ class EmulatorProcess(ChildProcess):
 
     def __init__(self, config: str, *, link: str | None = None, timing: bool = False,
                  control: bool | str = False, baud: int | None = None, ready_timeout: float = 20.0):
-        from robot_env.endpoints import private_ipc
+        from robot_env.bridge.endpoints import private_ipc
         self.control = None
         self.control_endpoint = None
         if control:

@@ -27,7 +27,7 @@ def no_leftover_servers():
                     ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
             except OSError:
                 continue
-            if b"robot_env.cli" in cmd and b"serve" in cmd and ppid == os.getpid():
+            if b"robot_env" in cmd and b"serve" in cmd and ppid == os.getpid():
                 out.add(int(pid))
         return out
     before = servers()

@@ -12,12 +12,12 @@ import pytest
 
 from drivers.calibration import load_calibration
 from robot_env import config as config_mod
-from robot_env.client import RobotClient
-from robot_env.commands import CHANNELS
-from robot_env.description import ARM, FETCH, HEAD
+from robot_env.bridge.client import RobotClient
+from robot_env.control.commands import CHANNELS
+from robot_env.model.description import ARM, FETCH, HEAD
 from robot_env.errors import ServerError
-from robot_env.protocol import VERSION
-from robot_env.spawn import ServerProcess
+from robot_env.bridge.protocol import VERSION
+from robot_env.bridge.spawn import ServerProcess
 from simulators.servo_bus import EmulatorProcess
 from support import wait_for
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from robot_env.bench import run_bench
+from robot_env.apps.bench import run_bench
 
 
 def _check_latency(summary: dict, names=("rtt", "bridge", "action_to_obs")):
@@ -60,7 +60,7 @@ def test_bench_anchor_missing_is_a_note(tmp_path, capsys):
 
 
 def test_bench_vector_measures_both_rows_in_one_run(tmp_path, capsys, no_leftover_servers):
-    from robot_env.bench_vector import run_bench_vector
+    from robot_env.apps.bench_vector import run_bench_vector
     out = tmp_path / "v.json"
     assert run_bench_vector(num_envs=6, steps=60, singles=3, warmup=10, out=out) == 0
     res = json.loads(out.read_text())

@@ -5,7 +5,7 @@ import pytest
 
 from drivers.calibration import load_calibration
 from robot_env import config
-from robot_env.description import FETCH
+from robot_env.model.description import FETCH
 from robot_env.errors import ConfigError
 
 SHIPPED = config.load("fetch_dynamixel")["server.dynamixel"]["calibration"]

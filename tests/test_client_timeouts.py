@@ -17,10 +17,11 @@ import time
 import pytest
 import zmq
 
-from robot_env import config, protocol
-from robot_env.client import RobotClient
+from robot_env import config
+from robot_env.bridge import protocol
+from robot_env.bridge.client import RobotClient
 from robot_env.errors import ServerTimeout
-from robot_env.spawn import ServerProcess
+from robot_env.bridge.spawn import ServerProcess
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -254,7 +255,7 @@ def test_server_gone_after_close(ctx):
 PARENT = textwrap.dedent("""
     import os, signal, sys, time
     from robot_env import config
-    from robot_env.spawn import ServerProcess
+    from robot_env.bridge.spawn import ServerProcess
     sp = ServerProcess(config.load("sim"))
     print(sp.proc.pid, flush=True)
     sys.stdin.readline()  # wait until the test has read the pid

@@ -19,10 +19,10 @@ import zmq
 
 import robot_env  # noqa: F401  (registers the env)
 from robot_env import config
-from robot_env.client import RobotClient
-from robot_env.endpoints import check_bind, is_private, parse, stream_endpoint_for
+from robot_env.bridge.client import RobotClient
+from robot_env.bridge.endpoints import check_bind, is_private, parse, stream_endpoint_for
 from robot_env.errors import ConfigError, RobotEnvError
-from robot_env.server import build_server
+from robot_env.bridge.server import build_server
 from support import free_port_pair
 
 pytestmark = pytest.mark.timeout(60)
@@ -45,7 +45,7 @@ def write_toml(tmp_path, name: str, text: str):
 
 def serve_cmd(*args) -> list[str]:
     exe = shutil.which("robot-env")
-    return ([exe] if exe else [sys.executable, "-m", "robot_env.cli"]) + ["serve", *args]
+    return ([exe] if exe else [sys.executable, "-m", "robot_env"]) + ["serve", *args]
 
 
 class Serve:

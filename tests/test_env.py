@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from robot_env.demo import run_episodes, scripted_action
+from robot_env.apps.demo import run_episodes, scripted_action
 from robot_env.envs import LatencyInfo
 
 
@@ -237,7 +237,7 @@ def test_subclass_reward_is_used():
 
 def test_latency_stats_batched_fold_equals_per_sample_histograms():
     """env.unwrapped.latency folds samples in batches: the same histograms as adding each sample, however often read."""
-    from robot_env.latency import Histogram, LatencyStats
+    from robot_env.bridge.latency import Histogram, LatencyStats
 
     rng = np.random.default_rng(0)
     for read_every in (1, 7, 1000):

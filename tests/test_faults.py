@@ -31,11 +31,11 @@ import pytest
 from drivers import control_table as ct
 from drivers.hardware import DynamixelBackend
 from robot_env import config
-from robot_env.backend import finish
-from robot_env.client import RobotClient
-from robot_env.description import ARM, BASE_ACC_V, BASE_ACC_W, FETCH, motion_profile
+from robot_env.backends.interface import finish
+from robot_env.bridge.client import RobotClient
+from robot_env.model.description import ARM, BASE_ACC_V, BASE_ACC_W, FETCH, motion_profile
 from robot_env.errors import ServerTimeout
-from robot_env.spawn import ServerProcess
+from robot_env.bridge.spawn import ServerProcess
 from support import wait_for
 from test_hardware import CAL, SETTINGS, make_emulator
 

@@ -27,10 +27,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from robot_env import config, protocol
-from robot_env.client import RobotClient
-from robot_env.commands import CHANNELS
-from robot_env.spawn import ServerProcess
+from robot_env import config
+from robot_env.bridge import protocol
+from robot_env.bridge.client import RobotClient
+from robot_env.control.commands import CHANNELS
+from robot_env.bridge.spawn import ServerProcess
 from support import free_port_pair
 
 pytestmark = pytest.mark.timeout(300)

@@ -10,9 +10,9 @@ from drivers.bus import PortError
 from drivers.calibration import load_calibration
 from drivers.hardware import DynamixelBackend
 from robot_env import config
-from robot_env.backend import finish
-from robot_env.demo import run_episodes
-from robot_env.description import FETCH, TUCK_ARM, TUCK_TORSO
+from robot_env.backends.interface import finish
+from robot_env.apps.demo import run_episodes
+from robot_env.model.description import FETCH, TUCK_ARM, TUCK_TORSO
 from robot_env.errors import ConfigError, RequestError
 from simulators.servo_bus import EmulatorProcess, ServoBusEmulator
 from support import wait_for
@@ -239,7 +239,7 @@ def test_sigterm_rests_the_arm_before_torque_off(tmp_path):
     import sys
     emu = EmulatorProcess("fetch_dynamixel", link=str(tmp_path / "ttyDXL"), control=True)
     try:
-        srv = subprocess.Popen([sys.executable, "-m", "robot_env.cli", "serve", "--config", "fetch_dynamixel",
+        srv = subprocess.Popen([sys.executable, "-m", "robot_env", "serve", "--config", "fetch_dynamixel",
                                 "--serial-port", emu.path, "--endpoint", "ipc://@robot-env-sigterm-test"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert "requests on" in srv.stdout.readline() + srv.stdout.readline()
@@ -368,7 +368,7 @@ def test_a_silent_servo_is_named_and_its_velocity_is_not_reported_as_fresh(rig):
 
 
 def test_the_workspace_holds_on_the_driver_for_torso_and_arm_velocity(rig):
-    from robot_env.kinematics import fk_frames
+    from robot_env.model.kinematics import fk_frames
     emu, b = rig
     floor = b.ctl.guard.lo[2]
     down = np.array([0.0, 1.45, 0.0, 0.3, 0.0, 0.2, 0.0])  # the gripper hanging low, close to the base

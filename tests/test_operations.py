@@ -18,11 +18,11 @@ import pytest
 import zmq
 
 from robot_env import config as config_mod
-from robot_env.client import RobotClient
-from robot_env.description import JOINTS, TORSO
+from robot_env.bridge.client import RobotClient
+from robot_env.model.description import JOINTS, TORSO
 from robot_env.errors import ServerError
-from robot_env.protocol import decode, unpack_state
-from robot_env.spawn import ServerProcess
+from robot_env.bridge.protocol import decode, unpack_state
+from robot_env.bridge.spawn import ServerProcess
 from simulators.servo_bus import EmulatorProcess
 from support import wait_for
 from test_hardware import CAL

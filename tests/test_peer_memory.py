@@ -15,10 +15,10 @@ import pytest
 import zmq
 
 from robot_env import config as config_mod
-from robot_env import protocol
-from robot_env.client import RobotClient
-from robot_env.server import PEER_REPLY_BYTES, PEER_STREAM_BYTES
-from robot_env.spawn import ServerProcess
+from robot_env.bridge import protocol
+from robot_env.bridge.client import RobotClient
+from robot_env.bridge.server import PEER_REPLY_BYTES, PEER_STREAM_BYTES
+from robot_env.bridge.spawn import ServerProcess
 
 pytestmark = pytest.mark.timeout(240)
 FIGURES: dict = {}

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import zmq
 
-from robot_env import config, protocol
-from robot_env.client import RobotClient
-from robot_env.commands import CHANNELS
-from robot_env.description import ARM, FETCH, GRIPPER, HEAD, TORSO
+from robot_env import config
+from robot_env.bridge import protocol
+from robot_env.bridge.client import RobotClient
+from robot_env.control.commands import CHANNELS
+from robot_env.model.description import ARM, FETCH, GRIPPER, HEAD, TORSO
 from robot_env.errors import ServerError
-from robot_env.spawn import ServerProcess
+from robot_env.bridge.spawn import ServerProcess
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,11 +12,12 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.
 cluster_utils = pytest.importorskip("ray.cluster_utils", reason="this ray has no ray.cluster_utils")
 pytest.importorskip("stable_baselines3", reason="the train extra is not installed")
 
-from robot_env import cli, config  # noqa: E402
-from robot_env.client import RobotClient  # noqa: E402
+from robot_env import config  # noqa: E402
+from robot_env.apps import cli
+from robot_env.bridge.client import RobotClient  # noqa: E402
 from robot_env.errors import ConfigError, ServerTimeout  # noqa: E402
-from robot_env.ray_servers import ServerPool, train_on_ray  # noqa: E402
-from robot_env.security import ClientKeys, client_keys  # noqa: E402
+from robot_env.training.ray_servers import ServerPool, train_on_ray  # noqa: E402
+from robot_env.bridge.security import ClientKeys, client_keys  # noqa: E402
 from support import wait_for  # noqa: E402
 
 
@@ -117,7 +118,7 @@ def test_keys_are_enforced(pool):
 def test_short_sac_her_training_on_the_ray_servers(cluster, tmp_path, no_leftover_servers):
     """2 env workers + 1 evaluation server, ~1,000 steps, learning from step 200: the pipeline runs
     end to end and writes a bundle `robot-env run` accepts."""
-    from robot_env.train import load_bundle
+    from robot_env.training.train import load_bundle
     out = str(tmp_path / "bundle")
     started = []
 

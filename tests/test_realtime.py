@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from robot_env.client import RobotClient
-from robot_env.description import ARM
-from robot_env.session import Session
+from robot_env.bridge.client import RobotClient
+from robot_env.model.description import ARM
+from robot_env.bridge.session import Session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -171,7 +171,7 @@ import signal, sys, time
 _real, _offset = time.time, [0.0]
 time.time = lambda: _real() + _offset[0]
 signal.signal(signal.SIGUSR1, lambda *a: _offset.__setitem__(0, _offset[0] - 5.0))
-from robot_env.cli import main
+from robot_env.apps.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

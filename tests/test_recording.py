@@ -20,13 +20,13 @@ from robot_env import config  # noqa: E402
 from robot_env.envs import RecordEpisodes  # noqa: E402
 from robot_env.recording import (Recorder, RecordingError, read_recording, replay,  # noqa: E402
                                  replay_events)
-from robot_env.spawn import ServerProcess  # noqa: E402
+from robot_env.bridge.spawn import ServerProcess  # noqa: E402
 
 ARM_A = [0.4, -0.5, 0.2, 1.4, -0.2, 0.8, 0.3]
 
 
 def cli(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "robot_env.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "robot_env", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -148,7 +148,7 @@ def test_env_wrapper_records_episodes_steps_and_resets(env_recording):
 def test_gaps_in_the_stream_are_counted_and_written(tmp_path):
     """A recorder that falls behind a lockstep server stepping flat out: the stream drops messages,
     the recorder counts the holes, and the file's own numbering shows the same holes."""
-    from robot_env.session import Session
+    from robot_env.bridge.session import Session
     path = tmp_path / "gaps.mcap"
     session = Session(None)
     try:
@@ -184,8 +184,8 @@ def test_commands_are_serialized_only_for_a_command_subscriber(monkeypatch):
     """The state-only hot path is unchanged: no subscriber -> nothing encoded; a state subscriber ->
     one state per step; only a `command` subscriber adds the command message."""
     import zmq
-    import robot_env.server as server_mod
-    from robot_env.endpoints import private_ipc
+    import robot_env.bridge.server as server_mod
+    from robot_env.bridge.endpoints import private_ipc
 
     ep, sep = private_ipc("hotpath")
     srv = server_mod.build_server(config.load("sim"), endpoint=ep, stream_endpoint=sep)
@@ -224,7 +224,7 @@ def test_commands_are_serialized_only_for_a_command_subscriber(monkeypatch):
         got = []
         while subs[1].poll(200):
             topic, payload = subs[1].recv_multipart()
-            got.append(robot_env.protocol.decode(payload))
+            got.append(robot_env.bridge.protocol.decode(payload))
         assert topic == b"command" and [g["cseq"] for g in got] == list(range(1, 21))
         assert got[0]["cmd"]["ee_delta"].tolist() == [0.001, 0.0, 0.0] and got[0]["op"] == "step"
     finally:
@@ -245,7 +245,7 @@ def rt_server(tmp_path):
 
 
 def start_recorder(toml, out, *extra):
-    proc = subprocess.Popen([sys.executable, "-m", "robot_env.cli", "record", "--config", str(toml),
+    proc = subprocess.Popen([sys.executable, "-m", "robot_env", "record", "--config", str(toml),
                              "--out", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     ready, _, _ = select.select([proc.stdout], [], [], 20)
@@ -482,7 +482,7 @@ def test_plot_writes_a_png_of_trajectories_and_latencies(rt_recording, tmp_path)
 def test_a_batched_server_records_replays_and_plots_per_robot(tmp_path, no_leftover_servers):
     """A vector env's server (N robots per request): the recording replays onto a server of the same
     size exactly (lockstep), is refused by one of another size, and plots one robot at a time."""
-    from robot_env.plot import plot_recording
+    from robot_env.recording.plot import plot_recording
 
     def batch_cfg(n):
         return config.load("sim", {"server": {"backend": "kinematic_batch"}, "server.kinematic_batch": {"num_robots": n}})

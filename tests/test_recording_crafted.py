@@ -16,9 +16,9 @@ import pytest
 mcap_writer = pytest.importorskip("mcap.writer")
 
 from robot_env import config  # noqa: E402
-from robot_env.description import JOINT_NAMES  # noqa: E402
+from robot_env.model.description import JOINT_NAMES  # noqa: E402
 from robot_env.recording import Recorder, RecordingError, read_recording, replay  # noqa: E402
-from robot_env.recording_schema import COMMAND_SCHEMA, EVENT_SCHEMA, STATE_SCHEMA  # noqa: E402
+from robot_env.recording.schema import COMMAND_SCHEMA, EVENT_SCHEMA, STATE_SCHEMA  # noqa: E402
 
 INFO = {"backend": "kinematic", "clock": "lockstep", "control_period": 0.04, "joint_names": list(JOINT_NAMES),
         "channels": ["arm_position", "arm_velocity", "base_twist", "ee_delta", "gripper", "head", "torso"],
@@ -28,7 +28,7 @@ Q = [0.1, 0.0, -0.5, 0.0, 1.2, 0.0, 0.6, 0.0, 0.02, 0.0, 0.0]  # torso, arm (7),
 
 
 def cli(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "robot_env.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "robot_env", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -368,7 +368,7 @@ def test_unusable_files_are_a_one_line_error(combined, tmp_path):
                 name, args[0], res.stderr)
     assert not (tmp_path / "x.png").exists()
     with pytest.raises(RecordingError, match="0 states recorded"):
-        from robot_env.plot import plot_recording
+        from robot_env.recording.plot import plot_recording
         plot_recording(paths["no valid record"], tmp_path / "x.png")
 
 
@@ -421,7 +421,7 @@ def test_a_real_recording_is_written_with_the_schemas_the_reader_checks(tmp_path
     """The schemas are written once: what the recorder registers in the file is what the reader checks."""
     from mcap.reader import make_reader
 
-    from robot_env.session import Session
+    from robot_env.bridge.session import Session
     path = tmp_path / "real.mcap"
     session = Session(None)
     try:

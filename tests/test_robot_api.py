@@ -6,7 +6,7 @@ import pytest
 
 import robot_env
 from robot_env import MoveError
-from robot_env.description import READY_ARM, TUCK_ARM
+from robot_env.model.description import READY_ARM, TUCK_ARM
 
 
 @pytest.fixture(scope="module")

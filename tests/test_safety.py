@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from robot_env.description import ARM, FETCH, NJ, motion_profile
-from robot_env.safety import MotionLimiter, SafetyConfig
+from robot_env.model.description import ARM, FETCH, NJ, motion_profile
+from robot_env.control.safety import MotionLimiter, SafetyConfig
 from simulators.kinematic import KinematicSim
 
 LO, HI = FETCH.lower, FETCH.upper
@@ -222,7 +222,7 @@ def _reference_limited_step(q, jac, err, lower, upper, damping=0.05, orientation
 
 def test_ik_step_matches_reference_and_stays_in_limits():
     """Cartesian steps (near and at the joint limits too) agree with the reference to round-off and never leave the limits."""
-    from robot_env.kinematics import fk_frames, jacobian, limited_step
+    from robot_env.model.kinematics import fk_frames, jacobian, limited_step
 
     rng = np.random.default_rng(5)
     lo, hi = LO[ARM], HI[ARM]

@@ -20,14 +20,14 @@ import zmq
 import zmq.auth
 
 import robot_env
-from robot_env import config, protocol
-from robot_env.client import RobotClient
-from robot_env.endpoints import check_bind
+from robot_env import config
+from robot_env.bridge import protocol
+from robot_env.bridge.client import RobotClient
+from robot_env.bridge.endpoints import check_bind
 from robot_env.errors import ConfigError, ServerTimeout
-from robot_env.security import (ClientKeys, client_keys, create_keypair, read_public_key, server_keys,
-                                 write_key_file)
-from robot_env.server import build_server
-from robot_env.spawn import ServerProcess
+from robot_env.bridge.security import ClientKeys, client_keys, create_keypair, read_public_key, server_keys, write_key_file
+from robot_env.bridge.server import build_server
+from robot_env.bridge.spawn import ServerProcess
 from support import free_port_pair
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,7 +37,7 @@ ENV_ID = "robot_env/FetchReach-v0"
 
 def keys_cmd(*args) -> list[str]:
     exe = shutil.which("robot-env")
-    return ([exe] if exe else [sys.executable, "-m", "robot_env.cli"]) + ["keys", *args]
+    return ([exe] if exe else [sys.executable, "-m", "robot_env"]) + ["keys", *args]
 
 
 def wait_for_log(server: ServerProcess, text: str, timeout: float = 3.0) -> str:

@@ -18,8 +18,8 @@ import gymnasium as gym
 import pytest
 import zmq
 
-from robot_env import protocol
-from robot_env.client import RobotClient
+from robot_env.bridge import protocol
+from robot_env.bridge.client import RobotClient
 from robot_env.errors import ServerError
 from support import wait_for
 
@@ -66,7 +66,7 @@ def test_only_the_spawning_session_may_close_its_server(ctx, no_leftover_servers
 
 def test_a_server_started_by_hand_is_closed_only_by_its_controller(tmp_path, ctx):
     endpoint = f"ipc://{tmp_path}/srv"
-    proc = subprocess.Popen([sys.executable, "-m", "robot_env.cli", "serve", "--config", "sim", "--endpoint", endpoint],
+    proc = subprocess.Popen([sys.executable, "-m", "robot_env", "serve", "--config", "sim", "--endpoint", endpoint],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "requests on" in proc.stdout.readline() + proc.stdout.readline()

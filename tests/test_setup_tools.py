@@ -96,7 +96,7 @@ def test_setup_servos_cli_walks_the_calibration(tmp_path):
     emu = ServoBusEmulator({1: 1120}, baud=57600)  # a fresh XM540-W270, as the torso's
     port = emu.start()
     try:
-        out = subprocess.run([sys.executable, "-m", "robot_env.cli", "setup-servos", "--config", str(cfg),
+        out = subprocess.run([sys.executable, "-m", "robot_env", "setup-servos", "--config", str(cfg),
                               "--serial-port", port, "--joint", "torso_lift_joint"],
                              input="\n", capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr

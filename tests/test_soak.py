@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from robot_env import config
-from robot_env.client import RobotClient
-from robot_env.spawn import ServerProcess
+from robot_env.bridge.client import RobotClient
+from robot_env.bridge.spawn import ServerProcess
 from support import wait_for
 
 SOAK_DEFAULT_SECONDS = 12.0
@@ -34,7 +34,7 @@ RSS_MARGIN_KB = 2048  # or 5 %, whichever is larger
 
 KILLED_CLIENT = textwrap.dedent("""
     import sys, time
-    from robot_env.client import RobotClient
+    from robot_env.bridge.client import RobotClient
     c = RobotClient(sys.argv[1], timeout=2.0)
     c.hello()
     print("up", flush=True)

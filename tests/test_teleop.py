@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from robot_env import config
-from robot_env.client import RobotClient
-from robot_env.spawn import ServerProcess
+from robot_env.bridge.client import RobotClient
+from robot_env.bridge.spawn import ServerProcess
 from robot_env.robot import MoveError
-from robot_env.teleop import Jogs, Teleop
+from robot_env.apps.teleop import Jogs, Teleop
 from support import wait_for as wait_until
 
 TMUX = shutil.which("tmux")
@@ -29,7 +29,7 @@ class Terminal:
         self.sock = str(tmp_path / f"{name}.tmux")
         self.rc = tmp_path / f"{name}.rc"
         self.err = tmp_path / f"{name}.err"
-        cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "robot_env.cli", "teleop", *args])
+        cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "robot_env", "teleop", *args])
         shell = f"{cmd} 2>{shlex.quote(str(self.err))}; echo $? > {self.rc}.tmp; mv {self.rc}.tmp {self.rc}; sleep 60"
         self._tmux("new-session", "-d", "-x", "80", "-y", "24", shell)  # the classic terminal: all must fit
 

@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
-from robot_env import cli  # noqa: E402
-from robot_env.train import BundleError, check_bundle, load_bundle, open_checked, run_policy, train  # noqa: E402
+from robot_env.apps import cli  # noqa: E402
+from robot_env.training.train import BundleError, check_bundle, load_bundle, open_checked, run_policy, train  # noqa: E402
 from simulators.servo_bus import EmulatorProcess  # noqa: E402
 
 

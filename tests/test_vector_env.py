@@ -132,7 +132,7 @@ def test_vector_env_bad_input(no_leftover_servers):
 
 def test_vector_env_connects_to_a_running_batched_server_of_its_size(no_leftover_servers):
     from robot_env import config as config_mod
-    from robot_env.spawn import ServerProcess
+    from robot_env.bridge.spawn import ServerProcess
     cfg = config_mod.load("sim", {"server": {"backend": "kinematic_batch"}, "server.kinematic_batch": {"num_robots": 3}})
     srv = ServerProcess(cfg)
     try:
@@ -191,7 +191,7 @@ def test_sb3_vec_env_feeds_her(no_leftover_servers):
 def test_train_with_num_envs_reaches_95(tmp_path, no_leftover_servers):
     """`robot-env train --num-envs 4`: SAC + HER on one batched server of 4 robots learns the task."""
     pytest.importorskip("stable_baselines3")
-    from robot_env.train import load_bundle, train
+    from robot_env.training.train import load_bundle, train
 
     meta = train(steps=8000, out=str(tmp_path / "p"), seed=0, eval_every=1000, num_envs=4, log=None)
     t = meta["training"]

@@ -12,8 +12,8 @@ import numpy as np
 import gymnasium as gym
 from gymnasium import spaces
 
-from ..description import ARM, GRIPPER
-from ..session import Session
+from ..model.description import ARM, GRIPPER
+from ..bridge.session import Session
 
 DISTANCE_THRESHOLD = 0.05
 TARGET_RANGE = 0.15

@@ -19,11 +19,10 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .. import config as config_mod
-from ..description import ARM, GRIPPER
+from ..model.description import ARM, GRIPPER
 from ..errors import ConfigError
-from ..session import Session
-from .fetch_reach import (ACTION_SCALE, DISTANCE_THRESHOLD, OBS_BOUND, TARGET_RANGE, BridgeEnvMixin, goal_distance,
-                          option_array, reset_options)
+from ..bridge.session import Session
+from .fetch_reach import ACTION_SCALE, DISTANCE_THRESHOLD, OBS_BOUND, TARGET_RANGE, BridgeEnvMixin, goal_distance, option_array, reset_options
 
 
 def batch_config(config, num_envs: int, overrides: dict | None = None) -> tuple:

@@ -13,7 +13,7 @@ from gymnasium.vector import AutoresetMode
 try:
     from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 except ImportError as exc:  # the core install has no SB3: say how to get it
-    from ..train import TRAIN_HINT
+    from ..training.train import TRAIN_HINT
     raise ImportError(f"robot_env.envs.sb3_vec_env needs Stable-Baselines3 ({exc}): {TRAIN_HINT}") from None
 
 from .fetch_reach import option_array

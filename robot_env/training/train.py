@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .errors import RobotEnvError
+from ..errors import RobotEnvError
 
 ENV_ID = "robot_env/FetchReach-v0"
 BUNDLE_VERSION = 1
@@ -62,7 +62,7 @@ def space_to_dict(space) -> dict:
 
 def env_metadata(env) -> dict:
     """What a policy depends on, from the env and its server's `hello`."""
-    from .envs.fetch_reach import ACTION_SCALE
+    from ..envs.fetch_reach import ACTION_SCALE
     u = env.unwrapped
     info = u._session.info
     return {"env_id": ENV_ID, "control": u.control, "block_gripper": u.block_gripper,
@@ -78,7 +78,7 @@ def sim2real_overrides(cfg_name, enable: bool) -> dict:
     """`overrides` for gym.make: the config's [server.kinematic] knobs, or defaults where they are 0."""
     if not enable:
         return {}
-    from . import config as config_mod
+    from .. import config as config_mod
     cfg = config_mod.load(cfg_name)
     if cfg["server"]["backend"] != "kinematic":
         raise RobotEnvError(f"--sim2real randomizes the kinematic simulator; config {cfg['source']} names the "
@@ -119,7 +119,7 @@ def train(config=None, steps: int = 30_000, out: str = "policy", seed: int = 0, 
         raise RobotEnvError("--time-feature is not available with --num-envs > 1")
 
     def make_venv():
-        from .envs.sb3_vec_env import FetchReachVecEnv
+        from ..envs.sb3_vec_env import FetchReachVecEnv
         return FetchReachVecEnv(num_envs, config=config, overrides=overrides or None)
 
     return train_bundle(lambda: make_env(config, overrides, time_feature=time_feature),
@@ -386,7 +386,7 @@ def open_checked(policy: str, config=None, overrides=None):
 
 # -- CLI entry points -------------------------------------------------------------------------
 def run_train_cli(args) -> int:
-    from . import config as config_mod
+    from .. import config as config_mod
     cfg = config_mod.load(args.config)
     print(f"robot-env train: SAC+HER on {ENV_ID}, config {cfg['source']} ({cfg['server']['backend']} backend), "
           f"up to {args.steps} steps, eval every {args.eval_every} steps over {args.eval_episodes} episodes, "
@@ -398,7 +398,7 @@ def run_train_cli(args) -> int:
 
 
 def run_run_cli(args) -> int:
-    from .demo import _bar
+    from ..apps.demo import _bar
     overrides = {}
     if args.serial_port:
         overrides["server.dynamixel"] = {"serial_port": args.serial_port}

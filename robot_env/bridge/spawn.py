@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from .endpoints import private_ipc, remove_private
-from .errors import RobotEnvError
+from ..errors import RobotEnvError
 
 
 class ChildProcess:
@@ -29,7 +29,7 @@ class ChildProcess:
         self.what = what
         self._stderr = tempfile.TemporaryFile()
         read_fd, self._watch_w = os.pipe()
-        cmd = [sys.executable, "-m", "robot_env.cli", *args, "--watch-fd", "0"]
+        cmd = [sys.executable, "-m", "robot_env", *args, "--watch-fd", "0"]
         self.proc = subprocess.Popen(cmd, stdin=read_fd, stdout=subprocess.PIPE, stderr=self._stderr,
                                      env=dict(os.environ, PYTHONUNBUFFERED="1"), close_fds=True)
         os.close(read_fd)

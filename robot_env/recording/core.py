@@ -44,7 +44,7 @@ Why MCAP (not HDF5, not a LeRobot dataset).
 
 `read_recording` reads a file tolerantly (a truncated or corrupted one gives what is intact plus a
 list of `problems`) and checks every record against the schemas the recorder writes into the file
-(`robot_env.recording_schema`; commands also by the server's own command rules): a record that
+(`robot_env.recording.schema`; commands also by the server's own command rules): a record that
 fails is skipped and counted by reason, so a hand-edited or hostile file (valid chunks, CRCs and
 JSON, wrong fields) gives its valid part, never a crash. `replay` re-sends the recorded commands
 with their original timing through the normal client (so the server's safety layer applies), each
@@ -68,9 +68,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from .errors import RobotEnvError, ServerError, ServerTimeout
-from .recording_schema import (COMMAND_SCHEMA, EVENT_SCHEMA, INFO_SCHEMA, STATE_SCHEMA, SUMMARY_SCHEMA,  # noqa: F401
-                               MAX_SEQ, Invalid, check_metadata, check_record, command_request, shape_of)
+from ..errors import RobotEnvError, ServerError, ServerTimeout
+from .schema import (COMMAND_SCHEMA, EVENT_SCHEMA, INFO_SCHEMA, STATE_SCHEMA, SUMMARY_SCHEMA,  # noqa: F401
+                     MAX_SEQ, Invalid, check_metadata, check_record, command_request, shape_of)
 
 log = logging.getLogger("robot_env.recording")
 _now = time.time
@@ -229,7 +229,7 @@ class _McapSink:
         self.path = str(path)
         self.fh = open(self.path, "wb")
         self.writer = Writer(self.fh, chunk_size=1 << 20, compression=CompressionType.ZSTD)
-        from . import __version__
+        from .. import __version__
         self.writer.start(profile="", library=f"robot-env {__version__}")
         self.writer.add_metadata(META_INFO, info)
         self.fh.flush()
@@ -339,7 +339,7 @@ class Recorder:
     def start(self) -> "Recorder":
         if self._thread is not None:
             raise RecordingError("this recorder is already running")
-        from .client import RobotClient
+        from ..bridge.client import RobotClient
 
         extra = {"keys": self.keys} if self.keys is not None else {}
         self._client = RobotClient(self.endpoint, timeout=min(self.timeout, 2.0), retries=1, **extra)
@@ -434,7 +434,7 @@ class Recorder:
 
     # -- internals ---------------------------------------------------------------------------
     def _info_metadata(self) -> dict:
-        from . import __version__
+        from .. import __version__
         info = self.info or {}
         keys = ("backend", "clock", "control_period", "watchdog_timeout", "joint_names", "channels",
                 "description_hash", "description", "state_layout", "max_ee_step", "protocol", "num_robots")
@@ -512,7 +512,7 @@ class Recorder:
             log.exception("recorder thread failed")
 
     def _write_stream(self, sink: _McapSink, frames: list, t_recv: float) -> None:
-        from .protocol import decode, unpack_state
+        from ..bridge.protocol import decode, unpack_state
 
         if len(frames) != 2:
             self.malformed += 1
@@ -585,7 +585,7 @@ class Recording:
     `problems` is empty for an intact, properly closed file. `closed` is False when the recorder
     never closed it (killed, or the machine lost power): every message up to the cut is still here.
     `damaged` is True when data inside the file (not just its unwritten tail) could not be read.
-    Every record here passed its schema (`robot_env.recording_schema`); those that did not are left
+    Every record here passed its schema (`robot_env.recording.schema`); those that did not are left
     out and counted in `skipped` (reason -> count, a few examples each in `skip_examples`, and a line
     per reason in `problems`); `invalid_cseqs` are the command numbers of skipped commands.
     """
@@ -1083,8 +1083,8 @@ def replay(path, config=None, *, speed: float = 1.0, reset: bool = True, record=
     each against its schema, commands by the server's own rules, before anything is sent);
     `ReplayResult.problems` says what was lost. `record` records the replay itself to another file.
     """
-    from .description import ARM, TORSO
-    from .session import Session
+    from ..model.description import ARM, TORSO
+    from ..bridge.session import Session
 
     if not (speed > 0 and math.isfinite(speed)):
         raise ValueError(f"speed must be a positive number, got {speed}")

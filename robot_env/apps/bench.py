@@ -73,7 +73,7 @@ ctx.term()
 # simulation at all. It exits when stdin closes.
 _NOOP_SERVER_SCRIPT = r"""
 import sys
-from robot_env.server import RobotServer
+from robot_env.bridge.server import RobotServer
 from simulators.kinematic import KinematicSim
 
 class NoopBackend(KinematicSim):
@@ -152,8 +152,8 @@ def _time_env(env, actions: np.ndarray) -> dict:
 def _message_sizes(env) -> tuple[int, int]:
     """Bytes on the wire of one step request and its reply, as the env and the server encode them
     (the command as a list of floats; the reply's state packed, see `protocol.pack_state`)."""
-    from .envs.fetch_reach import ACTION_SCALE
-    from .protocol import VERSION, encode, pack_state
+    from ..envs.fetch_reach import ACTION_SCALE
+    from ..bridge.protocol import VERSION, encode, pack_state
 
     client = env.unwrapped._client
     cmd = {"ee_delta": [0.5 * ACTION_SCALE] * 3}
@@ -197,8 +197,8 @@ def _bench_ipc(actions) -> tuple[dict, tuple[int, int]]:
 def _bench_tcp(actions) -> dict:
     import gymnasium as gym
 
-    from . import config as config_mod
-    from .spawn import ServerProcess
+    from .. import config as config_mod
+    from ..bridge.spawn import ServerProcess
 
     endpoint = f"tcp://127.0.0.1:{_free_tcp_pair()}"
     cfg = config_mod.load("sim")
@@ -257,7 +257,7 @@ def _bench_noop(actions) -> dict:
     """The env over ipc to a server whose backend does no work: the ceiling of this path in Python."""
     import gymnasium as gym
 
-    from .endpoints import private_ipc
+    from ..bridge.endpoints import private_ipc
 
     endpoint, stream = private_ipc("noop")
     with _child(_NOOP_SERVER_SCRIPT, [endpoint, stream], "no-op robot server"):
@@ -274,8 +274,8 @@ def _bench_zmq_echo(steps: int, request_size: int, reply_size: int) -> dict:
     """Round trips between a DEALER here and a ROUTER in a child process, over abstract ipc."""
     import zmq
 
-    from .endpoints import private_ipc
-    from .latency import Histogram
+    from ..bridge.endpoints import private_ipc
+    from ..bridge.latency import Histogram
 
     endpoint = private_ipc("echo")[0]
     ctx = zmq.Context()

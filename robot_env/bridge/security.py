@@ -34,7 +34,7 @@ import zmq.auth
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger("robot_env.server")
 

@@ -23,7 +23,7 @@ import struct
 import msgpack
 import numpy as np
 
-from .errors import RequestError
+from ..errors import RequestError
 
 VERSION = 1
 ARRAY_EXT = 1

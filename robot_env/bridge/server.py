@@ -35,10 +35,10 @@ import time
 import zmq
 
 from . import protocol
-from .backend import Backend, Operation
-from .commands import parse_batch_command, parse_batch_reset_options, parse_command, parse_reset_options
-from .description import FETCH
-from .errors import RequestError
+from ..backends.interface import Backend, Operation
+from ..control.commands import parse_batch_command, parse_batch_reset_options, parse_command, parse_reset_options
+from ..model.description import FETCH
+from ..errors import RequestError
 from .estop_latch import EstopLatch
 from .protocol import VERSION, encode, error_reply, pack_state, parse_request
 
@@ -772,8 +772,8 @@ class RobotServer:
 def build_server(cfg: dict, *, endpoint: str | None = None, stream_endpoint: str | None = None,
                  allow_client_keys=(), **kwargs) -> RobotServer:
     """Construct the backend a config names and the server around it (binding the sockets)."""
-    from .backend import load_backend
-    from .config import safety_config
+    from ..backends.interface import load_backend
+    from ..config import safety_config
     from .endpoints import check_bind, private_ipc, stream_endpoint_for
     from .estop_latch import estop_path
 

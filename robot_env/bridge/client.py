@@ -27,7 +27,7 @@ import time
 
 import zmq
 
-from .errors import RequestError, ServerError, ServerTimeout
+from ..errors import RequestError, ServerError, ServerTimeout
 from .latency import LatencyStats
 from .protocol import IDEMPOTENT_OPS, VERSION, decode, encode, unpack_state
 

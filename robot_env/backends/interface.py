@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 import importlib
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # config `[server] backend` name -> "module:Class"
 BACKENDS = {

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .errors import RequestError
+from ..errors import RequestError
 
 # channel -> shape (() is a scalar)
 CHANNELS: dict[str, tuple[int, ...]] = {

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 ACCEPTED = ("accepted: tcp://HOST:PORT (HOST an IPv4 address, a [bracketed] IPv6 address, *, localhost, or "
             "a host or interface name; PORT 1 to 65535, or * for a free one when binding), ipc://PATH, "

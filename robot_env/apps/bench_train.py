@@ -20,8 +20,8 @@ from .bench import ANCHOR_HINT
 
 
 def _ours(steps: int, seed: int) -> dict:
-    from . import train as train_mod
-    from .sac_her import train_loop
+    from ..training import train as train_mod
+    from ..training.sac_her import train_loop
 
     def mk(evaluating):
         return train_mod.make_env(None, None, time_feature=train_mod.DEFAULT_TIME_FEATURE)
@@ -72,7 +72,7 @@ def _fmt(r: dict | None) -> tuple[str, str, str]:
 
 def run_bench_train(steps: int = 30_000, seed: int = 0, anchor_python: str | None = None, anchor: bool = True,
                     out=None) -> int:
-    from .train import _require_sb3
+    from ..training.train import _require_sb3
     _require_sb3()
     print(f"robot-env bench --train: SAC+HER to 95% eval success (20 episodes every 1,000 steps), seed {seed}, "
           f"at most {steps} steps per side; Python {platform.python_version()}, {os.cpu_count()} CPUs, "

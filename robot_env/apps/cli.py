@@ -13,8 +13,8 @@ import sys
 def _serve(args) -> int:
     import os
 
-    from . import config
-    from .server import build_server
+    from .. import config
+    from ..bridge.server import build_server
 
     cfg = config.load(json.loads(args.config_json) if args.config_json else args.config)
     if args.clock:
@@ -66,7 +66,7 @@ def _serve(args) -> int:
 
 
 def _keys(args) -> int:
-    from .security import create_keypair
+    from ..bridge.security import create_keypair
 
     public, secret = create_keypair(args.out, args.name, force=args.force)
     print(f"public key  {public}\nsecret key  {secret}  (mode 0600: keep it on this machine)\n"
@@ -96,18 +96,18 @@ def _bench(args) -> int:
 
 def _train(args) -> int:
     if args.ray:
-        from .ray_servers import run_ray_train_cli
+        from ..training.ray_servers import run_ray_train_cli
         return run_ray_train_cli(args)
     if args.insecure or args.ray_servers is not None or args.ray_cpus is not None or args.vec_env is not None:
         print("robot-env: error: --ray-servers, --ray-cpus, --insecure and --vec-env go with --ray",
               file=sys.stderr)
         return 2
-    from .train import run_train_cli
+    from ..training.train import run_train_cli
     return run_train_cli(args)
 
 
 def _run(args) -> int:
-    from .train import run_run_cli
+    from ..training.train import run_run_cli
     return run_run_cli(args)
 
 
@@ -156,7 +156,7 @@ def _emulate_bus(args) -> int:
 
 
 def _dynamixel_settings(args):
-    from . import config
+    from .. import config
     cfg = config.load(args.config)
     dyn = cfg["server.dynamixel"]
     return dyn["serial_port"] if not args.serial_port else args.serial_port, dyn
@@ -198,8 +198,8 @@ def _record(args) -> int:
     import threading
     import time
 
-    from . import config
-    from .recording import Recorder
+    from .. import config
+    from ..recording import Recorder
 
     endpoint = args.endpoint
     if not endpoint:
@@ -223,7 +223,7 @@ def _record(args) -> int:
     keys = None
     if not args.endpoint:
         try:  # CurveZMQ: the [client] keys of the config, when it names some
-            from .security import client_keys
+            from ..bridge.security import client_keys
             keys = client_keys(cfg)
         except ImportError:
             pass
@@ -267,7 +267,7 @@ PLOT_EXIT = ("Exit status: 0 drawn from an intact file; 3 drawn from what is val
 
 
 def _replay(args) -> int:
-    from .recording import replay
+    from ..recording import replay
 
     result = replay(args.file, args.config, speed=args.speed, reset=not args.no_reset, record=args.record,
                     through_gaps=args.through_gaps, max_wait=args.max_wait,
@@ -279,8 +279,8 @@ def _replay(args) -> int:
 
 
 def _plot(args) -> int:
-    from .plot import plot_recording
-    from .recording import read_recording
+    from ..recording.plot import plot_recording
+    from ..recording import read_recording
 
     rec = read_recording(args.file)
     out = plot_recording(rec, args.out, robot=args.robot)  # nothing to draw: an error, no warnings first
@@ -472,7 +472,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except Exception as exc:
-        from .errors import RobotEnvError
+        from ..errors import RobotEnvError
         if isinstance(exc, RobotEnvError):
             print(f"robot-env: error: {exc}", file=sys.stderr)
             return 2

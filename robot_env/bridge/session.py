@@ -1,7 +1,7 @@
 """Open a client on the server a config names, spawning an embedded one when it names none."""
 from __future__ import annotations
 
-from . import config as config_mod
+from .. import config as config_mod
 from .client import RobotClient
 from .security import client_keys
 from .spawn import ServerProcess

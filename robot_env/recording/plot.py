@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .recording import Recording, RecordingError, read_recording
+from . import Recording, RecordingError, read_recording
 
 _UNITS = {"torso_lift_joint": "m", "gripper_joint": "m"}
 

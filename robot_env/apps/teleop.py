@@ -23,9 +23,9 @@ import signal
 import time
 from dataclasses import dataclass
 
-from .description import GRIPPER, HEAD, TORSO
-from .errors import RobotEnvError, ServerError, ServerTimeout
-from .robot import MoveError
+from ..model.description import GRIPPER, HEAD, TORSO
+from ..errors import RobotEnvError, ServerError, ServerTimeout
+from ..robot import MoveError
 
 # axis -> group: the channel a jog on that axis drives
 GROUPS = {"x": "arm", "y": "arm", "z": "arm", "grip": "gripper", "torso": "torso",
@@ -429,7 +429,7 @@ def run_teleop(config=None, *, speed: float = 0.5, window: float = 0.25, first_w
     """
     import sys
 
-    from .robot import connect
+    from ..robot import connect
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise TeleopError("teleop needs an interactive terminal (stdin and stdout a tty)")
@@ -445,7 +445,7 @@ def run_teleop(config=None, *, speed: float = 0.5, window: float = 0.25, first_w
                               "teleop needs a realtime server (robot-env serve --clock realtime)")
         robot.client.timeout = min(robot.client.timeout, float(timeout))
         if record:
-            from .recording import Recorder
+            from ..recording import Recorder
             recorder = Recorder(robot, record).start()
         teleop = Teleop(robot, speed=speed, window=window, first_window=first_window, recorder=recorder)
         quit_signals = (signal.SIGTERM, signal.SIGHUP)

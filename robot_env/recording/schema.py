@@ -13,7 +13,7 @@ Times are bounded by MCAP's own clock (uint64 nanoseconds since the epoch: befor
 values by a bound far beyond any joint's range, sequence numbers by 2**53 (what JSON readers such as
 Foxglove hold exactly).
 
-A command record is further checked by the server's own rules (`robot_env.commands.parse_command`,
+A command record is further checked by the server's own rules (`robot_env.control.commands.parse_command`,
 `parse_reset_options` and their batched forms), through `command_request`, which also builds what a
 replay re-sends: a record that passes would not be refused as malformed by a server.
 """
@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 import re
 
-from .commands import parse_batch_command, parse_batch_reset_options, parse_command, parse_reset_options
-from .errors import RequestError
+from ..control.commands import parse_batch_command, parse_batch_reset_options, parse_command, parse_reset_options
+from ..errors import RequestError
 
 MAX_SEQ = 2 ** 53 - 1
 MAX_TIME = 2 ** 64 / 1e9  # s since the epoch: MCAP's uint64 nanosecond log/publish times end here

@@ -14,9 +14,9 @@ from operator import sub as _sub
 
 import numpy as np
 
-from .description import ARM, FETCH, GRIPPER, HEAD, NJ, TORSO, RobotDescription
-from .errors import RequestError
-from .kinematics import fk_frames, jacobian_array, limited_step, orientation_error
+from ..model.description import ARM, FETCH, GRIPPER, HEAD, NJ, TORSO, RobotDescription
+from ..errors import RequestError
+from ..model.kinematics import fk_frames, jacobian_array, limited_step, orientation_error
 from .safety import BaseLimiter, MotionLimiter, SafetyConfig, WorkspaceGuard, clip_flags
 
 _FOREVER = float("inf")

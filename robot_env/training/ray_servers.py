@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import ConfigError, RobotEnvError
+from ..errors import ConfigError, RobotEnvError
 
 RAY_HINT = 'install Ray on every node: `pip install -e ".[ray]"` (or `pip install "ray>=2.9"`)'
 
@@ -86,8 +86,8 @@ class SimulatorServer:
             raise self.error
 
     def _serve(self) -> None:
-        from . import config as config_mod
-        from .server import build_server
+        from .. import config as config_mod
+        from ..bridge.server import build_server
         cfg, server_key, client_key, insecure, port = self._args
         self._args = None  # the secret key text is not kept
         try:
@@ -95,7 +95,7 @@ class SimulatorServer:
             keydir = None
             try:
                 if server_key is not None:
-                    from .security import write_key_file
+                    from ..bridge.security import write_key_file
                     keydir = tempfile.mkdtemp(prefix="robot-env-keys-")  # mode 0700
                     # as `robot-env keys` writes them: explicit modes, never through a link
                     secret = write_key_file(Path(keydir, "server.key_secret"), server_key, secret=True)
@@ -157,7 +157,7 @@ class PoolKeys:
     the clients) and one pair for the trainer's clients."""
 
     def __init__(self, n_servers: int, key_dir: str | None = None):
-        from .security import create_keypair
+        from ..bridge.security import create_keypair
         self.dir = Path(key_dir or tempfile.mkdtemp(prefix="robot-env-ray-keys-"))
         self.client_public, self.client_secret = create_keypair(self.dir, "trainer")
         self.client_public_text = self.client_public.read_text(encoding="utf-8")
@@ -189,7 +189,7 @@ class ServerPool:
     def __init__(self, n: int, config=None, *, insecure: bool = False, num_cpus: float = 1,
                  strategy="SPREAD", timeout: float | None = None, start_timeout: float = 120.0,
                  overrides: dict | None = None):
-        from . import config as config_mod
+        from .. import config as config_mod
         if n < 1:
             raise ValueError("a pool needs at least one server")
         self.cfg = config_mod.load(config, overrides)

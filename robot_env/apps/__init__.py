@@ -1,0 +1,1 @@
+"""Command-line applications: the `robot-env` CLI, teleop, demo and benchmarks."""

@@ -1,0 +1,1 @@
+"""The bridge: wire protocol, server, client, session and spawned servers, endpoints, CurveZMQ, latency."""

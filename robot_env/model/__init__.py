@@ -1,0 +1,1 @@
+"""The robot model: the description (joints, limits, poses) and its kinematics, numpy only."""
