@@ -28,7 +28,8 @@ import time
 import numpy as np
 
 from robot_env.backends.interface import Backend, Operation
-from robot_env.control.commands import CHANNELS
+from robot_env.backends.spec import BackendSpec, SafetyParams, ready_gripper
+from robot_env.control.commands import CHANNELS, RESET_OPTIONS
 from robot_env.model.description import ARM, FETCH, NJ, READY_ARM, READY_TORSO, TORSO, TUCK_ARM, TUCK_TORSO, WHEEL_RADIUS, RobotDescription
 from robot_env.errors import ConfigError, RequestError
 from robot_env.model.kinematics import fk_frames, rot_to_quat
@@ -48,10 +49,31 @@ _VEL_UNIT = F["present_velocity"].unit  # rad/s per raw count (of the servo shaf
 _CUR_UNIT = F["present_current"].unit
 
 
+_num = (int, float)
+
+
 class DynamixelBackend(Backend):
     kind = "dynamixel"
     realtime_only = True
     channels = frozenset(CHANNELS)
+    # The config's [server.dynamixel] table (`robot_env.config` validates it from here).
+    Settings = {
+        "serial_port": (str, "/dev/ttyUSB0", lambda v: bool(v), "a serial device path"),
+        "baud": (int, 1_000_000, lambda v: v in (57600, 115200, 1_000_000, 2_000_000, 3_000_000, 4_000_000),
+                 "a Dynamixel baud rate (57600, 115200, 1000000, 2000000, 3000000 or 4000000)"),
+        "calibration": (str, "fetch_dynamixel_calibration.toml", lambda v: bool(v),
+                        "a calibration TOML (relative to this config file)", "path"),
+        "loop_rate": (_num, 200.0, lambda v: 10 <= v <= 2000, "between 10 and 2000 Hz"),
+        "min_loop_fraction": (_num, 0.25, lambda v: 0 <= v < 1, "in [0, 1) of loop_rate (0: off)"),
+        "fast_sync": (bool, True, None, ""),
+        "reply_slack": (_num, 0.02, lambda v: 0 <= v <= 1, "between 0 and 1 s"),
+        "retries": (int, 2, lambda v: 0 <= v <= 10, "between 0 and 10"),
+        "max_bus_errors": (int, 5, lambda v: 1 <= v <= 1000, "between 1 and 1000 consecutive failed cycles"),
+        "bus_watchdog": (_num, 0.3, lambda v: v == 0 or 0.02 <= v <= 2.54, "0 (off) or 0.02 to 2.54 s"),
+        "rest_pose": (str, "tuck", lambda v: v in ("tuck", "ready", "none"), "'tuck', 'ready' or 'none'"),
+        "torque_off_on_close": (bool, True, None, ""),
+        "move_timeout": (_num, 15.0, lambda v: 0.5 <= v <= 120, "between 0.5 and 120 s"),
+    }
 
     def __init__(self, safety: SafetyConfig | None = None, control_period: float = 0.04, *,
                  serial_port: str, baud: int = 1_000_000, calibration: str, loop_rate: float = 200.0,
@@ -63,7 +85,12 @@ class DynamixelBackend(Backend):
         self.description = description
         self.period = control_period
         self.cal: Calibration = load_calibration(calibration, description)
-        self.ctl = TargetController(safety or SafetyConfig(), description)
+        safety = safety or SafetyConfig()
+        self.ctl = TargetController(safety, description)
+        self.num_robots = 1
+        self.spec = BackendSpec(kind=self.kind, num_robots=1, channels=dict(CHANNELS),
+                                reset_options=dict(RESET_OPTIONS), safety=SafetyParams.of(safety),
+                                description=description, realtime_only=True, ready_ee=ready_gripper())
         self._narrow_limits()
         self.loop_period = 1.0 / loop_rate
         if not 0 <= min_loop_fraction < 1:
@@ -130,11 +157,17 @@ class DynamixelBackend(Backend):
     def _start_servos(self) -> None:
         bus = self.bus
         for s in self.cal.servos:
-            try:
-                model, _fw = bus.ping(s.id)
-            except BusTimeout:
-                raise ConfigError(f"servo {s.id} ({s.joint}) does not answer on {bus.port}: check power, "
-                                  "wiring, id and baud rate") from None
+            # Patient at start-up only (a loaded machine or a slow adapter may miss a first reply);
+            # a servo that is really missing costs a second before the error.
+            deadline = time.monotonic() + STARTUP_PING_PATIENCE
+            while True:
+                try:
+                    model, _fw = bus.ping(s.id)
+                    break
+                except BusTimeout:
+                    if time.monotonic() > deadline:
+                        raise ConfigError(f"servo {s.id} ({s.joint}) does not answer on {bus.port}: check power, "
+                                          "wiring, id and baud rate") from None
             if model != s.model_number:
                 name = ct.MODELS.get(model, f"model {model}")
                 raise ConfigError(f"servo {s.id} ({s.joint}) is a {name}, the calibration says {s.model}")
@@ -496,7 +529,7 @@ class DynamixelBackend(Backend):
     def faults(self) -> list:
         return list(self._faults)
 
-    def apply(self, command: dict) -> list[str]:
+    def apply(self, command: dict, robots=None) -> list[str]:
         if self._faults:
             raise RequestError("fault", f"robot faulted ({self._faults[0]['message']}); send reset_faults")
         with self._lock:
@@ -536,7 +569,7 @@ class DynamixelBackend(Backend):
             "base": np.array(base),
             "objects": {},
             "faults": list(self._faults),
-            "clipped": flags,
+            "clipped": dict.fromkeys(flags, (0,)),
             "diagnostics": self.diagnostics(),
         }
         if stale:
@@ -554,7 +587,7 @@ class DynamixelBackend(Backend):
                 "sample_age_ms": 1e3 * (now - self.last_read),
                 "bus": dict(self.bus.stats)}
 
-    def reset(self, seed, options) -> Operation:
+    def reset(self, seed, options, robots=None) -> Operation:
         """The real arm cannot teleport: the start pose is checked, then reached by a move the
         server polls (`Operation`) while it keeps serving."""
         if self._faults:
@@ -832,6 +865,7 @@ class _JobOperation(Operation):
 
 WATCHDOG_CHECK_CYCLES = 50
 REBOOT_TIMEOUT = 3.0  # s a rebooted servo may stay deaf
+STARTUP_PING_PATIENCE = 1.0  # s a servo may take to answer its first ping at start-up
 # Wheel speed at full twist (1 m/s + 4.5 rad/s) is ~31 rad/s; an X-series servo tops out at raw 1023
 # (~24.5 rad/s, ~1.5 m/s at the rim): that is the wheels' limit, and goals saturate there.
 WHEEL_RAW_MAX = ct.FIELDS["velocity_limit"].hi

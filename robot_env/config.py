@@ -1,7 +1,10 @@
 """TOML configs: shipped ones by name (`sim`, `fetch_dynamixel`) or any file by path, strictly checked.
 
 Every key is declared with its type and default, so a typo or a wrong value is an error that names
-the file, the table and the key, instead of a silently ignored setting.
+the file, the table and the key, instead of a silently ignored setting. The tables of the server,
+its safety layer, CurveZMQ and the client are declared here; a backend's own table
+(`[server.<backend>]`) is declared next to the backend (its class's `Settings`), found through the
+backend registry: this module names no backend.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from .backends.registry import BACKENDS, settings_of
 from .bridge.endpoints import parse as parse_endpoint
 from .errors import ConfigError
 
@@ -36,18 +40,11 @@ def _endpoint(bind: bool):
     return check
 
 
-# The kinematic simulators' sim-to-real knobs, all off by default.
-_SIM_TO_REAL = {
-    "action_latency_steps": (int, 0, lambda v: 0 <= v <= 50, "between 0 and 50"),
-    "observation_noise": (_num, 0.0, lambda v: 0 <= v <= 0.1, "between 0 and 0.1 (rad)"),
-    "speed_randomization": (_num, 0.0, lambda v: 0 <= v < 1, "in [0, 1)"),
-}
-
-# table -> key -> (type(s), default, check or None, what the check wants)
+# table -> key -> (type(s), default, check or None, what the check wants[, "path": resolved against
+# the config file's folder]). Backends declare their own table in the same form (`Settings`).
 SCHEMA: dict[str, dict[str, tuple]] = {
     "server": {
-        "backend": (str, "kinematic", lambda v: v in ("kinematic", "kinematic_batch", "dynamixel", "mujoco"),
-                    "one of 'kinematic', 'kinematic_batch', 'dynamixel', 'mujoco'"),
+        "backend": (str, "kinematic", lambda v: v in BACKENDS, "one of " + ", ".join(map(repr, BACKENDS))),
         "clock": (str, "lockstep", lambda v: v in ("lockstep", "realtime"), "'lockstep' or 'realtime'"),
         "control_period": (_num, 0.04, lambda v: 0.001 <= v <= 1.0, "between 0.001 and 1.0 s"),
         "endpoint": (str, "", _endpoint(bind=True), ""),
@@ -63,29 +60,6 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "server_secret_key": (str, "", None, ""),
         "allowed_clients": (list, [], lambda v: all(isinstance(x, str) and x for x in v),
                             "a list of .key files or directories of them"),
-    },
-    "server.kinematic": _SIM_TO_REAL,
-    # N kinematic robots stepped per request (vector envs); the same knobs, per robot
-    "server.kinematic_batch": {
-        "num_robots": (int, 1, lambda v: 1 <= v <= 512, "between 1 and 512 (a reply holds ~500 bytes per robot)"),
-        **_SIM_TO_REAL,
-    },
-    "server.dynamixel": {
-        "serial_port": (str, "/dev/ttyUSB0", lambda v: bool(v), "a serial device path"),
-        "baud": (int, 1_000_000, lambda v: v in (57600, 115200, 1_000_000, 2_000_000, 3_000_000, 4_000_000),
-                 "a Dynamixel baud rate (57600, 115200, 1000000, 2000000, 3000000 or 4000000)"),
-        "calibration": (str, "fetch_dynamixel_calibration.toml", lambda v: bool(v),
-                        "a calibration TOML (relative to this config file)"),
-        "loop_rate": (_num, 200.0, lambda v: 10 <= v <= 2000, "between 10 and 2000 Hz"),
-        "min_loop_fraction": (_num, 0.25, lambda v: 0 <= v < 1, "in [0, 1) of loop_rate (0: off)"),
-        "fast_sync": (bool, True, None, ""),
-        "reply_slack": (_num, 0.02, lambda v: 0 <= v <= 1, "between 0 and 1 s"),
-        "retries": (int, 2, lambda v: 0 <= v <= 10, "between 0 and 10"),
-        "max_bus_errors": (int, 5, lambda v: 1 <= v <= 1000, "between 1 and 1000 consecutive failed cycles"),
-        "bus_watchdog": (_num, 0.3, lambda v: v == 0 or 0.02 <= v <= 2.54, "0 (off) or 0.02 to 2.54 s"),
-        "rest_pose": (str, "tuck", lambda v: v in ("tuck", "ready", "none"), "'tuck', 'ready' or 'none'"),
-        "torque_off_on_close": (bool, True, None, ""),
-        "move_timeout": (_num, 15.0, lambda v: 0.5 <= v <= 120, "between 0.5 and 120 s"),
     },
     "server.safety": {
         "profile": (str, "default", lambda v: v in ("default", "moveit"), "'default' or 'moveit'"),
@@ -145,29 +119,39 @@ def load(name_or_path=None, overrides: dict | None = None) -> dict:
     for table, values in (overrides or {}).items():
         flat.setdefault(table, {}).update(values)
     out = {}
-    for table, keys in SCHEMA.items():
+    backend = flat.get("server", {}).get("backend", SCHEMA["server"]["backend"][1])
+    tables = dict(SCHEMA)
+    for table in [*flat, f"server.{backend}"]:
+        name = table[len("server."):] if table.startswith("server.") else None
+        if name in BACKENDS and table not in tables:
+            tables[table] = settings_of(name)  # a backend's table: declared next to the backend
+    for table, keys in tables.items():
         given = flat.pop(table, {})
         section = {}
-        for key, (typ, default, check, wants) in keys.items():
+        for key, entry in keys.items():
             if key not in given:
-                section[key] = default
+                section[key] = entry[1]
                 continue
             value = given.pop(key)
-            _check_value(where, table, key, value)
+            _check_value(where, table, key, value, entry)
             section[key] = value
         if given:
             raise ConfigError(f"{where}: [{table}] unknown key(s) {', '.join(sorted(given))}; "
                               f"known: {', '.join(keys)}")
         out[table] = section
     if flat:
+        known = [*SCHEMA, *(f"server.{b}" for b in BACKENDS)]
         raise ConfigError(f"{where}: unknown table(s) {', '.join(f'[{t}]' for t in sorted(flat))}; "
-                          f"known: {', '.join(f'[{t}]' for t in SCHEMA)}")
+                          f"known: {', '.join(f'[{t}]' for t in known)}")
+    # Path settings of the backends: relative to the config file (a dict config: to the shipped configs).
+    path_base = Path(where).parent if where != "<dict>" else CONFIG_DIR
+    for table, keys in tables.items():
+        for key, entry in keys.items():
+            if len(entry) > 4 and entry[4] == "path" and table in out and out[table][key] \
+                    and not os.path.isabs(out[table][key]):
+                out[table][key] = str((path_base / out[table][key]).resolve())
     out["source"] = where
     _check_safety(out["server.safety"], where)
-    dyn = out["server.dynamixel"]
-    if not os.path.isabs(dyn["calibration"]):
-        base = Path(where).parent if where != "<dict>" else CONFIG_DIR
-        dyn["calibration"] = str((base / dyn["calibration"]).resolve())
     # Key files: relative to the config file (a dict config: to the working directory).
     key_base = Path(where).parent if where != "<dict>" else Path.cwd()
     sec, cc = out["server.security"], out["client"]
@@ -181,9 +165,9 @@ def load(name_or_path=None, overrides: dict | None = None) -> dict:
     return out
 
 
-def _check_value(where: str, table: str, key: str, value) -> None:
+def _check_value(where: str, table: str, key: str, value, entry=None) -> None:
     """One key's type, finiteness (numbers and the numbers in lists: TOML has inf and nan) and check."""
-    typ, _, check, wants = SCHEMA[table][key]
+    typ, _, check, wants = (entry or SCHEMA[table][key])[:4]
     if isinstance(value, bool) and typ is not bool or not isinstance(value, typ):
         tname = "number" if typ is _num else getattr(typ, "__name__", str(typ))
         raise ConfigError(f"{where}: [{table}] {key}: expected a {tname}, got {value!r}")
@@ -252,3 +236,15 @@ def safety_config(cfg: dict):
                         floor_height=s["floor_height"], max_ee_step=s["max_ee_step"],
                         max_joint_step=s["max_joint_step"], watchdog_timeout=s["watchdog_timeout"],
                         velocity_timeout=s["velocity_timeout"])
+
+
+def serial_port_override(config, port: str | None) -> dict:
+    """`overrides` that set the config's backend's `serial_port` (the CLIs' --serial-port); {} for None."""
+    if not port:
+        return {}
+    cfg = load(config)
+    backend = cfg["server"]["backend"]
+    if "serial_port" not in settings_of(backend):
+        raise ConfigError(f"{cfg['source']}: --serial-port is for a hardware backend; [server] backend "
+                          f"{backend!r} has no serial port")
+    return {f"server.{backend}": {"serial_port": port}}

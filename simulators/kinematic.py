@@ -1,119 +1,79 @@
-"""The kinematic simulator: joints follow their targets under the safety layer's motion limits.
+"""The kinematic simulator backend: N robots whose joints follow their targets under the safety layer.
 
 No contact or dynamics, so it is fast and exactly repeatable under a seed: the embedded default
-for training. Sim-to-real knobs (all off by default): action latency in control steps,
-Gaussian noise on measured joints, per-joint speed scaling drawn at reset.
+for training, and what vector envs run (`num_robots`: one request steps them all). Batch-first
+like every backend; one robot takes a plain-float kernel (`kinematic_one`), N robots an (N, ...)
+array kernel (`kinematic_many`), which agree robot for robot. Sim-to-real knobs (all off by
+default): action latency in control steps, Gaussian noise on measured joints, per-joint speed
+scaling drawn at reset.
 """
 from __future__ import annotations
 
-import collections
-import math
-
-import numpy as np
-
 from robot_env.backends.interface import Backend
-from robot_env.control.commands import CHANNELS
-from robot_env.model.description import ARM, FETCH, NJ, READY_ARM, READY_TORSO, TORSO
-from robot_env.errors import RequestError
-from robot_env.model.kinematics import rot_to_quat
+from robot_env.backends.spec import BackendSpec, SafetyParams, ready_gripper
+from robot_env.control.commands import CHANNELS, RESET_OPTIONS
 from robot_env.control.safety import SafetyConfig
-from robot_env.control.targets import Kinematics, TargetController, check_start_pose, ee_velocity
+from robot_env.model.description import FETCH
+
+from .kinematic_many import MAX_ROBOTS, ManyRobots
+from .kinematic_one import OneRobot
+
+_num = (int, float)
 
 
 class KinematicSim(Backend):
-    kind = "kinematic"
-    channels = frozenset(CHANNELS)
+    """`KinematicSim(safety, control_period, num_robots=1, **sim-to-real knobs)`."""
 
-    def __init__(self, safety: SafetyConfig | None = None, control_period: float = 0.04,
+    kind = "kinematic"
+    max_robots = MAX_ROBOTS
+    channels = frozenset(CHANNELS)
+    # The config's [server.kinematic] table (`robot_env.config` validates it from here).
+    Settings = {
+        "num_robots": (int, 1, lambda v: 1 <= v <= MAX_ROBOTS,
+                       f"between 1 and {MAX_ROBOTS} (a reply holds ~500 bytes per robot)"),
+        "action_latency_steps": (int, 0, lambda v: 0 <= v <= 50, "between 0 and 50"),
+        "observation_noise": (_num, 0.0, lambda v: 0 <= v <= 0.1, "between 0 and 0.1 (rad)"),
+        "speed_randomization": (_num, 0.0, lambda v: 0 <= v < 1, "in [0, 1)"),
+    }
+
+    def __init__(self, safety: SafetyConfig | None = None, control_period: float = 0.04, num_robots: int = 1,
                  action_latency_steps: int = 0, observation_noise: float = 0.0,
                  speed_randomization: float = 0.0, description=FETCH):
+        if not isinstance(num_robots, int) or not 1 <= num_robots <= MAX_ROBOTS:
+            raise ValueError(f"num_robots must be in 1..{MAX_ROBOTS}, got {num_robots!r}")
+        safety = safety or SafetyConfig()
+        knobs = dict(action_latency_steps=action_latency_steps, observation_noise=observation_noise,
+                     speed_randomization=speed_randomization, description=description)
+        self.num_robots = num_robots
         self.description = description
-        self.period = control_period
-        self.ctl = TargetController(safety or SafetyConfig(), description)
-        self.latency_steps = int(action_latency_steps)
-        self.noise = float(observation_noise)
-        self.speed_rand = float(speed_randomization)
-        self.pending: collections.deque = collections.deque()
-        self.rng = np.random.default_rng()
-        self.reset(None, {})
+        self.kernel = OneRobot(safety, control_period, **knobs) if num_robots == 1 else \
+            ManyRobots(safety, control_period, num_robots=num_robots, **knobs)
+        self.spec = BackendSpec(kind=self.kind, num_robots=num_robots, channels=dict(CHANNELS),
+                                reset_options=dict(RESET_OPTIONS), safety=SafetyParams.of(safety),
+                                description=description, ready_ee=ready_gripper())
+        # The kernel's methods, bound once: the server calls them every step, with no layer between
+        # (unless a subclass overrides one).
+        for name in ("reset", "apply", "advance", "state", "hold"):
+            if getattr(type(self), name) is getattr(KinematicSim, name):
+                setattr(self, name, getattr(self.kernel, name))
 
-    # -- Backend interface -------------------------------------------------------------------
-    def reset(self, seed, options) -> None:
-        """`options` arrive validated by the server (`commands.parse_reset_options`)."""
-        q = np.zeros(NJ)
-        q[TORSO] = READY_TORSO
-        q[ARM] = READY_ARM
-        if "initial_arm_position" in options:
-            q[ARM] = options["initial_arm_position"]
-        if "initial_torso" in options:
-            q[TORSO] = options["initial_torso"]
-        check_start_pose(self.ctl, q)
-        if seed is not None:  # only once the request is known good: a refused reset changes nothing
-            self.rng = np.random.default_rng(seed)
-        self.q = q
-        self.v = np.zeros(NJ)
-        self.base = [0.0, 0.0, 0.0, 0.0, 0.0]  # x, y, theta, v, w
-        self.time = 0.0
-        self.pending.clear()
-        self.speed_scale = (1.0 - self.speed_rand * self.rng.random(NJ)) if self.speed_rand else 1.0
-        self.ctl.reset(q)
-        self.clipped: list[str] = []
-        self._measure()
+    # Backend's abstract methods (each instance binds its kernel's over these in __init__)
+    def reset(self, seed, options, robots=None):
+        return self.kernel.reset(seed, options, robots)
 
-    def apply(self, command: dict) -> list[str]:
-        if self.latency_steps:
-            self.pending.append((self.time + self.latency_steps * self.period - 1e-9, command))
-            return self.clipped
-        self.clipped = self.ctl.apply(command, self.kin, self.time)
-        return self.clipped
+    def apply(self, command, robots=None):
+        return self.kernel.apply(command, robots)
 
-    def advance(self, dt: float) -> None:
-        while dt > 1e-12:
-            h = min(dt, self.period)
-            while self.pending and self.pending[0][0] <= self.time:
-                self.clipped = self.ctl.apply(self.pending.popleft()[1], self.kin, self.time)
-            self.q, self.v = self.ctl.advance(self.q, self.v, h, self.time, self.speed_scale)
-            self._drive(h)
-            self.time += h
-            dt -= h
-        self._measure()
+    def advance(self, dt):
+        return self.kernel.advance(dt)
 
-    def hold(self) -> None:
-        self.pending.clear()
-        self.ctl.hold(self.q, self.v, self.period)
+    def state(self):
+        return self.kernel.state()
 
-    def state(self) -> dict:
-        kin = self.kin
-        return {
-            "time": self.time,
-            "q": self.q_meas,
-            "dq": self.v.copy(),
-            "effort": np.zeros(NJ),
-            "target": self.ctl.target.copy(),
-            "ee": np.array(kin.pos + rot_to_quat(kin.rot)),
-            "ee_vel": ee_velocity(kin, self.v),
-            "base": np.array(self.base),
-            "objects": {},
-            "faults": [],
-            "clipped": self.clipped + self.ctl.motion_flags if self.ctl.motion_flags else self.clipped,
-        }
+    def hold(self):
+        return self.kernel.hold()
 
-    # -- internals ---------------------------------------------------------------------------
-    def _measure(self) -> None:
-        """Sample the sensors: what the state reports and what IK linearises around."""
-        q = self.q
-        if self.noise:
-            q = q + self.rng.normal(0.0, self.noise, NJ)
-        self.q_meas = q
-        self.kin = Kinematics(q)
-
-    def _drive(self, h: float) -> None:
-        x, y, th, v, w = self.base
-        v_cmd, w_cmd = self.ctl.base_cmd
-        if v or w or v_cmd or w_cmd:
-            v, w = self.ctl.base.step(v, w, v_cmd, w_cmd, h)
-            th_mid = th + 0.5 * w * h
-            x += v * math.cos(th_mid) * h
-            y += v * math.sin(th_mid) * h
-            th = math.atan2(math.sin(th + w * h), math.cos(th + w * h))
-            self.base = [x, y, th, v, w]
+    def __getattr__(self, name):  # the kernel's own state (q, ctl, rng, ...) for tests and tools
+        if name == "kernel":
+            raise AttributeError(name)
+        return getattr(self.kernel, name)

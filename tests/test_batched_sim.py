@@ -11,7 +11,6 @@ from robot_env.model.kinematics import DOWN, fk_frames, jacobian_array, limited_
 from robot_env.model.kinematics_batch import fk_frames_batch, jacobian_batch, limited_step_batch, orientation_error_batch, rot_to_quat_batch
 from robot_env.bridge.spawn import ServerProcess
 from simulators.kinematic import KinematicSim
-from simulators.kinematic_batch import BatchedKinematicSim
 
 LO = np.array([j.lower for j in JOINTS[ARM]])
 HI = np.array([j.upper for j in JOINTS[ARM]])
@@ -57,7 +56,7 @@ def test_batched_sim_steps_exactly_like_n_single_sims(knobs):
     velocities, targets, gripper pose, base odometry and clipped flags as N independent KinematicSims."""
     n = 5
     rng = np.random.default_rng(3)
-    batch = BatchedKinematicSim(num_robots=n, **knobs)
+    batch = KinematicSim(num_robots=n, **knobs)
     singles = [KinematicSim(**knobs) for _ in range(n)]
     batch.reset(None, {})
     for s in singles:
@@ -106,7 +105,7 @@ def test_batched_sim_steps_exactly_like_n_single_sims(knobs):
 
 
 def _batch_server(n: int) -> ServerProcess:
-    cfg = config_mod.load("sim", {"server": {"backend": "kinematic_batch"}, "server.kinematic_batch": {"num_robots": n}})
+    cfg = config_mod.load("sim", {"server.kinematic": {"num_robots": n}})
     return ServerProcess(cfg)
 
 
@@ -116,7 +115,7 @@ def test_batched_server_refuses_bad_requests_and_keeps_serving(no_leftover_serve
     try:
         with RobotClient(srv.endpoint, timeout=5.0) as c:
             info = c.hello()
-            assert info["num_robots"] == n and info["backend"] == "kinematic_batch"
+            assert info["num_robots"] == n and info["backend"] == "kinematic"
             st0 = c.reset(seed=1)
             assert st0["q"].shape == (n, NJ) and st0["ee"].shape == (n, 7)
             bad = [
@@ -160,7 +159,7 @@ def test_batched_server_refuses_bad_requests_and_keeps_serving(no_leftover_serve
 
 def test_a_partial_reset_resamples_only_the_reset_robots():
     """With observation noise, robots that keep running keep the sample they were observed with."""
-    sim = BatchedKinematicSim(num_robots=4, observation_noise=0.01)
+    sim = KinematicSim(num_robots=4, observation_noise=0.01)
     sim.reset(5, {})
     sim.apply({"ee_delta": np.full((4, 3), 0.02)})
     sim.advance(0.04)
@@ -174,20 +173,20 @@ def test_a_partial_reset_resamples_only_the_reset_robots():
 
 
 @pytest.mark.parametrize("make", [lambda: KinematicSim(observation_noise=0.01),
-                                  lambda: BatchedKinematicSim(num_robots=2, observation_noise=0.01)])
+                                  lambda: KinematicSim(num_robots=2, observation_noise=0.01)])
 def test_a_refused_reset_does_not_reseed(make):
     sim = make()
     sim.reset(1, {})
     state = sim.rng.bit_generator.state
     with pytest.raises(Exception, match="outside the joint limits"):
-        sim.reset(123, {"initial_torso": 5.0} if isinstance(sim, KinematicSim) else {"initial_torso": np.full(2, 5.0)})
+        sim.reset(123, {"initial_torso": 5.0} if sim.num_robots == 1 else {"initial_torso": np.full(2, 5.0)})
     assert sim.rng.bit_generator.state == state
 
 
 def test_num_robots_is_capped_where_a_reply_still_fits(no_leftover_servers):
     from robot_env.errors import ConfigError
     with pytest.raises(ConfigError, match="num_robots"):
-        config_mod.load("sim", {"server": {"backend": "kinematic_batch"}, "server.kinematic_batch": {"num_robots": 513}})
+        config_mod.load("sim", {"server.kinematic": {"num_robots": 513}})
     srv = _batch_server(512)
     try:
         with RobotClient(srv.endpoint, timeout=10.0) as c:

@@ -162,7 +162,7 @@ def test_tokenless_and_bad_token_requests(ab, lockstep, ctx):
     raw.connect(lockstep.endpoint)
 
     def send(**fields):
-        raw.send(msgpack.packb({"v": 1, "seq": 5, "t": 0.0, **fields}, use_bin_type=True))
+        raw.send(msgpack.packb({"v": protocol.VERSION, "seq": 5, "t": 0.0, **fields}, use_bin_type=True))
         assert raw.poll(3000)
         return protocol.decode(raw.recv())
 

@@ -65,7 +65,7 @@ def _settle(client, pid, rounds=20) -> int:
 
 @pytest.mark.parametrize("robots,peers,requests", [(1, 150, 1200), (64, 20, 150)], ids=["single", "batched64"])
 def test_lazy_clients_cost_bounded_memory_and_everyone_else_is_served(robots, peers, requests, ctx, tmp_path_factory):
-    over = {"server": {"backend": "kinematic_batch"}, "server.kinematic_batch": {"num_robots": robots}} \
+    over = {"server.kinematic": {"num_robots": robots}} \
         if robots > 1 else {}
     sp = ServerProcess(config_mod.load("sim", over))
     lazies = []
@@ -103,8 +103,7 @@ def test_lazy_clients_cost_bounded_memory_and_everyone_else_is_served(robots, pe
 
 def test_stalled_subscribers_cost_bounded_memory(ctx, tmp_path_factory):
     robots, subs_n, steps = 64, 6, 3000
-    sp = ServerProcess(config_mod.load("sim", {"server": {"backend": "kinematic_batch"},
-                                               "server.kinematic_batch": {"num_robots": robots}}))
+    sp = ServerProcess(config_mod.load("sim", {"server.kinematic": {"num_robots": robots}}))
     subs = []
     try:
         with RobotClient(sp.endpoint, timeout=30.0) as c:

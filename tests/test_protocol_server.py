@@ -128,14 +128,14 @@ BAD_REQUESTS = [
     ("wrong_version", pack({"v": 99, "op": "hello", "seq": 1}), "version", ["version", "99"], 1),
     ("version_as_string", pack({"v": "1", "op": "hello", "seq": 1}), "version", ["version"], 1),
     ("unknown_op", pack(req(op="launch_missiles")), "unknown_op", ["launch_missiles"], 7),
-    ("missing_op", pack({"v": 1, "seq": 1}), "unknown_op", ["op"], 1),
-    ("missing_seq", pack({"v": 1, "op": "step", "cmd": {}}), "malformed", ["seq"], None),
+    ("missing_op", pack({"v": protocol.VERSION, "seq": 1}), "unknown_op", ["op"], 1),
+    ("missing_seq", pack({"v": protocol.VERSION, "op": "step", "cmd": {}}), "malformed", ["seq"], None),
     ("seq_string", pack(req(seq="12")), "malformed", ["seq"], None),
     ("seq_float", pack(req(seq=1.5)), "malformed", ["seq"], None),
     ("seq_bool", pack(req(seq=True)), "malformed", ["seq"], None),
-    ("seq_bool_and_bad_version", pack({"v": 2, "op": "state", "seq": True}), "version", ["version"], None),
+    ("seq_bool_and_bad_version", pack({"v": protocol.VERSION + 1, "op": "state", "seq": True}), "version", ["version"], None),
     ("t_string", pack(req(t="now", cmd={})), "malformed", ["'t'"], 7),
-    ("int_map_key", pack({1: 2, "v": 1, "op": "state", "seq": 1}), "malformed", ["undecodable"], None),
+    ("int_map_key", pack({1: 2, "v": protocol.VERSION, "op": "state", "seq": 1}), "malformed", ["undecodable"], None),
     ("oversized", pack(req(op="state", pad=b"x" * (protocol.SOFT_MAX_MESSAGE + 1000))),
      "too_large", ["exceeds", str(protocol.SOFT_MAX_MESSAGE)], None),
     ("multi_frame", [pack(req(op="state")), b"second frame"], "malformed", ["frame", "2"], None),
@@ -292,7 +292,7 @@ def test_state_wire_layout(raw, robot):
     layout = f"q:{nj} dq:{nj} effort:{nj} target:{nj} ee:7 ee_vel:6 base:5"
     assert robot.hello()["state_layout"] == layout
     st_client = robot.step({"ee_delta": [0.01, 0.0, 0.0]})
-    reply = roundtrip(raw, pack({"v": 1, "op": "state", "seq": 5, "t": 1.0}))
+    reply = roundtrip(raw, pack({"v": protocol.VERSION, "op": "state", "seq": 5, "t": 1.0}))
     st = reply["state"]
     assert st["layout"] == layout
     values = np.frombuffer(st["arrays"], "<f8")
@@ -314,7 +314,7 @@ def test_state_wire_layout(raw, robot):
 
 
 def test_dealer_replies_echo_seq_and_stamps(raw, robot):
-    reply = roundtrip(raw, pack({"v": 1, "op": "state", "seq": 12345, "t": 42.5}))
+    reply = roundtrip(raw, pack({"v": protocol.VERSION, "op": "state", "seq": 12345, "t": 42.5}))
     assert reply["ok"] is True
     assert reply["seq"] == 12345
     assert reply["t"] == 42.5

@@ -210,7 +210,7 @@ def test_commands_are_serialized_only_for_a_command_subscriber(monkeypatch):
     def steps(n):
         calls.clear()
         for i in range(n):
-            req = {"v": 1, "op": "step", "seq": i, "t": time.time(), "token": "t" * 16,
+            req = {"v": robot_env.bridge.protocol.VERSION, "op": "step", "seq": i, "t": time.time(), "token": "t" * 16,
                    "cmd": {"ee_delta": [0.001, 0.0, 0.0]}}
             srv._step(req, time.time())
         return len(calls)
@@ -485,7 +485,7 @@ def test_a_batched_server_records_replays_and_plots_per_robot(tmp_path, no_lefto
     from robot_env.recording.plot import plot_recording
 
     def batch_cfg(n):
-        return config.load("sim", {"server": {"backend": "kinematic_batch"}, "server.kinematic_batch": {"num_robots": n}})
+        return config.load("sim", {"server.kinematic": {"num_robots": n}})
 
     srv = ServerProcess(batch_cfg(3))
     path = tmp_path / "batch.mcap"

@@ -273,7 +273,7 @@ def test_a_batched_recording_is_checked_per_robot(tmp_path):
     assert rec.batch == 2 and rec.states == states and rec.commands == good
     assert rec.n_skipped == len(bad) and rec.invalid_cseqs == [4, 5, 6, 7]
     # replayed onto a batched server of 2: the partial reset and the one-robot step go to their robots
-    batch = config.load("sim", {"server": {"backend": "kinematic_batch"}, "server.kinematic_batch": {"num_robots": 2}})
+    batch = config.load("sim", {"server.kinematic": {"num_robots": 2}})
     again = tmp_path / "again.mcap"
     result = replay(path, batch, record=again)
     assert result.sent == result.total == 3 and result.skipped == len(bad)

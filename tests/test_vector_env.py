@@ -133,10 +133,10 @@ def test_vector_env_bad_input(no_leftover_servers):
 def test_vector_env_connects_to_a_running_batched_server_of_its_size(no_leftover_servers):
     from robot_env import config as config_mod
     from robot_env.bridge.spawn import ServerProcess
-    cfg = config_mod.load("sim", {"server": {"backend": "kinematic_batch"}, "server.kinematic_batch": {"num_robots": 3}})
+    cfg = config_mod.load("sim", {"server.kinematic": {"num_robots": 3}})
     srv = ServerProcess(cfg)
     try:
-        with pytest.raises(ConfigError, match="hosts 3 kinematic_batch robot"):
+        with pytest.raises(ConfigError, match=r"hosts 3 robot\(s\) \(kinematic backend\); this needs"):
             FetchReachVectorEnv(num_envs=4, overrides={"client": {"endpoint": srv.endpoint}})
         env = gym.make_vec(ENV_ID, num_envs=3, overrides={"client": {"endpoint": srv.endpoint}})
         try:

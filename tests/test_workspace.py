@@ -11,7 +11,6 @@ from robot_env.model.description import ARM, JOINTS, READY_ARM
 from robot_env.model.kinematics import fk_frames
 from robot_env.control.safety import SafetyConfig
 from simulators.kinematic import KinematicSim
-from simulators.kinematic_batch import BatchedKinematicSim
 
 CFG = SafetyConfig()
 FLOOR = max(CFG.workspace_min[2], CFG.floor_height)
@@ -30,7 +29,7 @@ class One:
     def __init__(self, batched: bool, **kw):
         self.batched = batched
         self.seen: set = set()  # every flag any state reported since the start
-        self.sim = BatchedKinematicSim(num_robots=3, **kw) if batched else KinematicSim(**kw)
+        self.sim = KinematicSim(num_robots=3, **kw) if batched else KinematicSim(**kw)
 
     def apply(self, **cmd):
         if not self.batched:

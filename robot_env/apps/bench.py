@@ -31,100 +31,14 @@ import time
 
 import numpy as np
 
+from . import bench_children
+
 WARMUP = 300
 SEED = 0
 ANCHOR_HINT = ('pip install "gymnasium-robotics" "mujoco<3.12"  (or pass --anchor-python PATH '
                'to a Python that has them)')
 
-# A ROUTER that answers every request with a reply of a fixed size, as the robot server's loop
-# does (poll, then drain without blocking). It exits when stdin closes (the parent is done or gone).
-_ECHO_SCRIPT = r"""
-import os, sys, zmq
-endpoint, reply_size = sys.argv[1], int(sys.argv[2])
-ctx = zmq.Context()
-router = ctx.socket(zmq.ROUTER)
-router.setsockopt(zmq.LINGER, 0)
-router.bind(endpoint)
-reply = b"r" * reply_size
-poller = zmq.Poller()
-poller.register(router, zmq.POLLIN)
-poller.register(0, zmq.POLLIN)
-print("READY", flush=True)
-running = True
-while running:
-    events = dict(poller.poll(1000))
-    if router in events:
-        for _ in range(64):
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            router.send_multipart(frames[:-1] + [reply])
-    if 0 in events and not os.read(0, 4096):
-        running = False
-    if os.getppid() == 1:
-        running = False
-router.close(0)
-ctx.term()
-"""
 
-# The robot server with a backend that does nothing (the state it reports is fixed at reset), for
-# the same env and client: what the protocol, the server loop and the env cost in Python with no
-# simulation at all. It exits when stdin closes.
-_NOOP_SERVER_SCRIPT = r"""
-import sys
-from robot_env.bridge.server import RobotServer
-from simulators.kinematic import KinematicSim
-
-class NoopBackend(KinematicSim):
-    def reset(self, seed, options):
-        super().reset(seed, options)
-        self._st = KinematicSim.state(self)
-    def apply(self, command):
-        return []
-    def advance(self, dt):
-        pass
-    def state(self):
-        return dict(self._st)
-
-server = RobotServer(NoopBackend(), sys.argv[1], sys.argv[2], watch_fd=0, exit_on_close=True)
-print("READY", flush=True)
-server.serve_forever()
-"""
-
-# Gymnasium-Robotics' FetchReach-v4, in-process, timed exactly like `_time_env`.
-_ANCHOR_SCRIPT = r"""
-import json, platform, sys, time, warnings
-warnings.filterwarnings("ignore")
-import numpy as np
-import gymnasium as gym
-import gymnasium_robotics
-import mujoco
-gym.register_envs(gymnasium_robotics)
-steps, warmup, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-actions = np.random.default_rng(seed).uniform(-1, 1, (steps, 4)).astype(np.float32)
-env = gym.make("FetchReach-v4")
-env.reset(seed=seed)
-for i in range(warmup):
-    _, _, term, trunc, _ = env.step(actions[i % steps])
-    if term or trunc:
-        env.reset()
-env.reset(seed=seed)
-t0 = time.perf_counter()
-for a in actions:
-    _, _, term, trunc, _ = env.step(a)
-    if term or trunc:
-        env.reset()
-secs = time.perf_counter() - t0
-env.close()
-print(json.dumps({"steps": steps, "seconds": secs, "steps_per_s": steps / secs,
-                  "gymnasium": gym.__version__, "gymnasium_robotics": gymnasium_robotics.__version__,
-                  "mujoco": mujoco.__version__, "python": platform.python_version(),
-                  "executable": sys.executable}))
-"""
-
-
-# -- measurements ------------------------------------------------------------------------------
 def _actions(steps: int) -> np.ndarray:
     return np.random.default_rng(SEED).uniform(-1, 1, (steps, 4)).astype(np.float32)
 
@@ -152,7 +66,8 @@ def _time_env(env, actions: np.ndarray) -> dict:
 def _message_sizes(env) -> tuple[int, int]:
     """Bytes on the wire of one step request and its reply, as the env and the server encode them
     (the command as a list of floats; the reply's state packed, see `protocol.pack_state`)."""
-    from ..envs.fetch_reach import ACTION_SCALE
+    from ..tasks.fetch import REACH
+    ACTION_SCALE = REACH.action_scale
     from ..bridge.protocol import VERSION, encode, pack_state
 
     client = env.unwrapped._client
@@ -181,10 +96,10 @@ def _free_tcp_pair(host: str = "127.0.0.1", tries: int = 50) -> int:
     raise RuntimeError("could not find two adjacent free tcp ports on 127.0.0.1")
 
 
-def _bench_ipc(actions) -> tuple[dict, tuple[int, int]]:
+def _bench_ipc(actions, env_id: str) -> tuple[dict, tuple[int, int]]:
     import gymnasium as gym
 
-    env = gym.make("robot_env/FetchReach-v0", config="sim")
+    env = gym.make(env_id, config="sim")
     try:
         res = _time_env(env, actions)
         res["endpoint"] = env.unwrapped._session.client.endpoint
@@ -194,7 +109,7 @@ def _bench_ipc(actions) -> tuple[dict, tuple[int, int]]:
     return res, sizes
 
 
-def _bench_tcp(actions) -> dict:
+def _bench_tcp(actions, env_id: str) -> dict:
     import gymnasium as gym
 
     from .. import config as config_mod
@@ -203,7 +118,7 @@ def _bench_tcp(actions) -> dict:
     endpoint = f"tcp://127.0.0.1:{_free_tcp_pair()}"
     cfg = config_mod.load("sim")
     cfg["server"]["endpoint"] = endpoint
-    env = gym.make("robot_env/FetchReach-v0", config=cfg)
+    env = gym.make(env_id, config=cfg)
     server = None
     note = None
     if not env.unwrapped._session.client.endpoint.startswith("tcp://"):
@@ -216,7 +131,7 @@ def _bench_tcp(actions) -> dict:
         server = ServerProcess(cfg, endpoint=endpoint)
         client_cfg = config_mod.load("sim")
         client_cfg["client"]["endpoint"] = server.endpoint
-        env = gym.make("robot_env/FetchReach-v0", config=client_cfg)
+        env = gym.make(env_id, config=client_cfg)
     try:
         res = _time_env(env, actions)
         res["endpoint"] = env.unwrapped._session.client.endpoint
@@ -232,9 +147,9 @@ def _bench_tcp(actions) -> dict:
 
 
 @contextlib.contextmanager
-def _child(script: str, args: list, what: str):
+def _child(module: str, args: list, what: str):
     """A helper process running `script` that says READY when it serves and exits when stdin closes."""
-    proc = subprocess.Popen([sys.executable, "-c", script, *args],
+    proc = subprocess.Popen([sys.executable, "-m", f"robot_env.apps.bench_children.{module}", *args],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         line = proc.stdout.readline().decode(errors="replace").strip()
@@ -253,15 +168,15 @@ def _child(script: str, args: list, what: str):
         proc.stderr.close()
 
 
-def _bench_noop(actions) -> dict:
+def _bench_noop(actions, env_id: str) -> dict:
     """The env over ipc to a server whose backend does no work: the ceiling of this path in Python."""
     import gymnasium as gym
 
     from ..bridge.endpoints import private_ipc
 
     endpoint, stream = private_ipc("noop")
-    with _child(_NOOP_SERVER_SCRIPT, [endpoint, stream], "no-op robot server"):
-        env = gym.make("robot_env/FetchReach-v0", config="sim", overrides={"client": {"endpoint": endpoint}})
+    with _child("noop_server", [endpoint, stream], "no-op robot server"):
+        env = gym.make(env_id, config="sim", overrides={"client": {"endpoint": endpoint}})
         try:
             res = _time_env(env, actions)
             res["endpoint"] = endpoint
@@ -279,7 +194,7 @@ def _bench_zmq_echo(steps: int, request_size: int, reply_size: int) -> dict:
 
     endpoint = private_ipc("echo")[0]
     ctx = zmq.Context()
-    with _child(_ECHO_SCRIPT, [endpoint, str(reply_size)], "zmq echo process"):
+    with _child("echo_router", [endpoint, str(reply_size)], "zmq echo process"):
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
@@ -320,12 +235,13 @@ def _bench_zmq_echo(steps: int, request_size: int, reply_size: int) -> dict:
             "rtt": hist.summary(), "p50_us": 1e6 * hist.percentile(50)}
 
 
-def _bench_anchor(steps: int, python: str) -> tuple[dict | None, str | None]:
+def _bench_anchor(steps: int, python: str, anchor_id: str = "FetchReach-v4") -> tuple[dict | None, str | None]:
     """FetchReach-v4 in a child Python; (result, None) or (None, why it did not run)."""
     timeout = 120.0 + 0.05 * (steps + WARMUP)
     with tempfile.TemporaryFile() as err:
         try:
-            proc = subprocess.run([python, "-c", _ANCHOR_SCRIPT, str(steps), str(WARMUP), str(SEED)],
+            proc = subprocess.run([python, bench_children.path("anchor_fetch"), anchor_id, str(steps), str(WARMUP),
+                                   str(SEED)],
                                   stdout=subprocess.PIPE, stderr=err, timeout=timeout)
         except FileNotFoundError:
             return None, f"{python!r} does not exist"
@@ -419,7 +335,12 @@ def _markdown_table(rows, header=HEADER) -> str:
 
 
 # -- entry point -------------------------------------------------------------------------------
-def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool = True, out=None) -> int:
+# our env id -> Gymnasium-Robotics' in-process env of the same task (the anchor of the comparison)
+ANCHORS = {"robot_env/FetchReach-v0": "FetchReach-v4"}
+
+
+def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool = True, out=None,
+              env_id: str = "robot_env/FetchReach-v0") -> int:
     import gymnasium
 
     import robot_env  # noqa: F401  (registers the env)
@@ -437,11 +358,13 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
                  "cpus": os.cpu_count(), "gymnasium": gymnasium.__version__,
                  "robot_env": robot_env.__version__, "backend": "kinematic (embedded sim, lockstep)"}
     print("  robot-env over ipc ...", flush=True)
-    res["ipc"], (req_bytes, rep_bytes) = _bench_ipc(actions)
+    from ..envs.registration import entry
+    entry(env_id)  # a clear error for an unknown id, before anything starts
+    res["ipc"], (req_bytes, rep_bytes) = _bench_ipc(actions, env_id)
     print("  robot-env over tcp ...", flush=True)
-    res["tcp"] = _bench_tcp(actions)
+    res["tcp"] = _bench_tcp(actions, env_id)
     print("  robot-env over ipc, no-op backend ...", flush=True)
-    res["noop"] = _bench_noop(actions)
+    res["noop"] = _bench_noop(actions, env_id)
     print("  bare zmq round trip ...", flush=True)
     res["zmq_echo"] = _bench_zmq_echo(steps, req_bytes, rep_bytes)
 
@@ -450,7 +373,7 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
     if anchor:
         python = anchor_python or sys.executable
         print(f"  FetchReach-v4 in-process ({python}) ...", flush=True)
-        res["anchor"], res["anchor_note"] = _bench_anchor(steps, python)
+        res["anchor"], res["anchor_note"] = _bench_anchor(steps, python, ANCHORS[env_id])
     else:
         res["anchor_note"] = "skipped (--no-anchor)"
 

@@ -36,7 +36,8 @@ def _ours(steps: int, seed: int) -> dict:
 
 
 def _anchor(steps: int, seed: int, python: str) -> tuple[dict | None, str | None]:
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sac_her.py")
+    from ..training import sac_her
+    script = os.path.abspath(sac_her.__file__)
     args = json.dumps({"env": "FetchReach-v4", "steps": steps, "seed": seed, "normalize": True,
                        "time_feature": True})
     with tempfile.TemporaryFile() as err:
@@ -72,8 +73,8 @@ def _fmt(r: dict | None) -> tuple[str, str, str]:
 
 def run_bench_train(steps: int = 30_000, seed: int = 0, anchor_python: str | None = None, anchor: bool = True,
                     out=None) -> int:
-    from ..training.train import _require_sb3
-    _require_sb3()
+    from ..training import require_sb3
+    require_sb3()
     print(f"robot-env bench --train: SAC+HER to 95% eval success (20 episodes every 1,000 steps), seed {seed}, "
           f"at most {steps} steps per side; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
           "one torch thread", flush=True)

@@ -76,6 +76,7 @@ def _time(make, actions: np.ndarray, warmup: int) -> dict:
 
 
 def run_bench_vector(num_envs: int = 64, steps: int = 1000, singles: int | None = None, warmup: int = 100,
+                     env_id: str = ENV_ID,
                      out=None) -> int:
     """Time both rows; `singles` sets how many single-server envs the comparison row runs (default N)."""
     import gymnasium as gym
@@ -91,10 +92,10 @@ def run_bench_vector(num_envs: int = 64, steps: int = 1000, singles: int | None 
     res: dict = {"num_envs": n, "singles": m, "steps": steps, "warmup": warmup, "cpus": os.cpu_count(),
                  "python": platform.python_version(), "robot_env": robot_env.__version__}
     print(f"  one batched server, {n} robots ...", flush=True)
-    res["batched"] = _time(lambda: gym.make_vec(ENV_ID, num_envs=n),
+    res["batched"] = _time(lambda: gym.make_vec(env_id, num_envs=n),
                            rng.uniform(-1, 1, (steps, n, 4)).astype(np.float32), warmup)
     print(f"  {m} single-env servers (SyncVectorEnv) ...", flush=True)
-    res["singles_row"] = _time(lambda: gym.make_vec(ENV_ID, num_envs=m, vectorization_mode="sync"),
+    res["singles_row"] = _time(lambda: gym.make_vec(env_id, num_envs=m, vectorization_mode="sync"),
                                rng.uniform(-1, 1, (steps, m, 4)).astype(np.float32), warmup)
     b, s = res["batched"], res["singles_row"]
     res["ratio"] = b["robot_steps_per_s"] / s["robot_steps_per_s"]

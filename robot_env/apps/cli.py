@@ -20,7 +20,7 @@ def _serve(args) -> int:
     if args.clock:
         cfg["server"]["clock"] = args.clock
     if args.serial_port:
-        cfg["server.dynamixel"]["serial_port"] = args.serial_port
+        cfg = config.load(cfg, config.serial_port_override(cfg, args.serial_port))
     owner = None
     if args.owner_from_watch_fd and args.watch_fd is not None:
         # The spawning session hands us its secret on the pipe we watch (not argv or environ, which
@@ -78,20 +78,21 @@ def _keys(args) -> int:
 
 def _demo(args) -> int:
     from .demo import run_demo
-    return run_demo(config=args.config, episodes=args.episodes, seed=args.seed)
+    return run_demo(config=args.config, episodes=args.episodes, seed=args.seed, env_id=args.env)
 
 
 def _bench(args) -> int:
     if args.vector:
         from .bench_vector import run_bench_vector
-        return run_bench_vector(num_envs=args.vector, steps=args.vector_steps, singles=args.singles, out=args.json)
+        return run_bench_vector(num_envs=args.vector, steps=args.vector_steps, singles=args.singles, out=args.json,
+                                env_id=args.env)
     if args.train:
         from .bench_train import run_bench_train
         return run_bench_train(steps=args.train_steps, seed=args.seed, anchor_python=args.anchor_python,
                                anchor=not args.no_anchor, out=args.json)
     from .bench import run_bench
     return run_bench(steps=args.steps, anchor_python=args.anchor_python, anchor=not args.no_anchor,
-                     out=args.json)
+                     out=args.json, env_id=args.env)
 
 
 def _train(args) -> int:
@@ -158,7 +159,11 @@ def _emulate_bus(args) -> int:
 def _dynamixel_settings(args):
     from .. import config
     cfg = config.load(args.config)
-    dyn = cfg["server.dynamixel"]
+    dyn = cfg.get("server.dynamixel")
+    if dyn is None:
+        from ..errors import ConfigError
+        raise ConfigError(f"{cfg['source']}: the servo tools need a config of the 'dynamixel' backend, "
+                          f"not {cfg['server']['backend']!r}")
     return dyn["serial_port"] if not args.serial_port else args.serial_port, dyn
 
 
@@ -313,6 +318,9 @@ def _positive(text: str) -> float:
     return value
 
 
+DEFAULT_ENV = "robot_env/FetchReach-v0"  # the ids are envs.registration.ENV_IDS (checked when used)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="robot-env", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -337,13 +345,15 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="replace existing key files of that name")
     p.set_defaults(func=_keys)
 
-    p = sub.add_parser("demo", help="scripted reaching agent through the Gymnasium env (embedded simulator)")
+    p = sub.add_parser("demo", help="scripted agent through the Gymnasium env (embedded simulator)")
+    p.add_argument("--env", default=DEFAULT_ENV, help=f"env id (default {DEFAULT_ENV})")
     p.add_argument("--config", default=None, help="config name or path (default: embedded simulator)")
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="SAC+HER on the simulator until eval success >= 95%%; writes a policy bundle")
+    p.add_argument("--env", default=DEFAULT_ENV, help=f"env id (default {DEFAULT_ENV})")
     p.add_argument("--config", default=None, help="config name or path (default: the embedded simulator)")
     p.add_argument("--steps", type=int, default=30000, help="most training steps (stops early at --threshold)")
     p.add_argument("--out", default="policy", help="bundle directory to write (default: ./policy)")
@@ -378,6 +388,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=_run)
 
     p = sub.add_parser("bench", help="env steps/s and latency over ipc and tcp, next to FetchReach-v4")
+    p.add_argument("--env", default=DEFAULT_ENV, help=f"env id (default {DEFAULT_ENV})")
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--train", action="store_true",
                    help="instead: wall-clock time to 95%% eval success, SAC+HER here vs on FetchReach-v4")

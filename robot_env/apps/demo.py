@@ -8,7 +8,7 @@ import numpy as np
 
 
 def scripted_action(obs: dict, gain: float = 20.0) -> np.ndarray:
-    """Proportional reach: full-scale action once the goal is more than 5 cm away on an axis."""
+    """Proportional reach (FetchReach): full-scale action once the goal is more than 5 cm away on an axis."""
     a = np.zeros(4, dtype=np.float32)
     a[:3] = np.clip((obs["desired_goal"] - obs["achieved_goal"]) * gain, -1.0, 1.0)
     return a
@@ -42,17 +42,20 @@ def _bar(done, total, success, rate, width=30, stream=sys.stderr):
     stream.flush()
 
 
-def run_demo(config=None, episodes: int = 50, seed: int = 0) -> int:
+def run_demo(config=None, episodes: int = 50, seed: int = 0, env_id: str = "robot_env/FetchReach-v0") -> int:
     import gymnasium as gym
 
     import robot_env  # noqa: F401  (registers the env)
+    from ..envs.registration import entry
 
+    if entry(env_id).task.has_object:
+        raise ValueError(f"{env_id}: the scripted agent reaches; it has no object tasks yet")
     t0 = time.perf_counter()
-    env = gym.make("robot_env/FetchReach-v0", config=config)
+    env = gym.make(env_id, config=config)
     start = time.perf_counter() - t0
     try:
         u = env.unwrapped
-        print(f"robot_env/FetchReach-v0 on the {u.backend_kind} backend "
+        print(f"{env_id} on the {u.backend_kind} backend "
               f"(server {'spawned' if u._session.server else 'at ' + u._session.client.endpoint}, "
               f"ready in {start:.2f} s)")
         successes, steps, secs = run_episodes(env, episodes, seed, progress=_bar)

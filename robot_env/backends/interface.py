@@ -1,22 +1,17 @@
 """The Backend interface: what the server needs from a robot, simulated or real.
 
 Nothing above this interface knows which backend runs. A backend is loaded by name from the
-config (`load_backend`), so `robot_env` never imports `simulators` or `drivers` directly.
+config (`registry.load_backend`), so `robot_env` never imports `simulators` or `drivers` directly.
+Backends are batch-first: a backend hosts `num_robots` robots (its `spec` says how many, and what
+it offers), and the server hands every call the same way whatever that number is.
 """
 from __future__ import annotations
 
 import abc
-import importlib
+from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
-
-# config `[server] backend` name -> "module:Class"
-BACKENDS = {
-    "kinematic": "simulators.kinematic:KinematicSim",
-    "kinematic_batch": "simulators.kinematic_batch:BatchedKinematicSim",
-    "dynamixel": "drivers.hardware:DynamixelBackend",
-    "mujoco": "simulators.physics:MujocoSim",
-}
+if TYPE_CHECKING:
+    from .spec import BackendSpec
 
 
 class Operation(abc.ABC):
@@ -55,13 +50,21 @@ class Backend(abc.ABC):
     realtime_only: bool = False
     #: command channels this backend accepts
     channels: frozenset = frozenset()
+    #: the most robots one instance hosts (`num_robots` in its settings when above 1)
+    max_robots: int = 1
+    #: the config's [server.<name>] table: key -> (type, default, check, what it wants[, "path"])
+    Settings: dict = {}
+    #: what this instance offers, announced in `hello` (set by __init__)
+    spec: "BackendSpec"
 
     @abc.abstractmethod
-    def reset(self, seed: int | None, options: dict) -> Operation | None:
-        """Validate everything first (a refused reset changes nothing), then start the episode."""
+    def reset(self, seed: int | None, options: dict, robots=None) -> Operation | None:
+        """Validate everything first (a refused reset changes nothing), then start the episode.
+        `robots`: the robots to reset (an index array; None: all)."""
 
     @abc.abstractmethod
-    def apply(self, command: dict) -> list[str]: ...
+    def apply(self, command: dict, robots=None):
+        """Set targets; `robots` as for `reset` (values then carry one row per listed robot)."""
 
     @abc.abstractmethod
     def advance(self, dt: float) -> None: ...
@@ -89,19 +92,6 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Release resources; hardware turns torque off only after a completed `park`."""
-
-
-def load_backend(name: str, **kwargs) -> Backend:
-    """Instantiate the backend a config names, importing its module only now."""
-    target = BACKENDS.get(name)
-    if target is None:
-        raise ConfigError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-    module, cls = target.split(":")
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        raise ConfigError(f"backend {name!r} is not available here: {exc}") from exc
-    return getattr(mod, cls)(**kwargs)
 
 
 def finish(result, interval: float = 0.005):

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import RequestError
 
-VERSION = 1
+VERSION = 2  # 2: `hello` carries the backend spec; `clipped` is {flag: [robots]} for one robot too
 ARRAY_EXT = 1
 HARD_MAX_MESSAGE = 1 << 20  # ZMQ_MAXMSGSIZE: larger messages cost the sender its connection
 SOFT_MAX_MESSAGE = 256 << 10  # larger messages get an error reply

@@ -35,11 +35,12 @@ import time
 import zmq
 
 from . import protocol
-from ..backends.interface import Backend, Operation
-from ..control.commands import parse_batch_command, parse_batch_reset_options, parse_command, parse_reset_options
-from ..model.description import FETCH
+from ..backends.interface import Backend
+from ..control.commands import parse_command, parse_reset_options
 from ..errors import RequestError
+from .clock import Clock
 from .estop_latch import EstopLatch
+from .lease import Lease, check_token
 from .protocol import VERSION, encode, error_reply, pack_state, parse_request
 
 log = logging.getLogger("robot_env.server")
@@ -62,10 +63,12 @@ class RobotServer:
                  spin: float = 0.0002, keys=None, lockstep_lease_timeout: float = 300.0,
                  owner: str | None = None, estop_file: str | None = None):
         self.backend = backend
-        # A batched backend (N robots per request): commands and reset options carry a robot axis.
-        self.batch = getattr(backend, "num_robots", None)
+        # What the backend offers (robots, channels, reset options, ...): requests are checked against
+        # it, and `hello` announces it. With N robots, commands and reset options carry a robot axis.
+        self.spec = backend.spec
+        self.num_robots = self.spec.num_robots
         self.spin = spin
-        self.clock = "realtime" if backend.realtime_only else clock
+        self.clock = "realtime" if self.spec.realtime_only else clock
         self.period = control_period
         self.watchdog_timeout = watchdog_timeout
         self.exit_on_close = exit_on_close
@@ -133,11 +136,7 @@ class RobotServer:
         if self.estopped:
             log.warning("e-stop latched since a previous run (%s); motion is refused until clear_estop",
                         self.latch.path)
-        self.watchdog_tripped = False
-        self.last_command = None  # monotonic time of the last motion command (realtime watchdog)
-        # realtime steps awaiting their control period: [deadline (mono), head, seq, t, tr, ta]
-        self.deferred: list = []
-        self.last_advance = _mono()
+        self.clk = Clock(self.clock, control_period, watchdog_timeout, _mono())
         self.running = False
         self.shutting_down = False
         self._shutdown_requested = None  # why, once asked (signal, parent gone, close)
@@ -145,15 +144,11 @@ class RobotServer:
         self.pending: list | None = None
         self.stats = {"requests": 0, "errors": 0, "overruns": 0, "dropped_replies": 0, "unroutable_replies": 0}
         self._drop_log = 0.0
-        # Control lease ("one controller at a time", see `_lease`): the session token of the client in
-        # control, the time of its last motion request, and tokens that lost control and have
-        # not been told yet (each told once, on its next motion request). A lease lapses after
-        # `lease_timeout` s without a motion request: the watchdog timeout on the realtime clock,
-        # `lockstep_lease_timeout` in lockstep (0: never), never while the e-stop or a fault is latched.
-        self.controller: str | None = None
-        self.lease_seen = 0.0
-        self.lease_timeout = (watchdog_timeout if self.clock == "realtime" else lockstep_lease_timeout) or None
-        self.lease_lost: dict = {}
+        # One controller at a time (`lease.Lease`): the lease lapses after the watchdog timeout on the
+        # realtime clock, `lockstep_lease_timeout` in lockstep (0: never), never while the e-stop or a
+        # fault is latched.
+        self.lease = Lease(watchdog_timeout if self.clock == "realtime" else lockstep_lease_timeout,
+                           latched=lambda: self.estopped or bool(self.backend.faults))
         self._handlers = {
             "hello": self._hello, "reset": self._reset, "step": self._step, "command": self._command,
             "state": self._state, "estop": self._estop, "clear_estop": self._clear_estop,
@@ -191,14 +186,13 @@ class RobotServer:
         recv, get = router.recv, router.get
         last_full_poll = 0.0
         self.running = True
-        next_tick = _mono() + self.period
+        clk = self.clk
+        clk.next_tick = _mono() + self.period
         last_parent_check = _mono()
         try:
             while self.running:
                 if realtime:
-                    now = _mono()
-                    due = next_tick if not self.deferred else min(next_tick, self.deferred[0][0])
-                    timeout = max(0.0, due - now) * 1000.0
+                    timeout = clk.poll_timeout(_mono()) * 1000.0
                 else:
                     # an operation in progress is polled at least once per control period
                     timeout = 500.0 if self.pending is None and not self.shutting_down else self.period * 1000.0
@@ -238,15 +232,11 @@ class RobotServer:
                 if self.wake_fd is not None and self.wake_fd in events:
                     os.read(self.wake_fd, 4096)  # a signal: its handler has run
                 now = _mono()
-                if realtime:
-                    if now >= next_tick:
-                        self._tick(now)
-                        next_tick += self.period
-                        if next_tick < now:  # fell behind: skip, don't burst
-                            self.stats["overruns"] += 1
-                            next_tick = now + self.period
-                    if self.deferred and self.deferred[0][0] <= now:
+                if realtime:  # steps due first: a late answer restarts the watchdog before it is checked
+                    if clk.deferred and clk.deferred[0][0] <= now:
                         self._finish_deferred(now)
+                    if clk.tick_due(now):
+                        self._tick(now)
                 if self.pending is not None:
                     self._poll_pending()
                 if now - last_parent_check > 0.5:
@@ -346,7 +336,7 @@ class RobotServer:
             self._send(head, error_reply(seq, "internal", f"{type(exc).__name__}: {exc}", t))
             return
         if reply is None:  # deferred: a realtime step
-            self.deferred[-1][1] = head
+            self.clk.deferred[-1][1][0] = head
             return
         if reply is _LATER:  # a long operation: answered by `_poll_pending`
             self.pending[1] = head
@@ -367,7 +357,7 @@ class RobotServer:
         st = self.backend.state()
         faults = st["faults"]
         st["mode"] = ("estop" if self.estopped else "fault" if faults else
-                      "watchdog" if self.watchdog_tripped else "ok")
+                      "watchdog" if self.clk.watchdog_tripped else "ok")
         if self.pending is not None:
             st["busy"] = self.pending[0].what
         self.stream_seq += 1
@@ -394,27 +384,29 @@ class RobotServer:
     def _hello(self, req, tr):
         body = dict(self._hello_body)
         tok = req.get("token")
-        body["lease"] = self._lease_info(tok if tok.__class__ is str else None, _mono())
-        body["stats"] = dict(self.stats)
+        body["lease"] = self.lease.info(tok if tok.__class__ is str else None, _mono())
+        body["stats"] = dict(self.stats, overruns=self.stats["overruns"] + self.clk.overruns)
         return body
 
     def _make_hello(self) -> dict:
-        b = self.backend
-        desc = getattr(b, "description", FETCH)
+        """The backend's spec, and the server's clock; the top-level copies of the spec's fields are
+        what clients of protocol 1 read (kept so their code keeps working)."""
+        spec = self.spec
+        desc = spec.description
         return {
             "protocol": VERSION,
-            "backend": b.kind,
+            "spec": spec.to_wire(),
+            "backend": spec.kind,
             "clock": self.clock,
             "control_period": self.period,
             "watchdog_timeout": self.watchdog_timeout,
             "description": desc.to_dict(),
             "description_hash": desc.hash(),
             "joint_names": list(desc.names),
-            "channels": sorted(b.channels),
-            "num_robots": self.batch or 1,
-            "max_ee_step": getattr(getattr(b, "ctl", None), "cfg", None).max_ee_step
-            if hasattr(b, "ctl") else None,
-            "state_layout": pack_state(b.state()).get("layout"),
+            "channels": sorted(spec.channels),
+            "num_robots": spec.num_robots,
+            "max_ee_step": spec.safety.max_ee_step,
+            "state_layout": pack_state(self.backend.state()).get("layout"),
             "pid": os.getpid(),
         }
 
@@ -423,29 +415,23 @@ class RobotServer:
         seed = req.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise RequestError("bad_request", "reset 'seed' must be a non-negative integer or nil")
-        if self.batch is None:
-            options, robots = parse_reset_options(req.get("options")), None
-        else:
-            options, robots = parse_batch_reset_options(req.get("options"), self.batch)
-        lease = self.controller, self.lease_seen, dict(self.lease_lost)
-        if req.get("token") != self.controller:
-            self._lease(req, "reset")
-        self.lease_seen = _mono()
-        if self.deferred:  # answer realtime steps still waiting out their period; never drop a reply
+        options, robots = parse_reset_options(req.get("options"), self.spec.reset_options, self.num_robots)
+        lease = self.lease
+        snapshot = lease.snapshot()
+        if req.get("token") != lease.controller:
+            lease.claim(req.get("token"), "reset", _mono())
+        lease.seen = _mono()
+        if self.clk.deferred:  # answer realtime steps still waiting out their period; never drop a reply
             now = _mono()
-            for pending in self.deferred:
-                pending[0] = min(pending[0], now)
+            self.clk.flush(now)
             self._finish_deferred(now)
         try:
-            if robots is None:
-                op = self.backend.reset(seed, options)
-            else:
-                op = self.backend.reset(seed, options, robots)
+            op = self.backend.reset(seed, options, robots)
         except RequestError:  # the backend refused (e.g. a start pose beyond the limits): no lease either
-            self.controller, self.lease_seen, self.lease_lost = lease
+            lease.restore(snapshot)
             raise
-        self.watchdog_tripped = False
-        self.last_command = None
+        self.clk.last_command = None
+        self.clk.watchdog_tripped = False
         if self.command_subscribers:
             msg = {"op": "reset", "seed": seed, "options": options}
             if robots is not None:
@@ -454,27 +440,21 @@ class RobotServer:
         if op is not None:
             self.pending = [op, None, req, tr, "reset", _mono()]
             return _LATER
-        self.last_advance = _mono()
+        self.clk.restart(_mono())
         return {"ta": _wall(), "state": self._sample()}
 
     def _apply(self, req, op):
         self._guard_motion(op)
-        if self.batch is None:
-            cmd, robots = parse_command(req.get("cmd"), self.backend.channels), None
-        else:
-            cmd, robots = parse_batch_command(req.get("cmd"), self.backend.channels, self.batch)
-        if req.get("token") != self.controller:  # the hot path's whole lease check
-            self._lease(req, op)
+        cmd, robots = parse_command(req.get("cmd"), self.spec.channels, self.num_robots)
+        lease = self.lease
+        if req.get("token") != lease.controller:  # the hot path's whole lease check
+            lease.claim(req.get("token"), op, _mono())
         now = _mono()
-        self.lease_seen = now
+        lease.seen = now
         if self.clock == "realtime":
             self._advance_to(now)
-            self.last_command = now
-            self.watchdog_tripped = False
-        if robots is None:
-            self.backend.apply(cmd)
-        else:
-            self.backend.apply(cmd, robots)
+            self.clk.commanded(now)
+        self.backend.apply(cmd, robots)
         ta = _wall()
         if self.command_subscribers:
             msg = {"op": op, "cmd": cmd}
@@ -502,7 +482,7 @@ class RobotServer:
         if self.clock == "lockstep":
             self.backend.advance(self.period)
             return {"ta": ta, "state": self._sample()}
-        self.deferred.append([_mono() + self.period, None, req.get("seq"), req.get("t"), tr, ta])
+        self.clk.defer(_mono(), [None, req.get("seq"), req.get("t"), tr, ta])
         return None
 
     def _command(self, req, tr):
@@ -523,11 +503,11 @@ class RobotServer:
         return {"state": self._sample()}
 
     def _clear_estop(self, req, tr):
-        self._guard_lease(req, "clear_estop")
+        self.lease.require(req.get("token"), "clear_estop", _mono())
         self.estopped = False
         self.latch.set(False)
-        self.last_command = None
-        self.lease_seen = _mono()  # the lease did not lapse while latched; its clock restarts now
+        self.clk.last_command = None
+        self.lease.seen = _mono()  # the lease did not lapse while latched; its clock restarts now
         return {"state": self._sample()}
 
     def _reset_faults(self, req, tr):
@@ -540,12 +520,13 @@ class RobotServer:
         if not isinstance(reboot, list) or not all(isinstance(j, str) and 0 < len(j) <= 64 for j in reboot):
             raise RequestError("bad_request", "reset_faults 'reboot' must be a list of joint names (or true)")
         tok = req.get("token")
-        if tok != self.controller or self.controller is None:
-            if self._token(req) is None:
+        lease = self.lease
+        if tok != lease.controller or lease.controller is None:
+            if check_token(tok) is None:
                 raise RequestError("not_controller", "reset_faults refused: only the client in control may "
                                                      "reset faults; send a session token (RobotClient does)")
-            self._lease(req, "reset_faults")
-        self.lease_seen = _mono()
+            lease.claim(tok, "reset_faults", _mono())
+        lease.seen = _mono()
         op = self.backend.reset_faults(reboot=tuple(reboot))
         if op is not None:
             self.pending = [op, None, req, tr, "reset_faults", _mono()]
@@ -570,8 +551,8 @@ class RobotServer:
             self._answer_pending(head, req, tr, error=(exc.code, exc.message))
             return
         if kind == "reset":
-            self.watchdog_tripped = False
-            self.last_command = None
+            self.clk.last_command = None
+            self.clk.watchdog_tripped = False
         self._answer_pending(head, req, tr, extra=extra)
 
     def _cancel_pending(self, why: str) -> None:
@@ -602,109 +583,13 @@ class RobotServer:
         reply["tx"] = _wall()
         self._send(head, encode(reply))
 
-    # -- control lease -----------------------------------------------------------------------
-    # Motion ops (step, command, reset) run only for the controller: a request whose `token` is the
-    # controller's passes with one comparison. Anything else takes `_lease`: a free lease (nobody,
-    # released, or lapsed) is acquired implicitly by the request's token, so a client that never
-    # calls `acquire` still works while nobody else holds control. A request without a token moves
-    # the robot only while the lease is free and never holds it. Observing (hello, state, the
-    # stream) and `estop` are open to all; `clear_estop` to the controller, or to anyone while the
-    # lease is free; `reset_faults` to the controller only (a free lease is taken by it implicitly).
-    def _lease_free(self, now: float) -> bool:
-        if self.controller is None:
-            return True
-        t = self.lease_timeout
-        if t is None or self.estopped or now - self.lease_seen <= t:
-            return False
-        # A latched fault holds the lease too: whoever was in control when it came decides on recovery.
-        return not self.backend.faults
-
-    @staticmethod
-    def _token(req, required: bool = False):
-        tok = req.get("token")
-        if tok is None and not required:
-            return None
-        if tok.__class__ is not str or not 8 <= len(tok) <= 128:
-            raise RequestError("bad_request", "'token' (the client's session token) must be a string of "
-                                              "8 to 128 characters")
-        return tok
-
-    def _held_message(self, op: str, now: float) -> str:
-        lapse = (f", or until its lease lapses ({self.lease_timeout:g} s without a command)"
-                 if self.lease_timeout is not None else "")
-        return (f"{op} refused: another client holds control of the robot (its last command "
-                f"{now - self.lease_seen:.1f} s ago); nothing was applied. This client may observe (hello, "
-                f"state, the state stream) and estop. Take over with acquire(force=True) "
-                f"(RobotClient.acquire(force=True)), or wait until the controller releases control{lapse}")
-
-    def _lease(self, req, op: str) -> None:
-        """The motion check's slow path: the request's token is not the controller's."""
-        tok = self._token(req)
-        if tok is not None:
-            lost = self.lease_lost.pop(tok, None)
-            if lost is not None:
-                raise RequestError("not_controller", f"{op} refused: {lost}; nothing was applied. Call "
-                                                     "acquire() to take control again (force=True to take it over)")
-        now = _mono()
-        if not self._lease_free(now):
-            raise RequestError("not_controller", self._held_message(op, now))
-        self._grant(tok, now, f"implicitly, by its first {op}")
-
-    def _grant(self, tok, now: float, how: str) -> None:
-        old = self.controller
-        if old is not None and old != tok:  # only reached when the old lease has lapsed
-            self._lose(old, f"control passed to another client after your lease lapsed "
-                            f"({self.lease_timeout:g} s without a command)")
-            log.info("the lease of session %s... lapsed (%.1f s without a command)", old[:6], now - self.lease_seen)
-        self.controller = tok
-        self.lease_seen = now
-        if tok is not None and tok != old:
-            log.info("control acquired by session %s... (%s)", tok[:6], how)
-
-    def _lose(self, tok: str, why: str) -> None:
-        self.lease_lost[tok] = why
-        if len(self.lease_lost) > 256:
-            del self.lease_lost[next(iter(self.lease_lost))]
-
-    def _lease_info(self, tok, now: float) -> dict:
-        held = not self._lease_free(now)
-        return {"held": held, "yours": tok is not None and tok == self.controller,
-                "idle": now - self.lease_seen if held else None, "timeout": self.lease_timeout}
-
-    def _guard_lease(self, req, op: str) -> None:
-        if req.get("token") != self.controller and not self._lease_free(_mono()):
-            raise RequestError("not_controller", f"{op} refused: another client holds control of the robot, "
-                                                 f"and only the controller may {op} while it does. Take over "
-                                                 "with acquire(force=True) (RobotClient.acquire(force=True))")
-
+    # -- control lease (`lease.Lease`) --------------------------------------------------------
     def _acquire(self, req, tr):
-        tok = self._token(req, required=True)
-        force = req.get("force", False)
-        if force.__class__ is not bool:
-            raise RequestError("bad_request", "acquire 'force' must be true or false")
-        now = _mono()
-        self.lease_lost.pop(tok, None)
-        current = self.controller
-        if current == tok or self._lease_free(now):
-            self._grant(tok, now, "acquire")
-        elif force:
-            self._lose(current, "control was taken over by another client (forced acquire)")
-            log.warning("control taken over by session %s... (forced acquire; the previous controller's last "
-                        "command was %.1f s ago)", tok[:6], now - self.lease_seen)
-            self.controller = tok
-            self.lease_seen = now
-        else:
-            raise RequestError("not_controller", self._held_message("acquire", now))
-        return {"lease": self._lease_info(tok, now)}
+        return {"lease": self.lease.acquire(req.get("token"), req.get("force", False), _mono())}
 
     def _release(self, req, tr):
-        tok = self._token(req, required=True)
-        released = tok == self.controller
-        if released:
-            self.controller = None
-            log.info("control released by session %s...", tok[:6])
-        self.lease_lost.pop(tok, None)
-        return {"released": released, "lease": self._lease_info(tok, _mono())}
+        released, info = self.lease.release(req.get("token"), _mono())
+        return {"released": released, "lease": info}
 
     def _close(self, req, tr):
         """Close parks the robot and ends the server: only for the session that spawned it (it
@@ -717,7 +602,7 @@ class RobotServer:
                                                      "may close it")
         else:
             tok = req.get("token")
-            if tok is None or tok != self.controller or self._lease_free(_mono()):
+            if tok is None or tok != self.lease.controller or self.lease.free(_mono()):
                 raise RequestError("not_controller", "close refused: only the client in control of this server "
                                                      "may close it (acquire() first)")
         if self.exit_on_close:
@@ -726,26 +611,21 @@ class RobotServer:
 
     # -- realtime clock ----------------------------------------------------------------------
     def _advance_to(self, now: float) -> None:
-        dt = now - self.last_advance
+        dt = self.clk.elapsed(now)
         if dt > 0:
             self.backend.advance(dt)
-            self.last_advance = now
 
     def _tick(self, now: float) -> None:
         self._advance_to(now)
-        if (self.last_command is not None and not self.watchdog_tripped and not self.estopped
-                and now - self.last_command > self.watchdog_timeout):
-            self.watchdog_tripped = True
+        if self.clk.watchdog_trips(now, self.estopped):
             self.backend.hold()
-            log.warning("command watchdog: no command for %.3f s; holding", now - self.last_command)
+            log.warning("command watchdog: no command for %.3f s; holding", now - self.clk.last_command)
         if self.subscribers:
             self._sample()
 
     def _finish_deferred(self, now: float) -> None:
         self._advance_to(now)
-        while self.deferred and self.deferred[0][0] <= now:
-            deadline, head, seq, t, tr, ta = self.deferred.pop(0)
-            overrun = now - deadline
+        for overrun, (head, seq, t, tr, ta) in self.clk.due_steps(now):
             if overrun > 0.25 * self.period:
                 self.stats["overruns"] += 1
             reply = {"v": VERSION, "seq": seq, "ok": True, "t": t, "tr": tr, "ta": ta,
@@ -772,7 +652,7 @@ class RobotServer:
 def build_server(cfg: dict, *, endpoint: str | None = None, stream_endpoint: str | None = None,
                  allow_client_keys=(), **kwargs) -> RobotServer:
     """Construct the backend a config names and the server around it (binding the sockets)."""
-    from ..backends.interface import load_backend
+    from ..backends.registry import load_backend
     from ..config import safety_config
     from .endpoints import check_bind, private_ipc, stream_endpoint_for
     from .estop_latch import estop_path

@@ -64,28 +64,46 @@ def _as_vector(name: str, value, shape: tuple[int, ...]):
     return np.array(values, dtype=np.float64) if arr is None else arr
 
 
-def parse_command(cmd, supported=None, convert=_as_vector) -> dict:
-    """Validate a wire command map into {channel: float | float64 array}; raise RequestError on any fault.
-
-    `convert(name, value, shape)` checks and converts one channel's value (a batched server passes
-    one that wants a row per robot).
-    """
+def _check_channels(cmd, channels) -> None:
     if not isinstance(cmd, dict):
         raise RequestError("bad_command", f"command must be a map of channels, got {type(cmd).__name__}")
     if "arm_position" in cmd and "arm_velocity" in cmd:
         raise RequestError("bad_command", "arm_position and arm_velocity are exclusive in one command")
     if "ee_delta" in cmd and ("arm_position" in cmd or "arm_velocity" in cmd):
         raise RequestError("bad_command", "ee_delta cannot be combined with arm_position/arm_velocity")
+
+
+def parse_command(cmd, channels=None, num_robots: int = 1) -> tuple[dict, np.ndarray | None]:
+    """Validate a wire command map against a backend's `channels` ({name: shape}, from its spec; None:
+    every channel) for a server of `num_robots`: ({channel: float | float64 array}, robots).
+
+    One robot: each value is that robot's (a number or a vector) and `robots` is None. N robots:
+    each value has a leading robot axis, one row per robot, or per robot listed in the command's
+    `robots` (returned as an index array). Raises RequestError on any fault; nothing is converted
+    in part.
+    """
+    _check_channels(cmd, channels)
+    robots = None
+    if num_robots == 1:
+        convert = _as_vector
+        items = cmd.items()
+    else:
+        robots = parse_robots(cmd.get("robots"), num_robots)
+        rows = num_robots if robots is None else robots.size
+
+        def convert(name, value, shape):
+            return _as_batch(name, value, shape, rows)
+        items = ((k, v) for k, v in cmd.items() if k != "robots")
     out = {}
-    for name, value in cmd.items():
+    for name, value in items:
         shape = CHANNELS.get(name) if isinstance(name, str) else None
         if shape is None:
             raise RequestError("unknown_channel", f"unknown command channel {name!r}; "
                                                   f"known: {', '.join(CHANNELS)}")
-        if supported is not None and name not in supported:
+        if channels is not None and name not in channels:
             raise RequestError("unsupported_channel", f"channel {name!r} is not supported by this backend")
         out[name] = convert(name, value, shape)
-    return out
+    return out, robots
 
 
 def _as_batch(name: str, value, shape: tuple[int, ...], n: int) -> np.ndarray:
@@ -131,61 +149,46 @@ def parse_robots(value, n: int) -> np.ndarray | None:
     return idx
 
 
-def parse_batch_command(cmd, supported, n: int) -> tuple[dict, np.ndarray | None]:
-    """A batched server's command: every channel with a leading robot axis, optionally for a subset
-    `robots` (then one row per listed robot). Same exclusions and refusals as `parse_command`."""
-    if not isinstance(cmd, dict):
-        raise RequestError("bad_command", f"command must be a map of channels, got {type(cmd).__name__}")
-    robots = parse_robots(cmd.get("robots"), n)
-    rows = n if robots is None else robots.size
-    channels = {k: v for k, v in cmd.items() if k != "robots"}
-    return parse_command(channels, supported, lambda name, value, shape: _as_batch(name, value, shape, rows)), robots
-
-
 # reset option -> shape; the env's `goal` never reaches the server (it is the env's own task state).
 RESET_OPTIONS: dict[str, tuple[int, ...]] = {"initial_arm_position": (7,), "initial_torso": ()}
 
 
-def parse_reset_options(options, convert=_as_vector, also_known=()) -> dict:
-    """Validate `reset` options like commands: unknown keys, wrong shapes and non-finite values are refused.
+def parse_reset_options(options, known=None, num_robots: int = 1) -> tuple[dict, np.ndarray | None]:
+    """Validate `reset` options like commands, against a backend's `known` options ({name: shape};
+    None: `RESET_OPTIONS`): unknown keys, wrong shapes and non-finite values are refused.
 
-    `convert(name, value, shape)` as in `parse_command`; `also_known`: keys the caller took out first.
+    N robots: `robots` (the ones to reset; nil: all), and each option either once for all of them
+    (one robot's shape) or one row per reset robot. Returns (options, robots).
     """
-    if options is None:
-        return {}
-    if not isinstance(options, dict):
-        raise RequestError("bad_options", f"reset options must be a map, got {type(options).__name__}")
-    out = {}
-    for name, value in options.items():
-        shape = RESET_OPTIONS.get(name) if isinstance(name, str) else None
-        if shape is None:
-            raise RequestError("bad_options", f"unknown reset option {name!r}; known: "
-                                              f"{', '.join((*also_known, *RESET_OPTIONS))}")
-        try:
-            out[name] = convert(name, value, shape)
-        except RequestError as exc:
-            raise RequestError("bad_options", exc.message) from None
-    return out
-
-
-def parse_batch_reset_options(options, n: int) -> tuple[dict, np.ndarray | None]:
-    """A batched server's reset options: `robots` (the ones to reset; nil: all), and the usual options
-    either once for all of them (shape as `RESET_OPTIONS`) or one row per reset robot."""
     if options is None:
         return {}, None
     if not isinstance(options, dict):
         raise RequestError("bad_options", f"reset options must be a map, got {type(options).__name__}")
-    try:
-        robots = parse_robots(options.get("robots"), n)
-    except RequestError as exc:
-        raise RequestError("bad_options", exc.message) from None
-    rows = n if robots is None else robots.size
+    known = RESET_OPTIONS if known is None else known
+    robots = None
+    convert = _as_vector
+    if num_robots > 1:
+        try:
+            robots = parse_robots(options.get("robots"), num_robots)
+        except RequestError as exc:
+            raise RequestError("bad_options", exc.message) from None
+        rows = num_robots if robots is None else robots.size
 
-    def per_robot(name, value, shape):
-        if isinstance(value, np.ndarray) and value.ndim == len(shape) + 1 or isinstance(value, list) and (
-                not shape or value and isinstance(value[0], (list, np.ndarray))):
-            return _as_batch(name, value, shape, rows)
-        return np.broadcast_to(np.asarray(_as_vector(name, value, shape)), (rows, *shape))
-
-    rest = {k: v for k, v in options.items() if k != "robots"}
-    return parse_reset_options(rest, per_robot, also_known=("robots",)), robots
+        def convert(name, value, shape):
+            if isinstance(value, np.ndarray) and value.ndim == len(shape) + 1 or isinstance(value, list) and (
+                    not shape or value and isinstance(value[0], (list, np.ndarray))):
+                return _as_batch(name, value, shape, rows)
+            return np.broadcast_to(np.asarray(_as_vector(name, value, shape)), (rows, *shape))
+    out = {}
+    for name, value in options.items():
+        if num_robots > 1 and name == "robots":
+            continue
+        shape = known.get(name) if isinstance(name, str) else None
+        if shape is None:
+            names = (*(("robots",) if num_robots > 1 else ()), *known)
+            raise RequestError("bad_options", f"unknown reset option {name!r}; known: {', '.join(names)}")
+        try:
+            out[name] = convert(name, value, shape)
+        except RequestError as exc:
+            raise RequestError("bad_options", exc.message) from None
+    return out, robots

@@ -1,10 +1,10 @@
-"""Stable-Baselines3 `VecEnv` over the batched FetchReach: N robots, one server, HER-ready.
+"""Stable-Baselines3 `VecEnv` over the vector env: N robots, one server, HER-ready, any task.
 
 SB3 wants its own vector semantics, not Gymnasium's: reset in the same step, the last observation
 of a finished episode in ``infos[i]["terminal_observation"]``, ``infos[i]["TimeLimit.truncated"]``
 so the replay buffer bootstraps through time limits, and `env_method("compute_reward", ...)`, which
-`HerReplayBuffer` calls to relabel goals. This adapter gives exactly that on top of
-`FetchReachVectorEnv` in SAME_STEP autoreset mode; nothing is stepped one robot at a time.
+`HerReplayBuffer` calls to relabel goals. This adapter gives exactly that on top of the vector
+env (`vector_env.BridgeVectorEnv`) in SAME_STEP autoreset mode; nothing is stepped one robot at a time.
 """
 from __future__ import annotations
 
@@ -13,19 +13,24 @@ from gymnasium.vector import AutoresetMode
 try:
     from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 except ImportError as exc:  # the core install has no SB3: say how to get it
-    from ..training.train import TRAIN_HINT
+    from ..training import TRAIN_HINT
     raise ImportError(f"robot_env.envs.sb3_vec_env needs Stable-Baselines3 ({exc}): {TRAIN_HINT}") from None
 
-from .fetch_reach import option_array
-from .fetch_reach_vector import FetchReachVectorEnv
+from .goal_env import option_array
+from .registration import entry
 
 
-class FetchReachVecEnv(VecEnv):
-    """`FetchReachVecEnv(num_envs, **FetchReachVectorEnv kwargs)`: use it wherever SB3 takes a VecEnv."""
+class BridgeVecEnv(VecEnv):
+    """`BridgeVecEnv(env_id, num_envs, **vector env kwargs)`: use it wherever SB3 takes a VecEnv."""
 
-    def __init__(self, num_envs: int = 1, **kwargs):
+    def __init__(self, env_id: str, num_envs: int = 1, **kwargs):
+        import importlib
         kwargs["autoreset_mode"] = AutoresetMode.SAME_STEP
-        self.venv = FetchReachVectorEnv(num_envs=num_envs, **kwargs)
+        module, name = entry(env_id).vector_env.split(":")
+        make = getattr(importlib.import_module(module), name)
+        if name == "make_vector_env":
+            kwargs["env_id"] = env_id
+        self.venv = make(num_envs=num_envs, **kwargs)
         super().__init__(num_envs, self.venv.single_observation_space, self.venv.single_action_space)
         self._actions = None
 
@@ -96,3 +101,17 @@ class FetchReachVecEnv(VecEnv):
     @property
     def latency(self):
         return self.venv.latency
+
+
+class FetchReachVecEnv(BridgeVecEnv):
+    """`FetchReachVecEnv(num_envs, **FetchReachVectorEnv kwargs)`: `BridgeVecEnv` for FetchReach."""
+
+    def __init__(self, num_envs: int = 1, **kwargs):
+        super().__init__("robot_env/FetchReach-v0", num_envs, **kwargs)
+
+
+class FetchReachVecEnv(BridgeVecEnv):
+    """`FetchReachVecEnv(num_envs, **FetchReachVectorEnv kwargs)`: `BridgeVecEnv` for FetchReach."""
+
+    def __init__(self, num_envs: int = 1, **kwargs):
+        super().__init__("robot_env/FetchReach-v0", num_envs, **kwargs)

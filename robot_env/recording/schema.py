@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 
-from ..control.commands import parse_batch_command, parse_batch_reset_options, parse_command, parse_reset_options
+from ..control.commands import parse_command, parse_reset_options
 from ..errors import RequestError
 
 MAX_SEQ = 2 ** 53 - 1
@@ -272,19 +272,19 @@ def command_request(msg: dict, robots: int | None) -> dict:
             if robots is None:
                 if rows is not None:
                     raise RequestError("bad_command", "'robots' is only for a batched server's recording")
-                return {"cmd": parse_command(cmd)}
+                return {"cmd": parse_command(cmd)[0]}
             if not isinstance(cmd, dict):
                 raise RequestError("bad_command", f"command must be a map of channels, got {type(cmd).__name__}")
-            parsed, idx = parse_batch_command({**cmd, "robots": rows}, None, robots)
+            parsed, idx = parse_command({**cmd, "robots": rows}, None, robots)
             return {"cmd": parsed if idx is None else {**parsed, "robots": idx.tolist()}}
         options = msg.get("options")
         if robots is None:
             if rows is not None:
                 raise RequestError("bad_options", "'robots' is only for a batched server's recording")
-            return {"seed": msg.get("seed"), "options": parse_reset_options(options)}
+            return {"seed": msg.get("seed"), "options": parse_reset_options(options)[0]}
         if options is not None and not isinstance(options, dict):
             raise RequestError("bad_options", f"reset options must be a map, got {type(options).__name__}")
-        parsed, idx = parse_batch_reset_options({**(options or {}), "robots": rows}, robots)
+        parsed, idx = parse_reset_options({**(options or {}), "robots": rows}, None, robots)
         return {"seed": msg.get("seed"), "options": parsed if idx is None else {**parsed, "robots": idx.tolist()}}
     except RequestError as exc:
         what = "'cmd'" if op in ("step", "command") else "'options'"

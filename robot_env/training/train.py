@@ -37,16 +37,7 @@ class BundleError(RobotEnvError):
     """A policy bundle is missing, corrupt, or does not fit the robot/env it is asked to run on."""
 
 
-TRAIN_HINT = ("install the train extra: `pip install torch==2.13.0` (or `pip install torch --index-url "
-              "https://download.pytorch.org/whl/cpu` for the CPU build), then `pip install -e \".[train]\"`")
-
-
-def _require_sb3():
-    try:
-        import stable_baselines3  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError as exc:
-        raise RobotEnvError(f"{exc.name} is not installed: {TRAIN_HINT}") from None
+from . import TRAIN_HINT, require_sb3 as _require_sb3  # noqa: F401  (both kept importable from here)
 
 
 # -- spaces as data ---------------------------------------------------------------------------
@@ -61,13 +52,14 @@ def space_to_dict(space) -> dict:
 
 
 def env_metadata(env) -> dict:
-    """What a policy depends on, from the env and its server's `hello`."""
-    from ..envs.fetch_reach import ACTION_SCALE
+    """What a policy depends on, from the env (its id and task) and its server's `hello`."""
     u = env.unwrapped
     info = u._session.info
-    return {"env_id": ENV_ID, "control": u.control, "block_gripper": u.block_gripper,
-            "reward_type": u.reward_type, "control_period": float(info["control_period"]),
-            "action_scale": ACTION_SCALE, "max_ee_step": info.get("max_ee_step"),
+    task = u.task
+    env_id = env.spec.id if getattr(env, "spec", None) is not None else ENV_ID
+    return {"env_id": env_id, "control": task.control, "block_gripper": task.block_gripper,
+            "reward_type": task.reward_type, "control_period": float(info["control_period"]),
+            "action_scale": task.action_scale, "max_ee_step": info.get("max_ee_step"),
             "description_hash": info["description_hash"],
             "observation_space": space_to_dict(env.observation_space),
             "action_space": space_to_dict(env.action_space)}
@@ -87,12 +79,12 @@ def sim2real_overrides(cfg_name, enable: bool) -> dict:
     return {"server.kinematic": {k: (kin.get(k) or v) for k, v in SIM2REAL_DEFAULTS.items()}}
 
 
-def make_env(config=None, overrides=None, control="ee_delta", time_feature=False):
+def make_env(config=None, overrides=None, control="ee_delta", time_feature=False, env_id: str = ENV_ID):
     import gymnasium as gym
 
     import robot_env  # noqa: F401  (registers the env)
     from .sac_her import TimeFeature
-    env = gym.make(ENV_ID, config=config, overrides=overrides or None, control=control)
+    env = gym.make(env_id, config=config, overrides=overrides or None, control=control)
     return TimeFeature(env) if time_feature else env
 
 
@@ -108,10 +100,11 @@ def _progress(n, total, rate, wall, stream=sys.stderr):
 def train(config=None, steps: int = 30_000, out: str = "policy", seed: int = 0, eval_every: int = 1000,
           eval_episodes: int = 20, sim2real: bool = False, normalize: bool = DEFAULT_NORMALIZE,
           time_feature: bool = DEFAULT_TIME_FEATURE, num_envs: int = 1,
-          threshold: float = 0.95, log=_progress, **hyper) -> dict:
-    """Train SAC + HER on the env a config names (default: the embedded simulator); write a bundle to `out`.
+          threshold: float = 0.95, log=_progress, env_id: str = ENV_ID, **hyper) -> dict:
+    """Train SAC + HER on env `env_id` over the robot a config names (default: the embedded simulator);
+    write a bundle to `out`.
 
-    `num_envs` > 1: N robots behind one batched simulator server (`envs.sb3_vec_env.FetchReachVecEnv`).
+    `num_envs` > 1: N robots behind one simulator server (`envs.sb3_vec_env.BridgeVecEnv`).
     """
     _require_sb3()
     overrides = sim2real_overrides(config, sim2real)
@@ -119,10 +112,10 @@ def train(config=None, steps: int = 30_000, out: str = "policy", seed: int = 0, 
         raise RobotEnvError("--time-feature is not available with --num-envs > 1")
 
     def make_venv():
-        from ..envs.sb3_vec_env import FetchReachVecEnv
-        return FetchReachVecEnv(num_envs, config=config, overrides=overrides or None)
+        from ..envs.sb3_vec_env import BridgeVecEnv
+        return BridgeVecEnv(env_id, num_envs, config=config, overrides=overrides or None)
 
-    return train_bundle(lambda: make_env(config, overrides, time_feature=time_feature),
+    return train_bundle(lambda: make_env(config, overrides, time_feature=time_feature, env_id=env_id),
                         make_venv if num_envs > 1 else None, out, steps,
                         seed=seed, eval_every=eval_every, eval_episodes=eval_episodes, threshold=threshold,
                         normalize=normalize, time_feature=time_feature, log=log,
@@ -366,12 +359,14 @@ def open_checked(policy: str, config=None, overrides=None):
     """Load a bundle, open the env a config names, check one against the other; (bundle, env)."""
     bundle = load_bundle(policy)
     meta = bundle.meta
-    if meta["env_id"] != ENV_ID:
-        raise BundleError(f"policy {policy!r} was trained on {meta['env_id']!r}, not {ENV_ID!r}")
+    from ..envs.registration import ENV_IDS
+    if meta["env_id"] not in ENV_IDS:
+        raise BundleError(f"policy {policy!r} was trained on {meta['env_id']!r}, which robot-env does not have "
+                          f"(it has {', '.join(ENV_IDS)})")
     import gymnasium as gym
 
     import robot_env  # noqa: F401
-    env = gym.make(ENV_ID, config=config, overrides=overrides or None, control=meta["control"],
+    env = gym.make(meta["env_id"], config=config, overrides=overrides or None, control=meta["control"],
                    block_gripper=meta.get("block_gripper", True), reward_type=meta.get("reward_type", "sparse"))
     try:
         check_bundle(meta, env)
@@ -388,20 +383,20 @@ def open_checked(policy: str, config=None, overrides=None):
 def run_train_cli(args) -> int:
     from .. import config as config_mod
     cfg = config_mod.load(args.config)
-    print(f"robot-env train: SAC+HER on {ENV_ID}, config {cfg['source']} ({cfg['server']['backend']} backend), "
+    print(f"robot-env train: SAC+HER on {args.env}, config {cfg['source']} ({cfg['server']['backend']} backend), "
           f"up to {args.steps} steps, eval every {args.eval_every} steps over {args.eval_episodes} episodes, "
           f"stop at {args.threshold:.0%}{', sim2real randomization on' if args.sim2real else ''}", flush=True)
     meta = train(args.config, steps=args.steps, out=args.out, seed=args.seed, eval_every=args.eval_every,
                  eval_episodes=args.eval_episodes, sim2real=args.sim2real, normalize=args.normalize,
-                 time_feature=args.time_feature, threshold=args.threshold, num_envs=args.num_envs)
+                 time_feature=args.time_feature, threshold=args.threshold, num_envs=args.num_envs,
+                 env_id=args.env)
     return report_training(meta, args.out)
 
 
 def run_run_cli(args) -> int:
     from ..apps.demo import _bar
-    overrides = {}
-    if args.serial_port:
-        overrides["server.dynamixel"] = {"serial_port": args.serial_port}
+    from ..config import serial_port_override
+    overrides = serial_port_override(args.config, args.serial_port)
     bundle, env = open_checked(args.policy, args.config, overrides)
     try:
         u = env.unwrapped

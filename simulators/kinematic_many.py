@@ -1,4 +1,4 @@
-"""The kinematic simulator for N robots in one process: one request steps them all.
+"""The kinematic simulator's kernel for N robots: one request steps them all, on (N, ...) arrays.
 
 What vector envs train against. Each robot is exactly a `KinematicSim` (same safety layer, same
 motion limiter, same one-DLS-step Cartesian control from the measured joints, same sim-to-real
@@ -13,7 +13,6 @@ import collections
 
 import numpy as np
 
-from robot_env.backends.interface import Backend
 from robot_env.model.description import ARM, BASE_ACC_V, BASE_ACC_W, FETCH, GRIPPER, HEAD, NJ, READY_ARM, READY_TORSO, TORSO
 from robot_env.errors import RequestError
 from robot_env.model.kinematics_batch import fk_frames_batch, jacobian_batch, limited_step_batch, orientation_error_batch, rot_to_quat_batch
@@ -25,10 +24,7 @@ _ARM_SOURCES = ("reset", "ee_delta", "arm_position", "arm_velocity")  # codes in
 MAX_ROBOTS = 512
 
 
-class BatchedKinematicSim(Backend):
-    kind = "kinematic_batch"
-    channels = frozenset({"ee_delta", "arm_position", "arm_velocity", "gripper", "torso", "head", "base_twist"})
-
+class ManyRobots:
     def __init__(self, safety: SafetyConfig | None = None, control_period: float = 0.04, num_robots: int = 1,
                  action_latency_steps: int = 0, observation_noise: float = 0.0,
                  speed_randomization: float = 0.0, description=FETCH):

@@ -1,0 +1,155 @@
+"""The goal-conditioned env over the bridge: any task (`robot_env.tasks`) on whichever robot a config names.
+
+`BridgeGoalEnv(task, config=...)`: the server (spawned when the config names no endpoint, stopped
+on `close()`) is checked against what the task needs before anything moves; the spaces come from
+the task and the server's spec. An env step is one `step` request; the task maps the action to
+command channels and the state to an observation, reward and success. One robot: the task's plain-
+float paths, which give the same numbers as its batch functions (what the vector env runs).
+"""
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+
+from ..bridge.session import Session
+from ..tasks.base import Task
+
+
+def option_array(name: str, value) -> np.ndarray:
+    """A numeric reset option as a float array; anything that is not numbers is a ValueError naming it."""
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"options[{name!r}] must be numbers, got {value!r}") from None
+
+
+def reset_options(options) -> dict:
+    """A copy of the reset options (None: none); a non-dict is a ValueError."""
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"reset options must be a dict, got {type(options).__name__}")
+    return dict(options or {})
+
+
+def vector_option(name: str, value, n: int) -> np.ndarray:
+    arr = option_array(name, value)
+    if arr.shape != (n,) or not np.isfinite(arr).all():
+        raise ValueError(f"options[{name!r}] must be {n} finite numbers, got {value!r}")
+    return arr
+
+
+class BridgeEnvMixin:
+    """What every env over the bridge has beside the Gymnasium API: its client's latency, the last
+    full server state, and a `close()` (safe twice) that stops a server the env spawned."""
+
+    def close(self, **kwargs):
+        if not self._closed:
+            self._closed = True
+            self.closed = True  # what Gymnasium's VectorEnv reports
+            self._session.close()
+
+    @property
+    def latency(self):
+        """Running round-trip / bridge / action-to-observation latency percentiles (one sample per request)."""
+        return self._client.latency
+
+    @property
+    def robot_state(self) -> dict | None:
+        """The last full state the server returned (joints, mode, faults, clipped flags)."""
+        return self._state
+
+
+class BridgeGoalEnv(BridgeEnvMixin, gym.Env):
+    """A goal env (`observation`, `achieved_goal`, `desired_goal`; vectorized `compute_reward` for
+    HER; `info["is_success"]`) for `task` on the server a config names. Reset options: `goal` (3)
+    and `initial_arm_position` (7)."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, task: Task, config=None, overrides: dict | None = None, render_mode=None):
+        if render_mode is not None:
+            raise ValueError(f"{type(self).__name__} has no render modes; use the state stream or `robot-env plot`")
+        self.task = task
+        self._closed = True
+        self._session = Session(config, overrides)
+        self._closed = False
+        try:
+            self.bound = task.bind(self._session.info, f"the server at {self._session.client.endpoint}")
+        except BaseException:
+            self.close()
+            raise
+        self._client = self._session.client
+        info = self._session.info
+        self.dt = float(info["control_period"])
+        self.backend_kind = info["backend"]
+        self.action_space = self.bound.action_space
+        self.observation_space = self.bound.observation_space
+        # A subclass that changes reward or success is asked; the task's own are computed in floats.
+        cls = type(self)
+        self._plain_reward = (cls.compute_reward is BridgeGoalEnv.compute_reward
+                              and cls._success is BridgeGoalEnv._success)
+        self.goal = np.zeros(3)
+        self.initial_gripper_xpos = np.zeros(3)
+        self._state: dict | None = None
+
+    # -- Gymnasium API -----------------------------------------------------------------------
+    def reset(self, *, seed=None, options=None):
+        # Every option is checked before anything changes: on hardware the reset request moves the arm.
+        options = reset_options(options)
+        goal = options.pop("goal", None)
+        if goal is not None:
+            goal = vector_option("goal", goal, 3)
+        srv_opts = {}
+        if "initial_arm_position" in options:
+            srv_opts["initial_arm_position"] = vector_option("initial_arm_position",
+                                                             options.pop("initial_arm_position"), 7)
+        if options:
+            raise ValueError(f"unknown reset options {sorted(options)}; known: goal, initial_arm_position")
+        super().reset(seed=seed)
+        # The server's RNG (noise, randomization) is seeded from ours so one seed fixes the episode.
+        srv_seed = int(self.np_random.integers(2**31)) if seed is not None else None
+        task_opts = self.bound.reset_options(self.np_random, 1)
+        srv_opts.update({k: v[0] for k, v in task_opts.items()})
+        st = self._client.reset(seed=srv_seed, options=srv_opts)
+        self._state = st
+        self.initial_gripper_xpos = np.array(st["ee"][:3])
+        if goal is None:
+            goal = self.bound.sample_goals(self.np_random, st, np.zeros(1, dtype=np.int64))[0]
+        self.goal = goal.copy()
+        obs = self.bound.observe_one(st, self.goal)
+        return obs, {"is_success": self._success(obs["achieved_goal"])}
+
+    def step(self, action):
+        # Plain floats from here on: a handful of numbers, where numpy's per-call cost would
+        # dominate. The same clipping and scaling as np.clip / array arithmetic, bit for bit.
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != self.action_space.shape:
+            raise ValueError(f"action must have shape {self.action_space.shape}, got {action.shape}")
+        a = action.tolist()
+        if not all(map(math.isfinite, a)):
+            raise ValueError(f"action has non-finite values: {action}")
+        a = [-1.0 if x < -1.0 else 1.0 if x > 1.0 else x for x in a]
+        st = self._client.step(self.bound.command_one(a))
+        self._state = st
+        obs = self.bound.observe_one(st, self.goal)
+        achieved = obs["achieved_goal"]
+        if self._plain_reward:
+            reward, success = self.bound.reward_one(achieved, self.goal)
+        else:  # a subclass changed the task's reward or success: ask it
+            success = self._success(achieved)
+            reward = float(self.compute_reward(achieved, self.goal, None))
+        return obs, reward, False, False, {"is_success": success}
+
+    def compute_reward(self, achieved_goal, desired_goal, info):
+        """Vectorized over leading dims, as HER relabelling calls it."""
+        return self.bound.compute_reward(achieved_goal, desired_goal, info)
+
+    def compute_terminated(self, achieved_goal, desired_goal, info):
+        return False
+
+    def compute_truncated(self, achieved_goal, desired_goal, info):
+        return False
+
+    def _success(self, achieved) -> float:
+        return float(self.bound.is_success(achieved, self.goal))
