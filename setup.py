@@ -1,5 +1,5 @@
 """robot-env: a Gymnasium bridge over ZeroMQ to a Fetch-style robot server (simulator or hardware)."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="robot-env",
@@ -9,7 +9,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["robot_env", "robot_env.envs", "drivers", "simulators"],
+    # every package of the three top-level ones (the layers of robot_env included), found, not listed
+    packages=find_packages(include=["robot_env", "robot_env.*", "drivers", "drivers.*", "simulators",
+                                    "simulators.*"]),
     package_data={"robot_env": ["configs/*.toml"]},
     install_requires=[
         "numpy>=1.24",

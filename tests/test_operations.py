@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 
-import numpy as np
 import pytest
 import zmq
 

@@ -24,6 +24,7 @@ import msgpack
 import numpy as np
 
 from ..errors import RequestError
+from .state import VECTORS
 
 VERSION = 2  # 2: `hello` carries the backend spec; `clipped` is {flag: [robots]} for one robot too
 ARRAY_EXT = 1
@@ -143,7 +144,7 @@ def error_reply(seq, code: str, message: str, t=None) -> bytes:
 
 # -- packed state ------------------------------------------------------------------------------
 # The state's float64 vectors, in wire order (see the module docstring). Others travel unpacked.
-STATE_ARRAYS = ("q", "dq", "effort", "target", "ee", "ee_vel", "base")
+STATE_ARRAYS = tuple(VECTORS)  # the one state schema (`state.VECTORS`), in buffer order
 _F8 = np.dtype("<f8")  # on a little-endian host, the same object as np.dtype(float)
 _tobytes = np.ndarray.tobytes
 _LAYOUT_OF: dict = {}  # (names, lengths) -> layout string

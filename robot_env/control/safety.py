@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..model.description import ARM, BASE_ACC_V, BASE_ACC_W, BASE_MAX_V, BASE_MAX_W, FETCH, NJ, TORSO, RobotDescription, motion_profile
+from ..model.description import ARM, BASE_ACC_V, BASE_ACC_W, BASE_MAX_V, BASE_MAX_W, FETCH, NJ, RobotDescription, motion_profile
 from ..model.kinematics import fk_frames
 from ..model.kinematics_batch import fk_frames_batch
 

@@ -108,10 +108,3 @@ class FetchReachVecEnv(BridgeVecEnv):
 
     def __init__(self, num_envs: int = 1, **kwargs):
         super().__init__("robot_env/FetchReach-v0", num_envs, **kwargs)
-
-
-class FetchReachVecEnv(BridgeVecEnv):
-    """`FetchReachVecEnv(num_envs, **FetchReachVectorEnv kwargs)`: `BridgeVecEnv` for FetchReach."""
-
-    def __init__(self, num_envs: int = 1, **kwargs):
-        super().__init__("robot_env/FetchReach-v0", num_envs, **kwargs)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 
+from ..bridge.state import FIELDS as STATE_FIELDS, VECTORS as STATE_VECTORS
 from ..control.commands import parse_command, parse_reset_options
 from ..errors import RequestError
 
@@ -39,18 +40,20 @@ _JOINTS = {"type": "array", "x-shape": "joints",
 _VECTOR = {"type": "array", "x-shape": "rows",
            "items": {"type": ["number", "null", "array"], "items": {"type": ["number", "null"]}}}
 
-STATE_SCHEMA = {
+STATE_SCHEMA = {  # from the one state schema (`bridge.state`), plus what the recorder adds (t_recv)
     "title": "robot_env.State", "type": "object",
     "required": ["seq", "ts", "t_recv", "q"],
     "properties": {
-        "seq": {**_SEQ, "description": "state stream number (consecutive while subscribed)"},
-        "ts": {**_TIME, "description": "server sample time, s since the epoch"},
+        "seq": {**_SEQ, "description": STATE_FIELDS["seq"]},
+        "ts": {**_TIME, "description": STATE_FIELDS["ts"]},
         "t_recv": {**_TIME, "description": "recorder receive time, s since the epoch"},
-        "time": {"type": "number", "minimum": -MAX_TIME, "maximum": MAX_TIME, "description": "backend clock, s"},
-        "mode": {"type": "string"}, "faults": {"type": "array"},
-        "clipped": {"type": ["array", "object"], "description": "channels the safety layer clipped"},
-        "q": _JOINTS, "target": _JOINTS, "dq": _VECTOR, "effort": _VECTOR,
-        "ee": _VECTOR, "ee_vel": _VECTOR, "base": _VECTOR, "objects": {"type": "object"},
+        "time": {"type": "number", "minimum": -MAX_TIME, "maximum": MAX_TIME, "description": STATE_FIELDS["time"]},
+        "mode": {"type": "string", "description": STATE_FIELDS["mode"]},
+        "faults": {"type": "array", "description": STATE_FIELDS["faults"]},
+        "clipped": {"type": ["array", "object"], "description": STATE_FIELDS["clipped"]},
+        "objects": {"type": "object", "description": STATE_FIELDS["objects"]},
+        **{name: {**(_JOINTS if exact else _VECTOR), "description": what}
+           for name, (_, exact, what) in STATE_VECTORS.items()},
     },
 }
 COMMAND_SCHEMA = {
