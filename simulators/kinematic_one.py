@@ -92,7 +92,8 @@ class OneRobot:
             "base": np.array(self.base),
             "objects": {},
             "faults": [],
-            "clipped": dict.fromkeys(self.clipped + self.ctl.motion_flags, _ROBOT_0),
+            "clipped": dict.fromkeys(self.clipped + self.ctl.motion_flags, _ROBOT_0)
+            if self.clipped or self.ctl.motion_flags else {},
         }
 
     # -- internals ---------------------------------------------------------------------------

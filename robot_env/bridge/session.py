@@ -11,18 +11,22 @@ from .spawn import ServerProcess
 class Session:
     """A connected client plus, when we started it, the server process we own.
 
-    `num_robots`: the robots the caller needs (a vector env). A server this session spawns is asked
-    for them (the backend must be able to host them); a running server is checked against its
-    `hello` and refused on a mismatch. The user's config is never rewritten for it.
+    `num_robots`: the robots the caller needs (a vector env); `scene`: the scene its task needs. A
+    server this session spawns is asked for them (its backend must be able to host them); a
+    running server is checked against its `hello` and refused on a mismatch. The user's config
+    file is never rewritten for it.
     """
 
-    def __init__(self, config=None, overrides: dict | None = None, *, num_robots: int | None = None):
+    def __init__(self, config=None, overrides: dict | None = None, *, num_robots: int | None = None,
+                 scene: str | None = None):
         self.cfg = config_mod.load(config, overrides)
         cc = self.cfg["client"]
         self.server: ServerProcess | None = None
         endpoint = cc["endpoint"]
         if num_robots is not None and not endpoint:
             self._ask_for_robots(num_robots)
+        if scene is not None and not endpoint:
+            self._ask_for_scene(scene)
         # CurveZMQ keys from [client] (a server we spawn: its public key from its secret key file, and
         # a fresh client key pair when [client] names none, which the spawned server is told to allow).
         self.keys = client_keys(self.cfg, spawning=not endpoint)
@@ -51,6 +55,12 @@ class Session:
                               "'kinematic'). For robots with a server each: make_vec(..., vectorization_mode='sync')")
         if "num_robots" in cls.Settings:
             self.cfg[f"server.{backend}"]["num_robots"] = n
+
+    def _ask_for_scene(self, scene: str) -> None:
+        from ..backends.registry import backend_class
+        backend = self.cfg["server"]["backend"]
+        if "scene" in backend_class(backend).Settings:  # else the task's bind names what is missing
+            self.cfg[f"server.{backend}"]["scene"] = scene
 
     def _check_robots(self, n: int) -> None:
         got = self.info.get("num_robots", 1)

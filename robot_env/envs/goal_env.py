@@ -72,7 +72,7 @@ class BridgeGoalEnv(BridgeEnvMixin, gym.Env):
             raise ValueError(f"{type(self).__name__} has no render modes; use the state stream or `robot-env plot`")
         self.task = task
         self._closed = True
-        self._session = Session(config, overrides)
+        self._session = Session(config, overrides, scene=task.needs.scene)
         self._closed = False
         try:
             self.bound = task.bind(self._session.info, f"the server at {self._session.client.endpoint}")

@@ -44,7 +44,7 @@ class BridgeVectorEnv(BridgeEnvMixin, VectorEnv):
         self.metadata = {"render_modes": [], "autoreset_mode": autoreset_mode}
         self.render_mode = None
         self._closed = True
-        self._session = Session(config, overrides, num_robots=num_envs)
+        self._session = Session(config, overrides, num_robots=num_envs, scene=task.needs.scene)
         self._closed = False
         try:
             self.bound = task.bind(self._session.info, f"the server at {self._session.client.endpoint}")
