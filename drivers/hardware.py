@@ -99,6 +99,7 @@ class DynamixelBackend(Backend):
         self.cycles = 0
         self.cpu_wait = 0.0  # s the loop thread spent runnable but not running (Linux; 0 elsewhere)
         self._cpu_clock: ThreadCpuWait | None = None
+        self._cpu_mark = 0.0  # its reading at the previous bus-watchdog check
         self.clipped: list[str] = []
         self.t0 = time.monotonic()
         self.last_read = self.t0
@@ -240,6 +241,7 @@ class DynamixelBackend(Backend):
 
     def _loop(self) -> None:
         self._cpu_clock = ThreadCpuWait.open()
+        self._cpu_mark = self._cpu_clock.read() if self._cpu_clock is not None else 0.0
         try:
             self._run_loop()
         finally:
@@ -252,6 +254,8 @@ class DynamixelBackend(Backend):
         nxt = time.perf_counter()
         last = nxt
         window_start, window_cycles = nxt, 0
+        clock = self._cpu_clock
+        window_wait = clock.read() if clock is not None else 0.0
         while not self._stop.is_set():
             start = time.perf_counter()
             self.jitter.add(abs((start - last) - period) + 1e-9)
@@ -264,7 +268,11 @@ class DynamixelBackend(Backend):
             self.cycle_time.add(end - start + 1e-9)
             window_cycles += 1
             if end - window_start >= LOOP_RATE_WINDOW:
-                self._check_loop_rate(window_cycles / (end - window_start), end - window_start)
+                waited = None
+                if clock is not None:
+                    total = clock.read()
+                    waited, window_wait = total - window_wait, total
+                self._check_loop_rate(window_cycles / (end - window_start), end - window_start, waited)
                 window_start, window_cycles = end, 0
             nxt += period
             delay = nxt - time.perf_counter()
@@ -342,7 +350,8 @@ class DynamixelBackend(Backend):
         pause, overrun = self.bus.take_pauses()
         waited = None
         if self._cpu_clock is not None:
-            waited = self._cpu_clock.take()
+            total = self._cpu_clock.read()
+            waited, self._cpu_mark = total - self._cpu_mark, total
             self.cpu_wait += waited
         ids = [i for i in self.all_ids if i not in self._excluded]
         try:
@@ -443,18 +452,25 @@ class DynamixelBackend(Backend):
             self.q_cmd, self.v_cmd = self.ctl.target.copy(), np.zeros(NJ)
         self.wheel_cmd = (0.0, 0.0)
 
-    def _check_loop_rate(self, rate: float, window: float) -> None:
+    def _check_loop_rate(self, rate: float, window: float, cpu_wait: float | None = None) -> None:
         """Late replies that the retries still catch never count as failed cycles, but they slow the
-        loop: the state goes stale and goals reach the servos late. Below the floor that is a fault."""
+        loop: the state goes stale and goals reach the servos late. Below the floor that is a fault.
+        `cpu_wait`: the loop thread's time runnable but not running in the window (None: unknown);
+        a quarter of the window or more means an overloaded machine rather than a late bus."""
         if not self.min_loop_rate or rate >= self.min_loop_rate or self._faults or self._jobs:
             return
         stats = self.bus.stats
+        counts = f"{stats.get('timeouts', 0)} timeouts, {stats.get('retries', 0)} retries so far"
+        if cpu_wait is not None and cpu_wait >= 0.25 * window:
+            why = (f"its thread waited {cpu_wait * 1e3:.0f} ms of that for a CPU: the machine is overloaded "
+                   f"(leave the driver a core; {counts})")
+        else:
+            why = f"the bus answers late ({counts})"
         with self._lock:
             self._fault_stop(self.cal.servos, "slow_loop",
                              f"the control loop ran at {rate:.0f} Hz over the last {window:.1f} s, below the "
                              f"{self.min_loop_rate:g} Hz floor ([server.dynamixel] min_loop_fraction of loop_rate): "
-                             f"the bus answers late ({stats.get('timeouts', 0)} timeouts, "
-                             f"{stats.get('retries', 0)} retries so far)", freeze=False, brake=True)
+                             + why, freeze=False, brake=True)
 
     def _on_bus_failure(self, code: str, message: str, servos, exclude: bool = False) -> None:
         with self._lock:
@@ -874,14 +890,13 @@ class ThreadCpuWait:
     def _read(self) -> float:
         return int(os.pread(self._fd, 128, 0).split()[1]) * 1e-9
 
-    def take(self) -> float:
-        """Seconds waited for a CPU since the previous call."""
+    def read(self) -> float:
+        """Seconds the thread has waited for a CPU in all (never decreasing)."""
         try:
-            now = self._read()
+            self._last = max(self._last, self._read())
         except (OSError, ValueError, IndexError):
-            return 0.0
-        waited, self._last = now - self._last, now
-        return max(0.0, waited)
+            pass
+        return self._last
 
     def close(self) -> None:
         try:

@@ -162,6 +162,17 @@ def test_the_bus_watchdog_fault_says_where_the_pause_went():
     assert "for a CPU" not in pause_note(0.45, None, 0.0)  # no schedstat (not Linux)
 
 
+def test_a_slow_loop_fault_tells_an_overloaded_machine_from_a_late_bus(rig):
+    emu, b = rig
+    b._check_loop_rate(30.0, 1.0, cpu_wait=0.62)  # as measured: 30 Hz with most of the second spent runnable
+    f = next(f for f in b.faults if f["code"] == "slow_loop")
+    assert "30 Hz" in f["message"] and "waited 620 ms of that for a CPU: the machine is overloaded" in f["message"]
+    finish(b.reset_faults())
+    b._check_loop_rate(30.0, 1.0, cpu_wait=0.01)
+    f = next(f for f in b.faults if f["code"] == "slow_loop")
+    assert "the bus answers late" in f["message"] and "for a CPU" not in f["message"]
+
+
 def test_unplugged_adapter_is_a_port_fault_and_reconnects(rig):
     emu, b = rig
     emu.close_port()
