@@ -114,6 +114,12 @@ class DynamixelBus:
         self._dirty = False
         self._lock = threading.RLock()
         self._counts = {"transactions": 0, "timeouts": 0, "retries": 0, "alerts": 0, "servo_errors": 0}
+        # Pauses (s), for the servos' bus watchdogs: the longest silence between two instructions
+        # sent and the longest time a poll for a reply overran its timeout (the kernel held it),
+        # since `take_pauses()` and, in `stats`, since creation or `reset_stats()`.
+        self.last_tx = 0.0  # monotonic time of the last instruction sent (0: none yet)
+        self._pause = [0.0, 0.0]
+        self._pause_max = [0.0, 0.0]
 
     # -- port ---------------------------------------------------------------------------------
     def open(self) -> "DynamixelBus":
@@ -192,17 +198,31 @@ class DynamixelBus:
     @property
     def stats(self) -> dict:
         """Counters (since creation or `reset_stats()`): transactions, timeouts (attempts that
-        ended without every reply), retries, crc_errors, garbage_bytes, alerts, servo_errors."""
+        ended without every reply), retries, crc_errors, garbage_bytes, alerts, servo_errors; and
+        max_silence_ms (the longest gap between two instructions sent), max_poll_overrun_ms."""
         out = dict(self._counts)
         out["crc_errors"] = self._reader.crc_errors + self._raw_reader.crc_errors
         out["garbage_bytes"] = self._reader.garbage_bytes + self._raw_reader.garbage_bytes
+        out["max_silence_ms"] = 1e3 * self._pause_max[0]
+        out["max_poll_overrun_ms"] = 1e3 * self._pause_max[1]
         return out
 
     def reset_stats(self) -> None:
         for k in self._counts:
             self._counts[k] = 0
+        self._pause_max = [0.0, 0.0]
         for r in (self._reader, self._raw_reader):
             r.crc_errors = r.garbage_bytes = 0
+
+    def take_pauses(self) -> tuple[float, float]:
+        """(longest silence between two instructions sent, the one still open included; longest
+        time a poll for a reply overran its timeout), in seconds since the previous call."""
+        with self._lock:
+            silence, overrun = self._pause
+            if self.last_tx:
+                silence = max(silence, time.monotonic() - self.last_tx)
+            self._pause = [0.0, 0.0]
+            return silence, overrun
 
     def return_delay(self, servo_id: int) -> float:
         return self._delays.get(servo_id, self.default_return_delay)
@@ -240,6 +260,10 @@ class DynamixelBus:
         return fd
 
     def _send(self, fd: int, pkt: bytes) -> None:
+        now = time.monotonic()
+        if self.last_tx:
+            self._note_pause(0, now - self.last_tx)
+        self.last_tx = now
         try:
             n = os.write(fd, pkt)
         except BlockingIOError:
@@ -273,10 +297,14 @@ class DynamixelBus:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
+            t = time.perf_counter()
             try:
                 events = poll(remaining * 1000.0)
             except (OSError, ValueError) as exc:
                 raise self._lost(exc) from None
+            # A tty's poll first waits for the kernel's worker to hand over received bytes: on a
+            # loaded machine that can hold it far past its timeout (and the bus silent meanwhile).
+            self._note_pause(1, time.perf_counter() - t - remaining)
             if not events:
                 break
             try:
@@ -297,6 +325,12 @@ class DynamixelBus:
                 got[sid] = pkt
                 del pending[sid]
         return got
+
+    def _note_pause(self, which: int, seconds: float) -> None:
+        if seconds > self._pause[which]:
+            self._pause[which] = seconds
+        if seconds > self._pause_max[which]:
+            self._pause_max[which] = seconds
 
     def _timeout(self, tx: int, rx: int, ids) -> float:
         delays = self._delays

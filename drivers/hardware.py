@@ -11,7 +11,8 @@ polls while it keeps serving the e-stop, so a slow operation never stalls the se
 Safety, from the top down: the safety layer clips targets to joint limits narrowed by the
 calibration and keeps the gripper in the workspace; the limiter bounds velocity and acceleration;
 the servos' own EEPROM limits (position, velocity, current) are written at start-up; the Dynamixel
-bus watchdog stops the servos if this process dies. The servos have no brakes, so torque is never
+bus watchdog stops the servos if this process dies or stalls (the fault then says how long the
+driver's longest pause between bus instructions was, and whether its loop was waiting for a CPU). The servos have no brakes, so torque is never
 turned off on a servo that holds the arm: not at start-up (a servo found with torque on keeps it,
 its settings are checked instead), not by `reset_faults` (only faulted servos are touched; a
 reboot, which drops torque, is named and must be agreed to when the servo still holds), and on
@@ -22,6 +23,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import threading
 import time
 
@@ -121,6 +123,9 @@ class DynamixelBackend(Backend):
         self.jitter = Histogram()  # |actual - nominal| loop period
         self.cycle_time = Histogram()
         self.cycles = 0
+        self.cpu_wait = 0.0  # s the loop thread spent runnable but not running (Linux; 0 elsewhere)
+        self._cpu_clock: ThreadCpuWait | None = None
+        self._cpu_mark = 0.0  # its reading at the previous bus-watchdog check
         self.clipped: list[str] = []
         self.t0 = time.monotonic()
         self.last_read = self.t0
@@ -271,10 +276,22 @@ class DynamixelBackend(Backend):
         self._thread.start()
 
     def _loop(self) -> None:
+        self._cpu_clock = ThreadCpuWait.open()
+        self._cpu_mark = self._cpu_clock.read() if self._cpu_clock is not None else 0.0
+        try:
+            self._run_loop()
+        finally:
+            if self._cpu_clock is not None:
+                self._cpu_clock.close()
+                self._cpu_clock = None
+
+    def _run_loop(self) -> None:
         period = self.loop_period
         nxt = time.perf_counter()
         last = nxt
         window_start, window_cycles = nxt, 0
+        clock = self._cpu_clock
+        window_wait = clock.read() if clock is not None else 0.0
         while not self._stop.is_set():
             start = time.perf_counter()
             self.jitter.add(abs((start - last) - period) + 1e-9)
@@ -287,7 +304,11 @@ class DynamixelBackend(Backend):
             self.cycle_time.add(end - start + 1e-9)
             window_cycles += 1
             if end - window_start >= LOOP_RATE_WINDOW:
-                self._check_loop_rate(window_cycles / (end - window_start), end - window_start)
+                waited = None
+                if clock is not None:
+                    total = clock.read()
+                    waited, window_wait = total - window_wait, total
+                self._check_loop_rate(window_cycles / (end - window_start), end - window_start, waited)
                 window_start, window_cycles = end, 0
             nxt += period
             delay = nxt - time.perf_counter()
@@ -360,7 +381,14 @@ class DynamixelBackend(Backend):
                                  gone, exclude=True)
 
     def _check_bus_watchdog(self) -> None:
-        """A tripped servo watchdog reads 255 (-1) and locks its goals: our loop stalled too long."""
+        """A tripped servo watchdog reads 255 (-1) and locks its goals: our loop stalled too long.
+        The fault says what the driver knows of its longest pause since the previous check."""
+        pause, overrun = self.bus.take_pauses()
+        waited = None
+        if self._cpu_clock is not None:
+            total = self._cpu_clock.read()
+            waited, self._cpu_mark = total - self._cpu_mark, total
+            self.cpu_wait += waited
         ids = [i for i in self.all_ids if i not in self._excluded]
         try:
             data = self.bus.sync_read(F["bus_watchdog"].address, 1, ids, fast=self.fast_sync)
@@ -371,8 +399,8 @@ class DynamixelBackend(Backend):
                 s = self.cal.by_id(sid)
                 with self._lock:
                     self._fault_stop([s], "bus_watchdog", f"{s.joint} (servo {sid}): the servo's bus watchdog "
-                                     f"tripped (the driver was silent > {self.bus_watchdog:g} s); it stopped",
-                                     freeze=True)
+                                     f"tripped (the driver was silent > {self.bus_watchdog:g} s); it stopped"
+                                     + pause_note(pause, waited, overrun), freeze=True)
 
     def _write_goals(self) -> None:
         writes = []
@@ -460,18 +488,25 @@ class DynamixelBackend(Backend):
             self.q_cmd, self.v_cmd = self.ctl.target.copy(), np.zeros(NJ)
         self.wheel_cmd = (0.0, 0.0)
 
-    def _check_loop_rate(self, rate: float, window: float) -> None:
+    def _check_loop_rate(self, rate: float, window: float, cpu_wait: float | None = None) -> None:
         """Late replies that the retries still catch never count as failed cycles, but they slow the
-        loop: the state goes stale and goals reach the servos late. Below the floor that is a fault."""
+        loop: the state goes stale and goals reach the servos late. Below the floor that is a fault.
+        `cpu_wait`: the loop thread's time runnable but not running in the window (None: unknown);
+        a quarter of the window or more means an overloaded machine rather than a late bus."""
         if not self.min_loop_rate or rate >= self.min_loop_rate or self._faults or self._jobs:
             return
         stats = self.bus.stats
+        counts = f"{stats.get('timeouts', 0)} timeouts, {stats.get('retries', 0)} retries so far"
+        if cpu_wait is not None and cpu_wait >= 0.25 * window:
+            why = (f"its thread waited {cpu_wait * 1e3:.0f} ms of that for a CPU: the machine is overloaded "
+                   f"(leave the driver a core; {counts})")
+        else:
+            why = f"the bus answers late ({counts})"
         with self._lock:
             self._fault_stop(self.cal.servos, "slow_loop",
                              f"the control loop ran at {rate:.0f} Hz over the last {window:.1f} s, below the "
                              f"{self.min_loop_rate:g} Hz floor ([server.dynamixel] min_loop_fraction of loop_rate): "
-                             f"the bus answers late ({stats.get('timeouts', 0)} timeouts, "
-                             f"{stats.get('retries', 0)} retries so far)", freeze=False, brake=True)
+                             + why, freeze=False, brake=True)
 
     def _on_bus_failure(self, code: str, message: str, servos, exclude: bool = False) -> None:
         with self._lock:
@@ -585,6 +620,7 @@ class DynamixelBackend(Backend):
                 "cycle_p99_ms": 1e3 * self.cycle_time.percentile(99),
                 "jitter_p99_ms": 1e3 * self.jitter.percentile(99),
                 "sample_age_ms": 1e3 * (now - self.last_read),
+                "loop_cpu_wait_ms": 1e3 * self.cpu_wait,
                 "bus": dict(self.bus.stats)}
 
     def reset(self, seed, options, robots=None) -> Operation:
@@ -871,6 +907,60 @@ STARTUP_PING_PATIENCE = 1.0  # s a servo may take to answer its first ping at st
 WHEEL_RAW_MAX = ct.FIELDS["velocity_limit"].hi
 LOOP_RATE_WINDOW = 1.0  # s over which the loop rate is held against min_loop_fraction
 DRIVE_MODE_REVERSE = 0x01  # Drive Mode bit 0; bit 2 (0x04) would make the profile time-based
+
+
+class ThreadCpuWait:
+    """The calling thread's time spent runnable but not running (waiting for a CPU), from Linux's
+    /proc/thread-self/schedstat. `open()` from the thread to measure; None where unavailable."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._last = self._read()
+
+    @classmethod
+    def open(cls) -> "ThreadCpuWait | None":
+        try:
+            fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except (OSError, AttributeError):
+            return None
+        try:
+            return cls(fd)
+        except (OSError, ValueError, IndexError):
+            os.close(fd)
+            return None
+
+    def _read(self) -> float:
+        return int(os.pread(self._fd, 128, 0).split()[1]) * 1e-9
+
+    def read(self) -> float:
+        """Seconds the thread has waited for a CPU in all (never decreasing)."""
+        try:
+            self._last = max(self._last, self._read())
+        except (OSError, ValueError, IndexError):
+            pass
+        return self._last
+
+    def close(self) -> None:
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+
+
+def pause_note(pause: float, cpu_wait: float | None, overrun: float) -> str:
+    """For a bus-watchdog fault: the driver's longest pause between bus instructions since the
+    previous check and where that time went, as far as the driver can tell. Seconds in (`cpu_wait`:
+    the loop thread's time runnable but not running over the same window, None if unknown;
+    `overrun`: the longest poll held past its timeout); a clause for the message out."""
+    note = f"; the driver's longest pause between bus instructions was {pause * 1e3:.0f} ms"
+    if cpu_wait is not None and cpu_wait >= 0.5 * pause:
+        return (note + f" and its control loop waited {cpu_wait * 1e3:.0f} ms for a CPU meanwhile: the "
+                       "machine is overloaded (leave the driver a core)")
+    if overrun >= 0.5 * pause:
+        return (note + f", {overrun * 1e3:.0f} ms of it in a serial-port poll held past its timeout (the "
+                       "kernel's tty worker thread, or the GIL's holder, was not scheduled): the machine is overloaded")
+    waited = "" if cpu_wait is None else f" while its control loop waited {cpu_wait * 1e3:.0f} ms for a CPU"
+    return note + f"{waited}: the loop was blocked (a lock, the GIL, a slow call)"
 
 
 def _unpack(data: bytes) -> tuple[int, int, int]:

@@ -30,7 +30,12 @@ Emulator choices where the e-Manual is silent (documented so nobody mistakes the
 - Broadcast PING replies come back in ID order, back to back.
 - A WRITE to the ID field is answered from the old ID (what the official SDK waits for); a WRITE
   that lowers the Status Return Level is answered (or not) at the new level.
-- The bus watchdog counts any instruction addressed to the servo or broadcast (sync/bulk too).
+- The bus watchdog counts any instruction addressed to the servo or broadcast (sync/bulk too). It
+  judges silence only on a pass that follows the previous one within `STALL` (20 ms): after this
+  emulator's own thread was descheduled, the bytes waiting are read first, as a real servo would
+  have heard them on time. So a trip means the driver really sent nothing for that long (to within
+  20 ms); it is logged with the silence and the emulator's own longest gap between passes, and
+  counted in `stats["watchdog_trips"]`.
 - Goal Velocity beyond the Velocity Limit (but within ±1023) is clipped; beyond ±1023 it is a
   data range error, like every value outside a field's range.
 - Drive Mode (reverse direction, time-based profile) is stored but not applied; the table ends
@@ -406,7 +411,9 @@ class ServoBusEmulator:
         self._reader = p2.PacketReader()
         self._line_free = 0.0
         self.stats = {"instructions": 0, "replies": 0, "dropped": 0, "corrupted": 0, "crc_errors": 0,
-                      "wrong_baud": 0, "overflow": 0}
+                      "wrong_baud": 0, "overflow": 0, "watchdog_trips": 0}
+        self._pass_at = 0.0  # when this thread last ran a pass (its own scheduling, for trip reports)
+        self._own_gap = 0.0  # its longest gap between passes since it last heard anything
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> str:
@@ -597,11 +604,15 @@ class ServoBusEmulator:
                     if exc.errno != errno.EIO:
                         log.warning("servo bus emulator: read failed: %s", exc)
                     time.sleep(self.TICK)
+            if self._pass_at:
+                self._own_gap = max(self._own_gap, now - self._pass_at)
+            self._pass_at = now
             with self._lock:
                 # Bytes waiting after a stall of *this* thread were heard on time by a real servo:
                 # don't let our own lateness trip its bus watchdog (the instructions refresh it).
                 self._advance(now, watchdog=not data)
                 if data:
+                    self._own_gap = 0.0
                     replies = self._on_bytes(data, now, fd)
                 else:
                     replies = None
@@ -622,8 +633,22 @@ class ServoBusEmulator:
                 done.set()
 
     def _advance(self, now: float, watchdog: bool = True) -> None:
+        tripped = []
         for s in self._servos:
+            was, limit = s.wd_error, s.table[98]
             s.advance(now, watchdog)
+            if s.wd_error and not was:
+                tripped.append((s, limit))
+        if tripped:
+            # A real servo would have tripped too: every byte sent before this pass's select has been
+            # read (a pty's poll waits for the kernel to hand them over), so the driver was silent
+            # that long. The emulator's own longest gap between passes says how much of the silence
+            # this thread itself spent unscheduled.
+            self.stats["watchdog_trips"] += len(tripped)
+            log.warning("bus watchdog tripped on servo%s %s: nothing heard for %.0f ms (limit %d ms); this "
+                        "emulator's own longest gap between passes meanwhile: %.0f ms",
+                        "s" if len(tripped) > 1 else "", ", ".join(str(s.id) for s, _ in tripped),
+                        (now - min(s.last_rx for s, _ in tripped)) * 1e3, tripped[0][1] * 20, self._own_gap * 1e3)
 
     def _on_bytes(self, data: bytes, now: float, fd: int):
         """Parse instructions; returns [(instruction length, [(servo, reply bytes)])] to send."""

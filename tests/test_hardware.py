@@ -1,4 +1,5 @@
 """The hardware backend against the servo-bus emulator on a real pty, and the swap by config end to end."""
+import re
 import time
 
 import gymnasium as gym
@@ -8,7 +9,7 @@ import pytest
 from drivers import control_table as ct
 from drivers.bus import PortError
 from drivers.calibration import load_calibration
-from drivers.hardware import DynamixelBackend
+from drivers.hardware import DynamixelBackend, pause_note
 from robot_env import config
 from robot_env.backends.interface import finish
 from robot_env.apps.demo import run_episodes
@@ -129,6 +130,47 @@ def test_tripped_bus_watchdog_is_a_fault_and_reset_faults_rearms_it(rig):
     assert any(f["servo"] == wrist.id and "wrist_roll_joint" in f["message"] for f in b.faults)
     finish(b.reset_faults())
     assert b.faults == [] and emu.servo(wrist.id).get("bus_watchdog") == 15
+
+
+def test_a_silent_driver_trips_the_bus_watchdog_and_the_fault_says_why(rig):
+    """The control loop held off the bus for 0.45 s (here: its lock held, as a stuck call would):
+    every servo's 0.3 s bus watchdog trips, and the fault reports the driver's longest pause
+    between bus instructions and that the loop was blocked, not waiting for a CPU."""
+    emu, b = rig
+    with b._lock:
+        time.sleep(0.45)
+    assert wait_for(lambda: len([f for f in b.faults if f["code"] == "bus_watchdog"]) == len(CAL.servos))
+    assert emu.stats["watchdog_trips"] == len(CAL.servos)
+    msg = next(f["message"] for f in b.faults if f["code"] == "bus_watchdog")
+    pause = re.search(r"longest pause between bus instructions was (\d+) ms", msg)
+    assert pause, msg
+    assert int(pause.group(1)) >= 1e3 * SETTINGS["bus_watchdog"] - 20  # what the servos saw (to the emulator's 20 ms)
+    assert "the loop was blocked" in msg
+    assert b.state()["diagnostics"]["bus"]["max_silence_ms"] >= int(pause.group(1))
+    finish(b.reset_faults())
+    assert b.faults == []
+
+
+def test_the_bus_watchdog_fault_says_where_the_pause_went():
+    """Numbers like those of the two trips measured on a loaded 2-core machine, and a blocked loop."""
+    starved = pause_note(0.468, 0.4676, 0.0)
+    assert "was 468 ms and its control loop waited 468 ms for a CPU" in starved and "overloaded" in starved
+    in_port = pause_note(0.325, 0.005, 0.319)
+    assert "319 ms of it in a serial-port poll held past its timeout" in in_port and "overloaded" in in_port
+    blocked = pause_note(0.45, 0.001, 0.0)
+    assert "the loop was blocked" in blocked and "overloaded" not in blocked
+    assert "for a CPU" not in pause_note(0.45, None, 0.0)  # no schedstat (not Linux)
+
+
+def test_a_slow_loop_fault_tells_an_overloaded_machine_from_a_late_bus(rig):
+    emu, b = rig
+    b._check_loop_rate(30.0, 1.0, cpu_wait=0.62)  # as measured: 30 Hz with most of the second spent runnable
+    f = next(f for f in b.faults if f["code"] == "slow_loop")
+    assert "30 Hz" in f["message"] and "waited 620 ms of that for a CPU: the machine is overloaded" in f["message"]
+    finish(b.reset_faults())
+    b._check_loop_rate(30.0, 1.0, cpu_wait=0.01)
+    f = next(f for f in b.faults if f["code"] == "slow_loop")
+    assert "the bus answers late" in f["message"] and "for a CPU" not in f["message"]
 
 
 def test_unplugged_adapter_is_a_port_fault_and_reconnects(rig):

@@ -256,6 +256,37 @@ def test_bus_watchdog_stops_a_wheel(emu, bus):
     assert bus.read_field(12, "present_velocity") == 150
 
 
+def test_the_emulators_own_stall_is_not_the_drivers_silence(emu, bus, monkeypatch):
+    """The emulator thread descheduled right after a select that found nothing (held there 0.5 s,
+    longer than the 0.3 s watchdog) while the driver keeps talking: a real servo heard every
+    instruction, so its watchdog must not trip. Once the driver goes quiet, it does."""
+    import simulators.servo_bus as sb
+    bus.write_field(1, "torque_enable", 1)
+    bus.write_field(1, "bus_watchdog", 15)  # 0.3 s
+    real_select = sb.select.select
+    stall, stalled = threading.Event(), threading.Event()
+
+    def select(r, w, x, timeout=None):
+        ready = real_select(r, w, x, timeout)
+        if stall.is_set() and threading.current_thread() is emu._thread:
+            stall.clear()
+            time.sleep(0.5)  # descheduled: the driver's bytes arrive meanwhile, unseen by this pass
+            stalled.set()
+            return [], [], []
+        return ready
+
+    monkeypatch.setattr(sb.select, "select", select)
+    stall.set()
+    for _ in range(80):  # 0.8 s of talking, through the stall and after it
+        bus.sync_write(ct.FIELDS["led"].address, 1, {1: b"\x00"})
+        time.sleep(0.01)
+    assert stalled.is_set()
+    assert not emu.servo(1).wd_error and emu.stats["watchdog_trips"] == 0
+    assert bus.read_field(1, "bus_watchdog") == 15
+    time.sleep(0.5)  # now the driver is silent
+    assert bus.read_field(1, "bus_watchdog") == 255 and emu.stats["watchdog_trips"] == 1
+
+
 # -- group instructions -----------------------------------------------------------------------------
 def test_sync_write_then_sync_read_and_fast_sync_read(emu, bus):
     goals = {i: (1000 + 10 * i).to_bytes(4, "little") for i in IDS}
