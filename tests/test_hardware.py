@@ -146,7 +146,7 @@ def test_a_silent_driver_trips_the_bus_watchdog_and_the_fault_says_why(rig):
     assert pause, msg
     assert int(pause.group(1)) >= 1e3 * SETTINGS["bus_watchdog"] - 20  # what the servos saw (to the emulator's 20 ms)
     assert "the loop was blocked" in msg
-    assert b.state()["diagnostics"]["bus"]["max_silence_ms"] >= int(pause.group(1))
+    assert b.state()["diagnostics"]["bus"]["max_silence_ms"] >= int(pause.group(1)) - 1  # the message rounds
     finish(b.reset_faults())
     assert b.faults == []
 
