@@ -14,8 +14,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from robot_env.model.description import FETCH, RobotDescription
 from robot_env.errors import ConfigError
+from robot_env.model.description import FETCH, RobotDescription
 
 from . import control_table as ct
 

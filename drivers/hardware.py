@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import os
 import threading
 import time
 
@@ -31,17 +30,32 @@ import numpy as np
 
 from robot_env.backends.interface import Backend, Operation
 from robot_env.backends.spec import BackendSpec, SafetyParams, ready_gripper
-from robot_env.control.commands import CHANNELS, RESET_OPTIONS
-from robot_env.model.description import ARM, FETCH, NJ, READY_ARM, READY_TORSO, TORSO, TUCK_ARM, TUCK_TORSO, WHEEL_RADIUS, RobotDescription
-from robot_env.errors import ConfigError, RequestError
-from robot_env.model.kinematics import fk_frames, rot_to_quat
 from robot_env.bridge.latency import Histogram
+from robot_env.control.commands import CHANNELS, RESET_OPTIONS
 from robot_env.control.safety import SafetyConfig
 from robot_env.control.targets import Kinematics, TargetController, check_start_pose, ee_velocity
+from robot_env.errors import ConfigError, RequestError
+from robot_env.model.description import (
+    ARM,
+    FETCH,
+    NJ,
+    READY_ARM,
+    READY_TORSO,
+    TORSO,
+    TUCK_ARM,
+    TUCK_TORSO,
+    WHEEL_RADIUS,
+    RobotDescription,
+)
+from robot_env.model.kinematics import fk_frames, rot_to_quat
 
 from . import control_table as ct
 from .bus import BusError, BusTimeout, DynamixelBus, PortError
-from .calibration import MODES, Calibration, JointServo, load_calibration
+from .calibration import Calibration, load_calibration
+from .loop_health import LOOP_RATE_WINDOW, WATCHDOG_CHECK_CYCLES, WHEEL_RAW_MAX, ThreadCpuWait, pause_note  # noqa: F401
+from .operations import _Move
+from .recovery import FaultRecovery
+from .servo_setup import ServoSetup
 
 log = logging.getLogger("drivers.hardware")
 
@@ -54,7 +68,7 @@ _CUR_UNIT = F["present_current"].unit
 _num = (int, float)
 
 
-class DynamixelBackend(Backend):
+class DynamixelBackend(ServoSetup, FaultRecovery, Backend):
     kind = "dynamixel"
     realtime_only = True
     channels = frozenset(CHANNELS)
@@ -158,117 +172,6 @@ class DynamixelBackend(Backend):
                               f"{[round(p, 3) for p in pos]}, outside [server.safety] workspace_min/max and "
                               "floor_height: the arm could not reach it on close; widen the workspace or "
                               "choose another rest pose")
-
-    def _start_servos(self) -> None:
-        bus = self.bus
-        for s in self.cal.servos:
-            # Patient at start-up only (a loaded machine or a slow adapter may miss a first reply);
-            # a servo that is really missing costs a second before the error.
-            deadline = time.monotonic() + STARTUP_PING_PATIENCE
-            while True:
-                try:
-                    model, _fw = bus.ping(s.id)
-                    break
-                except BusTimeout:
-                    if time.monotonic() > deadline:
-                        raise ConfigError(f"servo {s.id} ({s.joint}) does not answer on {bus.port}: check power, "
-                                          "wiring, id and baud rate") from None
-            if model != s.model_number:
-                name = ct.MODELS.get(model, f"model {model}")
-                raise ConfigError(f"servo {s.id} ({s.joint}) is a {name}, the calibration says {s.model}")
-        for s in self.cal.servos:
-            self._prepare_servo(s)
-        q, dq, effort, _ = self._read_state(self.all_ids)
-        # Hold where we are: targets and the commanded trajectory start at the measured pose.
-        self.q_meas, self.dq_meas, self.effort = q, dq, effort
-        self.q_cmd, self.v_cmd = q.copy(), np.zeros(NJ)
-        self.wheel_cmd = (0.0, 0.0)
-        self.base = [0.0, 0.0, 0.0, 0.0, 0.0]
-        self.ctl.reset(q)
-        self._write_goals()
-        for s in self.cal.servos:
-            if not self._servo_faulted(s.id):
-                self._torque_on(s)
-        self._kin = Kinematics(q)
-
-    def _prepare_servo(self, s: JointServo) -> None:
-        """Set a servo up for the loop without ever dropping it.
-
-        Torque off (a fresh servo, one after a power cycle or a reboot): EEPROM (operating mode,
-        the servo's own limits, return delay, drive mode) is written as calibrated. Torque on (it
-        holds the arm, e.g. after the previous driver died): its EEPROM is checked instead, since
-        writing it would need torque off; a mismatch is a start-up error that says what to do.
-        RAM settings (profile, goal current) are written either way, and a tripped bus watchdog
-        cleared.
-        """
-        bus = self.bus
-        hw = bus.read_field(s.id, "hardware_error_status")
-        if hw:
-            self._add_fault([s], "hardware_error", f"{s.joint} (servo {s.id}): "
-                            + (", ".join(ct.hardware_error_names(hw)) or f"status {hw}"))
-        torque = bus.read_field(s.id, "torque_enable")
-        self._torque[s.id] = bool(torque)
-        wanted = self._eeprom_for(s, bus.read_field(s.id, "drive_mode"))
-        if torque:
-            wrong = [f"{name} is {got}, wants {want}" for name, want in wanted.items()
-                     if (got := bus.read_field(s.id, name)) != want]
-            if wrong:
-                raise ConfigError(f"servo {s.id} ({s.joint}) holds torque and its settings differ from the "
-                                  f"calibration ({'; '.join(wrong)}); changing them needs torque off, which would "
-                                  "drop the joint: support the arm, power-cycle the servos (or turn their torque "
-                                  "off), then start again")
-            bus.write_field(s.id, "bus_watchdog", 0)  # clears a tripped watchdog; re-armed by `_torque_on`
-        else:
-            bus.write_field(s.id, "bus_watchdog", 0)
-            for name, value in wanted.items():
-                bus.write_field(s.id, name, value)
-        if s.mode == "velocity":
-            return
-        if s.current_limit:
-            bus.write_field(s.id, "goal_current", int(s.current_limit / _CUR_UNIT))
-        # We stream the limiter's setpoints (no acceleration profile), but cap the servo's own speed at
-        # the joint's limit: with no profile a servo closes each 5 ms setpoint step at up to the EEPROM
-        # velocity limit (20 % above the joint's), so it moved in bursts past the limit while tracking.
-        shaft = self._shaft_speed(s)
-        bus.write_field(s.id, "profile_velocity", min(math.ceil(shaft / _VEL_UNIT), F["profile_velocity"].hi))
-        bus.write_field(s.id, "profile_acceleration", 0)
-
-    def _shaft_speed(self, s: JointServo) -> float:
-        """The joint's velocity limit as rad/s of the servo's shaft."""
-        return self.description.joints[s.index].velocity * s.ticks_per_unit * (2 * math.pi / 4096)
-
-    def _eeprom_for(self, s: JointServo, drive_mode: int) -> dict:
-        """The EEPROM values the calibration asks of servo `s` (field -> raw value)."""
-        # Drive Mode outlives power cycles: a time-based profile (bit 2) left by another tool would turn
-        # the profile velocity into "take N ms per move". Keep only the direction bit (bit 0); the
-        # calibration's direction is applied in software on top.
-        out = {"return_delay_time": 0,  # the factory 500 µs per reply would halve the loop rate
-               "operating_mode": MODES[s.mode], "drive_mode": drive_mode & DRIVE_MODE_REVERSE}
-        if s.mode == "velocity":
-            out["velocity_limit"] = WHEEL_RAW_MAX
-            return out
-        lo, hi = s.tick_limits()
-        if s.mode in ("position", "current_position"):
-            out["min_position_limit"] = max(0, lo)
-            out["max_position_limit"] = min(4095, hi)
-        out["velocity_limit"] = min(int(self._shaft_speed(s) * 1.2 / _VEL_UNIT) + 1, F["velocity_limit"].hi)
-        if s.current_limit:
-            out["current_limit"] = int(s.current_limit / _CUR_UNIT)
-        return out
-
-    def _torque_on(self, s: JointServo, arm_watchdog: bool = True) -> None:
-        """Goal at the present position first (no jump), torque on, bus watchdog armed."""
-        bus = self.bus
-        if s.mode != "velocity":
-            bus.write_field(s.id, "goal_position", bus.read_field(s.id, "present_position"))
-        bus.write_field(s.id, "torque_enable", 1)
-        self._torque[s.id] = True
-        if arm_watchdog:
-            self._arm_watchdog(s)
-
-    def _arm_watchdog(self, s: JointServo) -> None:
-        if self.bus_watchdog:
-            self.bus.write_field(s.id, "bus_watchdog", int(round(self.bus_watchdog / 0.02)))
 
     # -- the control loop --------------------------------------------------------------------
     def _start_loop(self) -> None:
@@ -535,30 +438,6 @@ class DynamixelBackend(Backend):
             with self._lock:
                 self._fault_stop([s], "hardware_error", f"{s.joint} (servo {sid}): {names}", freeze=False)
 
-    # -- loop-thread jobs --------------------------------------------------------------------
-    def _run_job(self) -> None:
-        """One step of the job at the head of the queue (a generator: each step is a few bus
-        transactions, so the loop keeps feeding every other servo's watchdog meanwhile)."""
-        job = self._jobs[0]
-        try:
-            if job.cancelled is not None:
-                raise RequestError("cancelled", f"{job.what} cancelled by {job.cancelled}")
-            next(job.steps)
-        except StopIteration:
-            job.done = True
-        except RequestError as exc:
-            job.error, job.done = exc, True
-        except (BusError, ConfigError) as exc:
-            job.error = RequestError("reset_faults_failed", f"{job.what} failed: {exc}")
-            job.done = True
-        except Exception as exc:  # a bug: report it on the request, keep the loop alive
-            log.exception("%s failed", job.what)
-            job.error, job.done = RequestError("internal", f"{type(exc).__name__}: {exc}"), True
-        if job.done:
-            self._jobs.popleft()
-            if job.error is not None and job.on_failure is not None:
-                job.on_failure()
-
     # -- Backend interface -------------------------------------------------------------------
     @property
     def faults(self) -> list:
@@ -648,116 +527,6 @@ class DynamixelBackend(Backend):
         op.start()
         return op
 
-    def reset_faults(self, reboot=()) -> Operation | None:
-        """Recover only what is faulted, in the loop thread (`_recover`); see the module docstring."""
-        if not self._faults:
-            return None
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._start_loop()
-        need = sorted({sid for f in self._faults if f["code"] == "hardware_error" for sid in f["servos"]})
-        agreed = set(reboot)
-        holding = [self.cal.by_id(i) for i in need if self._torque.get(i, True)
-                   and "*" not in agreed and self.cal.by_id(i).joint not in agreed]
-        if holding:
-            names = ", ".join(f"{s.joint} (servo {s.id})" for s in holding)
-            raise RequestError("reboot_required", f"reset_faults refused: {names} report a hardware error that only "
-                                                  "a reboot clears, and still hold torque: a reboot turns it off "
-                                                  "for about a second, so the joint goes limp (a loaded shoulder or "
-                                                  "elbow drops). Support or park the arm, then call "
-                                                  f"reset_faults(reboot={[s.joint for s in holding]}). Nothing was done")
-        for i in need:
-            log.warning("reset_faults will reboot %s (servo %d): its torque is %s", self.cal.by_id(i).joint, i,
-                        "on (agreed by the caller)" if self._torque.get(i, True) else "already off (shutdown)")
-        job = _Job("reset_faults", None)
-        job.steps = self._recover(job, [dict(f) for f in self._faults])
-        had_torque = {i for i, on in self._torque.items() if on}
-        job.on_failure = lambda: self._restore_torque(had_torque)
-        self._jobs.append(job)
-        return _JobOperation(job)
-
-    def _recover(self, job: "_Job", faults: list):
-        """The recovery, a step per loop cycle. Only faulted servos are touched; the others keep
-        holding (their goals and watchdogs are fed by the cycles in between)."""
-        bus = self.bus
-        codes = {f["code"] for f in faults}
-        if "port" in codes:
-            bus.close()
-            bus.open()
-            yield
-        if codes & {"port", "bus"}:
-            self._bus_errors = 0
-        todo: dict[int, str] = {}  # servo id -> what to do: reboot, rejoin, watchdog
-        for f in faults:
-            for sid in f["servos"]:
-                how = {"hardware_error": "reboot", "bus_watchdog": "watchdog"}.get(f["code"], "rejoin")
-                if f["code"] in ("slow_loop", "driver"):
-                    continue
-                if todo.get(sid) != "reboot":
-                    todo[sid] = how
-        job.rebooted = [self.cal.by_id(i).joint for i, how in todo.items() if how == "reboot"]
-        for sid, how in sorted(todo.items()):
-            s = self.cal.by_id(sid)
-            self._excluded.add(sid)
-            if how == "reboot":
-                bus.reboot(sid)
-                self._torque[sid] = False
-                deadline = time.monotonic() + REBOOT_TIMEOUT
-                while True:  # deaf while it boots: ask once per cycle
-                    yield
-                    try:
-                        bus.ping(sid)
-                        break
-                    except BusTimeout:
-                        if time.monotonic() > deadline:
-                            raise RequestError("reset_faults_failed", f"{s.joint} (servo {sid}) did not come back "
-                                                                      f"within {REBOOT_TIMEOUT:g} s of its reboot") from None
-            else:
-                try:
-                    bus.ping(sid)
-                except BusTimeout:
-                    raise RequestError("reset_faults_failed", f"{s.joint} (servo {sid}) still does not answer") from None
-            yield
-            if how == "watchdog" and bus.read_field(sid, "torque_enable"):
-                bus.write_field(sid, "bus_watchdog", 0)  # clears it; the servo kept its torque
-            else:
-                hw = bus.read_field(sid, "hardware_error_status")
-                if hw:
-                    raise RequestError("reset_faults_failed", f"{s.joint} (servo {sid}) reports "
-                                       f"{', '.join(ct.hardware_error_names(hw)) or hw}: reset_faults again "
-                                       f"(with reboot=[{s.joint!r}] if it holds torque)")
-                self._prepare_servo(s)
-            yield
-            # No goals reach a servo until its fault clears at the end: arm its watchdog only then,
-            # or one recovered early would trip while the others are still being recovered.
-            self._torque_on(s, arm_watchdog=False)
-            self._excluded.discard(sid)
-            self._misses.pop(sid, None)
-            yield
-        # Everyone answers: hold where the arm is now, and clear what was recovered.
-        q, dq, effort, wheels = self._read_state(self.all_ids)
-        self._take(self.all_ids, q, dq, effort, wheels, self.loop_period)
-        with self._lock:
-            self.q_cmd, self.v_cmd = self.q_meas.copy(), np.zeros(NJ)
-            self.wheel_cmd = (0.0, 0.0)
-            self.ctl.reset(self.q_meas)
-            self._faults = [f for f in self._faults if f not in faults]
-        self._write_goals()  # the recovered servos get goals again before their watchdogs run
-        for sid in sorted(todo):
-            self._arm_watchdog(self.cal.by_id(sid))
-        self.bus.reset_stats()
-
-    def _restore_torque(self, servos: set[int]) -> None:
-        """After a failed recovery: every servo that held torque before it holds it again."""
-        for sid in sorted(servos):
-            s = self.cal.by_id(sid)
-            try:
-                if not self.bus.read_field(sid, "torque_enable"):
-                    self._torque_on(s)
-                    log.warning("reset_faults failed; torque restored on %s (servo %d)", s.joint, sid)
-            except BusError as exc:
-                log.error("reset_faults failed; cannot restore torque on %s (servo %d): %s", s.joint, sid, exc)
-
     def park(self) -> Operation | None:
         """Move to the rest pose before close (the arm has no brakes); `close` turns torque off only
         after this completed."""
@@ -798,169 +567,6 @@ class DynamixelBackend(Backend):
         except BusError as exc:
             log.error("close: %s", exc)
         self.bus.close()
-
-
-class _Move(Operation):
-    """A move of the real arm through poses, polled by the server: done when the arm is at the
-    last one and still."""
-
-    def __init__(self, backend: DynamixelBackend, targets: list, what: str, deadline: float, tol: float = 0.01):
-        self.b, self.targets, self.what, self.deadline, self.tol = backend, list(targets), what, deadline, tol
-        self.t0 = time.monotonic()
-        self.error: RequestError | None = None
-        self.finished = False
-        self.on_done = None
-        self.target = None
-
-    def start(self) -> None:
-        """Aim at the next pose (the limiter and the guard take it from where the arm is)."""
-        b = self.b
-        self.target = self.targets.pop(0)
-        with b._lock:
-            b.ctl.reset(b.q_cmd)
-            b.ctl.target = self.target.copy()
-            b.ctl.base_cmd = (0.0, 0.0)
-
-    def poll(self) -> bool:
-        if self.finished:
-            return True
-        b = self.b
-        if b._faults:
-            return self._fail("fault", f"{self.what} stopped by a fault: {b._faults[0]['message']}")
-        with b._lock:
-            err = np.abs(b.q_meas - self.target)
-            reached = err.max() < self.tol and np.abs(b.v_cmd).max() < 1e-6
-            braked = bool(b.ctl.vel_mode[:8].any()) or not np.array_equal(b.ctl.target, self.target)
-            flags = list(b.ctl.motion_flags)
-        if reached and self.targets:
-            self.start()
-            return False
-        if reached:
-            self.finished = True
-            if self.on_done is not None:
-                self.on_done()
-            return True
-        if braked:
-            return self._fail("move_stopped", f"{self.what} was stopped by the safety layer ({', '.join(flags) or 'hold'})"
-                                              f"; the arm holds where it stopped")
-        if time.monotonic() > self.deadline:
-            worst = b.description.joints[int(np.nanargmax(err))].name
-            b.hold()
-            return self._fail("move_timeout", f"{self.what} did not finish within {self.deadline - self.t0:g} s "
-                                              f"({worst} is {np.nanmax(err):.3f} away); the arm holds")
-        return False
-
-    def _fail(self, code: str, message: str) -> bool:
-        self.error = RequestError(code, message)
-        self.finished = True
-        return True
-
-    def cancel(self, reason: str) -> None:
-        if self.finished:
-            return
-        self.b.hold()
-        self._fail("cancelled", f"{self.what} was cancelled by {reason} after {time.monotonic() - self.t0:.2f} s; "
-                                "the arm holds where it stopped")
-
-    def result(self):
-        if self.error is not None:
-            raise self.error
-        return None
-
-
-class _Job:
-    """Work for the loop thread: `steps` is a generator, advanced once per cycle."""
-
-    def __init__(self, what: str, steps):
-        self.what, self.steps = what, steps
-        self.done = False
-        self.error: RequestError | None = None
-        self.cancelled: str | None = None
-        self.on_failure = None
-        self.rebooted: list[str] = []
-
-
-class _JobOperation(Operation):
-    def __init__(self, job: _Job):
-        self.job = job
-        self.what = job.what
-
-    def poll(self) -> bool:
-        return self.job.done
-
-    def cancel(self, reason: str) -> None:
-        self.job.cancelled = reason
-
-    def result(self):
-        if self.job.cancelled is not None and self.job.error is None:
-            raise RequestError("cancelled", f"{self.what} cancelled by {self.job.cancelled}")
-        if self.job.error is not None:
-            raise self.job.error
-        return {"rebooted": self.job.rebooted}
-
-
-WATCHDOG_CHECK_CYCLES = 50
-REBOOT_TIMEOUT = 3.0  # s a rebooted servo may stay deaf
-STARTUP_PING_PATIENCE = 1.0  # s a servo may take to answer its first ping at start-up
-# Wheel speed at full twist (1 m/s + 4.5 rad/s) is ~31 rad/s; an X-series servo tops out at raw 1023
-# (~24.5 rad/s, ~1.5 m/s at the rim): that is the wheels' limit, and goals saturate there.
-WHEEL_RAW_MAX = ct.FIELDS["velocity_limit"].hi
-LOOP_RATE_WINDOW = 1.0  # s over which the loop rate is held against min_loop_fraction
-DRIVE_MODE_REVERSE = 0x01  # Drive Mode bit 0; bit 2 (0x04) would make the profile time-based
-
-
-class ThreadCpuWait:
-    """The calling thread's time spent runnable but not running (waiting for a CPU), from Linux's
-    /proc/thread-self/schedstat. `open()` from the thread to measure; None where unavailable."""
-
-    def __init__(self, fd: int):
-        self._fd = fd
-        self._last = self._read()
-
-    @classmethod
-    def open(cls) -> "ThreadCpuWait | None":
-        try:
-            fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-        except (OSError, AttributeError):
-            return None
-        try:
-            return cls(fd)
-        except (OSError, ValueError, IndexError):
-            os.close(fd)
-            return None
-
-    def _read(self) -> float:
-        return int(os.pread(self._fd, 128, 0).split()[1]) * 1e-9
-
-    def read(self) -> float:
-        """Seconds the thread has waited for a CPU in all (never decreasing)."""
-        try:
-            self._last = max(self._last, self._read())
-        except (OSError, ValueError, IndexError):
-            pass
-        return self._last
-
-    def close(self) -> None:
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
-
-
-def pause_note(pause: float, cpu_wait: float | None, overrun: float) -> str:
-    """For a bus-watchdog fault: the driver's longest pause between bus instructions since the
-    previous check and where that time went, as far as the driver can tell. Seconds in (`cpu_wait`:
-    the loop thread's time runnable but not running over the same window, None if unknown;
-    `overrun`: the longest poll held past its timeout); a clause for the message out."""
-    note = f"; the driver's longest pause between bus instructions was {pause * 1e3:.0f} ms"
-    if cpu_wait is not None and cpu_wait >= 0.5 * pause:
-        return (note + f" and its control loop waited {cpu_wait * 1e3:.0f} ms for a CPU meanwhile: the "
-                       "machine is overloaded (leave the driver a core)")
-    if overrun >= 0.5 * pause:
-        return (note + f", {overrun * 1e3:.0f} ms of it in a serial-port poll held past its timeout (the "
-                       "kernel's tty worker thread, or the GIL's holder, was not scheduled): the machine is overloaded")
-    waited = "" if cpu_wait is None else f" while its control loop waited {cpu_wait * 1e3:.0f} ms for a CPU"
-    return note + f"{waited}: the loop was blocked (a lock, the GIL, a slow call)"
 
 
 def _unpack(data: bytes) -> tuple[int, int, int]:

@@ -12,10 +12,10 @@ import time
 
 import numpy as np
 
-from .model.description import ARM, GRIPPER, HEAD, READY_ARM, READY_TORSO, TORSO
-from .errors import RobotEnvError, ServerError
-from .model.kinematics import solve_ik
 from .bridge.session import Session
+from .errors import RobotEnvError, ServerError
+from .model.description import ARM, GRIPPER, HEAD, READY_ARM, READY_TORSO, TORSO
+from .model.kinematics import solve_ik
 
 
 class MoveError(RobotEnvError):

@@ -13,10 +13,27 @@ import collections
 
 import numpy as np
 
-from robot_env.model.description import ARM, BASE_ACC_V, BASE_ACC_W, FETCH, GRIPPER, HEAD, NJ, READY_ARM, READY_TORSO, TORSO
-from robot_env.errors import RequestError
-from robot_env.model.kinematics_batch import fk_frames_batch, jacobian_batch, limited_step_batch, orientation_error_batch, rot_to_quat_batch
 from robot_env.control.safety import MotionLimiter, SafetyConfig, WorkspaceGuard
+from robot_env.errors import RequestError
+from robot_env.model.description import (
+    ARM,
+    BASE_ACC_V,
+    BASE_ACC_W,
+    FETCH,
+    GRIPPER,
+    HEAD,
+    NJ,
+    READY_ARM,
+    READY_TORSO,
+    TORSO,
+)
+from robot_env.model.kinematics_batch import (
+    fk_frames_batch,
+    jacobian_batch,
+    limited_step_batch,
+    orientation_error_batch,
+    rot_to_quat_batch,
+)
 
 _ALL = slice(None)
 _ARM_SOURCES = ("reset", "ee_delta", "arm_position", "arm_velocity")  # codes in `arm_source`
@@ -56,6 +73,7 @@ class ManyRobots:
         self.holding = np.zeros(n, bool)
         self.speed_scale = np.ones((n, NJ))
         self.base_until = np.full(n, -np.inf)  # velocity commands lapse at these times unless refreshed
+        self.next_lapse = np.inf  # the earliest of those that can still lapse (an active velocity command)
         self.arm_vel_until = np.full(n, -np.inf)
         self.arm_source = np.zeros(n, np.int8)  # `_ARM_SOURCES` code of the channel that set the arm's target
         self.torso_source = np.zeros(n, bool)  # True: the torso channel set it (else a reset)
@@ -136,6 +154,8 @@ class ManyRobots:
     def _lapse(self) -> None:
         """Velocity commands not refreshed within `velocity_timeout` stop (as `TargetController.advance`)."""
         t = self.time
+        if t < self.next_lapse:  # nothing can lapse before then (no velocity command, or all fresh)
+            return
         base = (t >= self.base_until) & (self.base_cmd != 0).any(axis=1)
         if base.any():
             self.base_cmd[base] = 0.0
@@ -144,13 +164,18 @@ class ManyRobots:
         if arm.any():
             self.vel_target[arm, 1:8] = 0.0
             self._motion_flag("arm_velocity.lapsed", arm)
+        pending = np.concatenate([self.base_until[(self.base_cmd != 0).any(axis=1)],
+                                  self.arm_vel_until[self.vel_mode[:, 1] & (self.vel_target[:, ARM] != 0).any(axis=1)]])
+        self.next_lapse = pending.min() if pending.size else np.inf
 
     def _step_joints(self, h: float) -> None:
         """The limiter's step for every robot, then the workspace guard (as `TargetController.advance`)."""
         scale = self.speed_scale if self.speed_rand else 1.0
         q, v = self.q, self.v
         q_new, v_new = self.limiter.step(q, v, self.target, self.vel_target, self.vel_mode, h, scale)
-        bad = ~self.guard.allows_batch(q, v, q_new, v_new, self.target, self.vel_mode, h)
+        # the gripper positions of the last measurement are known: most robots need no FK here
+        bad = ~self.guard.allows_batch(q, v, q_new, v_new, self.target, self.vel_mode, h,
+                                       ref=(self.q_meas, self.ee_pos))
         if bad.any():
             moving = (np.abs(v[:, :8]) + np.abs(v_new[:, :8]) > 0.0)[bad]
             rows = np.flatnonzero(bad)
@@ -253,6 +278,7 @@ class ManyRobots:
             self.holding[idx] = False
             self.arm_source[idx] = 3
             self.arm_vel_until[idx] = self.time + self.velocity_timeout
+            self.next_lapse = min(self.next_lapse, self.time + self.velocity_timeout)
         if "gripper" in cmd:
             self.target[idx, GRIPPER] = self._clip("gripper.position_limit", cmd["gripper"], self.lower[GRIPPER],
                                                    self.upper[GRIPPER], robots, flags)
@@ -268,6 +294,7 @@ class ManyRobots:
             lim = np.array([self.cfg.base_max_v, self.cfg.base_max_w])
             self.base_cmd[idx] = self._clip("base_twist.velocity_limit", cmd["base_twist"], -lim, lim, robots, flags)
             self.base_until[idx] = self.time + self.velocity_timeout
+            self.next_lapse = min(self.next_lapse, self.time + self.velocity_timeout)
         return flags
 
     def _torso(self, target, idx, robots, flags) -> np.ndarray:

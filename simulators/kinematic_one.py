@@ -11,11 +11,10 @@ import math
 
 import numpy as np
 
-from robot_env.model.description import ARM, FETCH, NJ, READY_ARM, READY_TORSO, TORSO
-from robot_env.model.kinematics import rot_to_quat
 from robot_env.control.safety import SafetyConfig
 from robot_env.control.targets import Kinematics, TargetController, check_start_pose, ee_velocity
-
+from robot_env.model.description import ARM, FETCH, NJ, READY_ARM, READY_TORSO, TORSO
+from robot_env.model.kinematics import rot_to_quat
 
 _ROBOT_0 = (0,)  # `clipped` is {flag: robots}, for one robot as for N
 

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from support import wait_for
 
 from robot_env.bridge.client import RobotClient
 from robot_env.bridge.protocol import VERSION
@@ -20,7 +21,6 @@ from robot_env.control.commands import CHANNELS, RESET_OPTIONS
 from robot_env.errors import ServerError
 from robot_env.model.description import ARM, FETCH, HEAD, READY_ARM, READY_TORSO
 from robot_env.model.kinematics import fk_frames
-from support import wait_for
 
 VEL = np.array([j.velocity for j in FETCH.joints])
 

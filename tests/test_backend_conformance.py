@@ -4,8 +4,8 @@ One subclass per backend (and per shape that matters: the kinematic simulator wi
 with three); a test checks that no backend the registry names goes without one.
 """
 import pytest
-
 from conformance import BackendConformance, Rig
+
 from drivers.calibration import load_calibration
 from robot_env import config as config_mod
 from robot_env.backends.registry import BACKENDS, backend_class

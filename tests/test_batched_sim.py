@@ -5,11 +5,17 @@ import pytest
 
 from robot_env import config as config_mod
 from robot_env.bridge.client import RobotClient
-from robot_env.model.description import ARM, JOINTS, NJ
-from robot_env.errors import ServerError
-from robot_env.model.kinematics import DOWN, fk_frames, jacobian_array, limited_step, orientation_error, rot_to_quat
-from robot_env.model.kinematics_batch import fk_frames_batch, jacobian_batch, limited_step_batch, orientation_error_batch, rot_to_quat_batch
 from robot_env.bridge.spawn import ServerProcess
+from robot_env.errors import ServerError
+from robot_env.model.description import ARM, JOINTS, NJ
+from robot_env.model.kinematics import DOWN, fk_frames, jacobian_array, limited_step, orientation_error, rot_to_quat
+from robot_env.model.kinematics_batch import (
+    fk_frames_batch,
+    jacobian_batch,
+    limited_step_batch,
+    orientation_error_batch,
+    rot_to_quat_batch,
+)
 from simulators.kinematic import KinematicSim
 
 LO = np.array([j.lower for j in JOINTS[ARM]])

@@ -5,8 +5,8 @@ import pytest
 
 from drivers.calibration import load_calibration
 from robot_env import config
-from robot_env.model.description import FETCH
 from robot_env.errors import ConfigError
+from robot_env.model.description import FETCH
 
 SHIPPED = config.load("fetch_dynamixel")["server.dynamixel"]["calibration"]
 

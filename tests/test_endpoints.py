@@ -16,14 +16,14 @@ import gymnasium
 import numpy as np
 import pytest
 import zmq
+from support import free_port_pair
 
 import robot_env  # noqa: F401  (registers the env)
 from robot_env import config
 from robot_env.bridge.client import RobotClient
 from robot_env.bridge.endpoints import check_bind, is_private, parse, stream_endpoint_for
-from robot_env.errors import ConfigError, RobotEnvError
 from robot_env.bridge.server import build_server
-from support import free_port_pair
+from robot_env.errors import ConfigError, RobotEnvError
 
 pytestmark = pytest.mark.timeout(60)
 

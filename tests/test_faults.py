@@ -27,17 +27,17 @@ import time
 
 import numpy as np
 import pytest
+from support import wait_for
+from test_hardware import CAL, SETTINGS, make_emulator
 
 from drivers import control_table as ct
 from drivers.hardware import DynamixelBackend
 from robot_env import config
 from robot_env.backends.interface import finish
 from robot_env.bridge.client import RobotClient
-from robot_env.model.description import ARM, BASE_ACC_V, BASE_ACC_W, FETCH, motion_profile
-from robot_env.errors import ServerTimeout
 from robot_env.bridge.spawn import ServerProcess
-from support import wait_for
-from test_hardware import CAL, SETTINGS, make_emulator
+from robot_env.errors import ServerTimeout
+from robot_env.model.description import ARM, BASE_ACC_V, BASE_ACC_W, FETCH, motion_profile
 
 PERIOD = 0.04
 WATCHDOG = 0.25

@@ -26,13 +26,13 @@ import zmq
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from support import free_port_pair
 
 from robot_env import config
 from robot_env.bridge import protocol
 from robot_env.bridge.client import RobotClient
-from robot_env.control.commands import CHANNELS
 from robot_env.bridge.spawn import ServerProcess
-from support import free_port_pair
+from robot_env.control.commands import CHANNELS
 
 pytestmark = pytest.mark.timeout(300)
 

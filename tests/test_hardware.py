@@ -5,18 +5,18 @@ import time
 import gymnasium as gym
 import numpy as np
 import pytest
+from support import wait_for
 
 from drivers import control_table as ct
 from drivers.bus import PortError
 from drivers.calibration import load_calibration
 from drivers.hardware import DynamixelBackend, pause_note
 from robot_env import config
-from robot_env.backends.interface import finish
 from robot_env.apps.demo import run_episodes
-from robot_env.model.description import FETCH, TUCK_ARM, TUCK_TORSO
+from robot_env.backends.interface import finish
 from robot_env.errors import ConfigError, RequestError
+from robot_env.model.description import FETCH, TUCK_ARM, TUCK_TORSO
 from simulators.servo_bus import EmulatorProcess, ServoBusEmulator
-from support import wait_for
 
 CFG = config.load("fetch_dynamixel")
 SETTINGS = {k: v for k, v in CFG["server.dynamixel"].items() if k != "serial_port"}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from robot_env.model.description import JOINTS, READY_ARM, READY_TORSO
-from robot_env.model.kinematics import DOWN, forward, jacobian, fk_frames, rot_to_quat, solve_ik
+from robot_env.model.kinematics import DOWN, fk_frames, forward, jacobian, rot_to_quat, solve_ik
 
 # The arm chain as fetch_description's URDF writes it (origins, axes), independent of description.py.
 URDF = """<robot name="fetch">

@@ -15,8 +15,8 @@ import zmq
 from robot_env import config
 from robot_env.bridge import protocol
 from robot_env.bridge.client import RobotClient
-from robot_env.errors import ServerError
 from robot_env.bridge.spawn import ServerProcess
+from robot_env.errors import ServerError
 
 pytestmark = pytest.mark.timeout(60)
 

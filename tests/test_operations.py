@@ -15,16 +15,16 @@ import time
 
 import pytest
 import zmq
+from support import wait_for
+from test_hardware import CAL
 
 from robot_env import config as config_mod
 from robot_env.bridge.client import RobotClient
-from robot_env.model.description import JOINTS, TORSO
-from robot_env.errors import ServerError
 from robot_env.bridge.protocol import decode, unpack_state
 from robot_env.bridge.spawn import ServerProcess
+from robot_env.errors import ServerError
+from robot_env.model.description import JOINTS, TORSO
 from simulators.servo_bus import EmulatorProcess
-from support import wait_for
-from test_hardware import CAL
 
 pytestmark = pytest.mark.timeout(120)
 FIGURES: dict = {}

@@ -16,10 +16,10 @@ import zmq
 from robot_env import config
 from robot_env.bridge import protocol
 from robot_env.bridge.client import RobotClient
-from robot_env.control.commands import CHANNELS
-from robot_env.model.description import ARM, FETCH, GRIPPER, HEAD, TORSO
-from robot_env.errors import ServerError
 from robot_env.bridge.spawn import ServerProcess
+from robot_env.control.commands import CHANNELS
+from robot_env.errors import ServerError
+from robot_env.model.description import ARM, FETCH, GRIPPER, HEAD, TORSO
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,13 +12,14 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.
 cluster_utils = pytest.importorskip("ray.cluster_utils", reason="this ray has no ray.cluster_utils")
 pytest.importorskip("stable_baselines3", reason="the train extra is not installed")
 
+from support import wait_for  # noqa: E402
+
 from robot_env import config  # noqa: E402
 from robot_env.apps import cli
 from robot_env.bridge.client import RobotClient  # noqa: E402
+from robot_env.bridge.security import ClientKeys, client_keys  # noqa: E402
 from robot_env.errors import ConfigError, ServerTimeout  # noqa: E402
 from robot_env.training.ray_servers import ServerPool, train_on_ray  # noqa: E402
-from robot_env.bridge.security import ClientKeys, client_keys  # noqa: E402
-from support import wait_for  # noqa: E402
 
 
 def descendants(pid: int) -> set:

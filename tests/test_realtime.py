@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from robot_env.bridge.client import RobotClient
-from robot_env.model.description import ARM
 from robot_env.bridge.session import Session
+from robot_env.model.description import ARM
 
 pytestmark = pytest.mark.timeout(60)
 

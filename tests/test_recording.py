@@ -17,10 +17,9 @@ from mcap.stream_reader import StreamReader  # noqa: E402
 
 import robot_env  # noqa: E402
 from robot_env import config  # noqa: E402
-from robot_env.envs import RecordEpisodes  # noqa: E402
-from robot_env.recording import (Recorder, RecordingError, read_recording, replay,  # noqa: E402
-                                 replay_events)
 from robot_env.bridge.spawn import ServerProcess  # noqa: E402
+from robot_env.envs import RecordEpisodes  # noqa: E402
+from robot_env.recording import Recorder, RecordingError, read_recording, replay, replay_events  # noqa: E402
 
 ARM_A = [0.4, -0.5, 0.2, 1.4, -0.2, 0.8, 0.3]
 
@@ -184,6 +183,7 @@ def test_commands_are_serialized_only_for_a_command_subscriber(monkeypatch):
     """The state-only hot path is unchanged: no subscriber -> nothing encoded; a state subscriber ->
     one state per step; only a `command` subscriber adds the command message."""
     import zmq
+
     import robot_env.bridge.server as server_mod
     from robot_env.bridge.endpoints import private_ipc
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from robot_env.model.description import ARM, FETCH, NJ, motion_profile
 from robot_env.control.safety import MotionLimiter, SafetyConfig
+from robot_env.model.description import ARM, FETCH, NJ, motion_profile
 from simulators.kinematic import KinematicSim
 
 LO, HI = FETCH.lower, FETCH.upper

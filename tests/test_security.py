@@ -18,17 +18,24 @@ import numpy as np
 import pytest
 import zmq
 import zmq.auth
+from support import free_port_pair
 
 import robot_env
 from robot_env import config
 from robot_env.bridge import protocol
 from robot_env.bridge.client import RobotClient
 from robot_env.bridge.endpoints import check_bind
-from robot_env.errors import ConfigError, ServerTimeout
-from robot_env.bridge.security import ClientKeys, client_keys, create_keypair, read_public_key, server_keys, write_key_file
+from robot_env.bridge.security import (
+    ClientKeys,
+    client_keys,
+    create_keypair,
+    read_public_key,
+    server_keys,
+    write_key_file,
+)
 from robot_env.bridge.server import build_server
 from robot_env.bridge.spawn import ServerProcess
-from support import free_port_pair
+from robot_env.errors import ConfigError, ServerTimeout
 
 pytestmark = pytest.mark.timeout(60)
 

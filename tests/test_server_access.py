@@ -17,11 +17,11 @@ import time
 import gymnasium as gym
 import pytest
 import zmq
+from support import wait_for
 
 from robot_env.bridge import protocol
 from robot_env.bridge.client import RobotClient
 from robot_env.errors import ServerError
-from support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

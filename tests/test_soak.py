@@ -22,11 +22,11 @@ import time
 
 import numpy as np
 import pytest
+from support import wait_for
 
 from robot_env import config
 from robot_env.bridge.client import RobotClient
 from robot_env.bridge.spawn import ServerProcess
-from support import wait_for
 
 SOAK_DEFAULT_SECONDS = 12.0
 CHURN_EVERY = {"realtime": 5, "lockstep": 100}  # steps between new clients (realtime: 25 steps/s)

@@ -8,13 +8,13 @@ import time
 
 import numpy as np
 import pytest
+from support import wait_for as wait_until
 
 from robot_env import config
+from robot_env.apps.teleop import Jogs, Teleop
 from robot_env.bridge.client import RobotClient
 from robot_env.bridge.spawn import ServerProcess
 from robot_env.robot import MoveError
-from robot_env.apps.teleop import Jogs, Teleop
-from support import wait_for as wait_until
 
 TMUX = shutil.which("tmux")
 needs_tmux = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install -y tmux; .ci/run does)")

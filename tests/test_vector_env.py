@@ -158,6 +158,7 @@ def test_sb3_vec_env_feeds_her(no_leftover_servers):
     import torch
     from stable_baselines3 import SAC, HerReplayBuffer
     from stable_baselines3.common.env_checker import check_env  # noqa: F401  (single envs only)
+
     from robot_env.envs.sb3_vec_env import FetchReachVecEnv
 
     torch.set_num_threads(1)

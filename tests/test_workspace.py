@@ -7,9 +7,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from robot_env.control.safety import SafetyConfig
 from robot_env.model.description import ARM, JOINTS
 from robot_env.model.kinematics import fk_frames
-from robot_env.control.safety import SafetyConfig
 from simulators.kinematic import KinematicSim
 
 CFG = SafetyConfig()

@@ -284,8 +284,8 @@ def _replay(args) -> int:
 
 
 def _plot(args) -> int:
-    from ..recording.plot import plot_recording
     from ..recording import read_recording
+    from ..recording.plot import plot_recording
 
     rec = read_recording(args.file)
     out = plot_recording(rec, args.out, robot=args.robot)  # nothing to draw: an error, no warnings first

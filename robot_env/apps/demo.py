@@ -46,6 +46,7 @@ def run_demo(config=None, episodes: int = 50, seed: int = 0, env_id: str = "robo
     import gymnasium as gym
 
     import robot_env  # noqa: F401  (registers the env)
+
     from ..envs.registration import entry
 
     if entry(env_id).task.has_object:

@@ -23,8 +23,8 @@ import signal
 import time
 from dataclasses import dataclass
 
-from ..model.description import GRIPPER, HEAD, TORSO
 from ..errors import RobotEnvError, ServerError, ServerTimeout
+from ..model.description import GRIPPER, HEAD, TORSO
 from ..robot import MoveError
 
 # axis -> group: the channel a jog on that axis drives

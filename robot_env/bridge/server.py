@@ -34,10 +34,10 @@ import time
 
 import zmq
 
-from . import protocol
 from ..backends.interface import Backend
 from ..control.commands import parse_command, parse_reset_options
 from ..errors import RequestError
+from . import protocol
 from .clock import Clock
 from .estop_latch import EstopLatch
 from .lease import Lease, check_token
@@ -656,7 +656,6 @@ def build_server(cfg: dict, *, endpoint: str | None = None, stream_endpoint: str
     from ..config import safety_config
     from .endpoints import check_bind, private_ipc, stream_endpoint_for
     from .estop_latch import estop_path
-
     from .security import server_keys
 
     srv = cfg["server"]

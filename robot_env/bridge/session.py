@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from .. import config as config_mod
-from .client import RobotClient
 from ..errors import ConfigError
+from .client import RobotClient
 from .security import client_keys
 from .spawn import ServerProcess
 

@@ -14,8 +14,8 @@ import sys
 import tempfile
 import time
 
-from .endpoints import private_ipc, remove_private
 from ..errors import RobotEnvError
+from .endpoints import private_ipc, remove_private
 
 
 class ChildProcess:

@@ -19,7 +19,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..model.description import ARM, BASE_ACC_V, BASE_ACC_W, BASE_MAX_V, BASE_MAX_W, FETCH, NJ, RobotDescription, motion_profile
+from ..model.description import (
+    ARM,
+    BASE_ACC_V,
+    BASE_ACC_W,
+    BASE_MAX_V,
+    BASE_MAX_W,
+    FETCH,
+    NJ,
+    RobotDescription,
+    motion_profile,
+)
 from ..model.kinematics import fk_frames
 from ..model.kinematics_batch import fk_frames_batch
 
@@ -274,16 +284,40 @@ class WorkspaceGuard:
         rest = np.where(lands, target[:, :8], rest)
         return np.minimum(np.maximum(rest, lim.lower[:8]), lim.upper[:8])
 
-    def rest_excess_batch(self, q, v, target, vel_mode, dt: float) -> np.ndarray:
+    def rest_excess_batch(self, q, v, target, vel_mode, dt: float, ref=None) -> np.ndarray:
+        """`rest_excess` per robot. `ref` = (joints (N, NJ), their gripper positions (N, 3)) whose FK
+        is known: a robot whose rest point cannot have left the box since is inside without an FK
+        (the gripper moves at most `REACH` per radian of arm joint and one for one with the torso,
+        and the rest point lies at most the braking distances beyond q); only the others are computed."""
+        rows = None
+        if ref is not None:
+            ref_q, ref_pos = ref
+            lim = self.limiter
+            av = np.abs(v[:, :8])
+            t_arm = (av[:, 1:] * lim.inv_acc[1:8]).max(axis=1)
+            torso = np.abs(q[:, 0] - ref_q[:, 0]) + av[:, 0] * (av[:, 0] * lim.inv_2acc[0] + 0.5 * dt)
+            arm = np.abs(q[:, 1:8] - ref_q[:, 1:8]).sum(axis=1) + 0.5 * (t_arm + dt) * av[:, 1:].sum(axis=1)
+            clearance = np.minimum(ref_pos - self._lo_np, self._hi_np - ref_pos).min(axis=1)
+            rows = np.flatnonzero(torso + self.REACH * arm >= clearance)
+            out = np.zeros(len(q))
+            if rows.size == 0:
+                return out
+            q, v, target, vel_mode = q[rows], v[rows], target[rows], vel_mode[rows]
         rest = self.rest_point_batch(q, v, target, vel_mode, dt)
-        return self.excess_batch(np.stack(fk_frames_batch(rest[:, 0], rest[:, 1:])[0], axis=-1))
+        excess = self.excess_batch(np.stack(fk_frames_batch(rest[:, 0], rest[:, 1:])[0], axis=-1))
+        if rows is None:
+            return excess
+        out[rows] = excess
+        return out
 
-    def allows_batch(self, q, v, q_new, v_new, target, vel_mode, dt: float) -> np.ndarray:
-        """(N,) bool: `allows` per robot."""
-        e_new = self.rest_excess_batch(q_new, v_new, target, vel_mode, dt)
+    def allows_batch(self, q, v, q_new, v_new, target, vel_mode, dt: float, ref=None) -> np.ndarray:
+        """(N,) bool: `allows` per robot (`ref`: as for `rest_excess_batch`, to skip most FKs)."""
+        e_new = self.rest_excess_batch(q_new, v_new, target, vel_mode, dt, ref)
         ok = e_new <= 1e-9
         if not ok.all():
-            ok |= e_new <= self.rest_excess_batch(q, v, target, vel_mode, dt) + 1e-9
+            bad = np.flatnonzero(~ok)
+            e_now = self.rest_excess_batch(q[bad], v[bad], target[bad], vel_mode[bad], dt)
+            ok[bad] = e_new[bad] <= e_now + 1e-9
         return ok
 
 

@@ -14,8 +14,8 @@ from operator import sub as _sub
 
 import numpy as np
 
-from ..model.description import ARM, FETCH, GRIPPER, HEAD, NJ, TORSO, RobotDescription
 from ..errors import RequestError
+from ..model.description import ARM, FETCH, GRIPPER, HEAD, NJ, TORSO, RobotDescription
 from ..model.kinematics import fk_frames, jacobian_array, limited_step, orientation_error
 from .safety import BaseLimiter, MotionLimiter, SafetyConfig, WorkspaceGuard, clip_flags
 

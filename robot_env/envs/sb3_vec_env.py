@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from gymnasium.vector import AutoresetMode
+
 try:
     from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 except ImportError as exc:  # the core install has no SB3: say how to get it

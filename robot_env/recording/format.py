@@ -33,7 +33,6 @@ DEFAULT_MAX_WAIT = 5.0  # s: the longest a replay waits between two commands (`r
 MAGIC = bytes((137, 77, 67, 65, 80, 48, 13, 10))
 
 
-
 class RecordingError(RobotEnvError):
     """A recording that cannot be written, read or replayed; the message says what and where."""
 

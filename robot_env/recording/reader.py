@@ -11,10 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .schema import (INFO_SCHEMA, SUMMARY_SCHEMA,
-                     MAX_SEQ, Invalid, check_metadata, check_record, shape_of)
-from .format import (FIXED_CHANNELS, MAGIC, MAX_EXAMPLES, MAX_REASONS, META_INFO, META_SUMMARY, TOPIC_COMMAND,
-                     TOPIC_STATE, RecordingError, SeqCounter, _need_mcap)
+from .format import (
+    FIXED_CHANNELS,
+    MAGIC,
+    MAX_EXAMPLES,
+    MAX_REASONS,
+    META_INFO,
+    META_SUMMARY,
+    TOPIC_COMMAND,
+    TOPIC_STATE,
+    RecordingError,
+    SeqCounter,
+    _need_mcap,
+)
+from .schema import INFO_SCHEMA, MAX_SEQ, SUMMARY_SCHEMA, Invalid, check_metadata, check_record, shape_of
 
 
 @dataclass

@@ -11,10 +11,26 @@ import time
 import zmq
 
 from ..errors import ServerError, ServerTimeout
-from .schema import (COMMAND_SCHEMA, EVENT_SCHEMA, STATE_SCHEMA)
-from .format import (FIXED_CHANNELS, FORMAT, FORMAT_VERSION, META_INFO, META_SUMMARY, TOPIC_COMMAND,
-                     TOPIC_RECORDER, TOPIC_STATE, RecordingError, RecordingStats, SeqCounter, _dumps, _need_mcap,
-                     _now, _ns, _plain, log)
+from .format import (
+    FIXED_CHANNELS,
+    FORMAT,
+    FORMAT_VERSION,
+    META_INFO,
+    META_SUMMARY,
+    TOPIC_COMMAND,
+    TOPIC_RECORDER,
+    TOPIC_STATE,
+    RecordingError,
+    RecordingStats,
+    SeqCounter,
+    _dumps,
+    _need_mcap,
+    _now,
+    _ns,
+    _plain,
+    log,
+)
+from .schema import COMMAND_SCHEMA, EVENT_SCHEMA, STATE_SCHEMA
 
 
 class _McapSink:

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ServerError
-from .schema import (Invalid, command_request)
 from .format import DEFAULT_MAX_WAIT, RecordingError, RecordingStats, _now
 from .reader import Recording, read_recording
 from .recorder import Recorder
+from .schema import Invalid, command_request
 
 
 @dataclass
@@ -141,8 +141,8 @@ def replay(path, config=None, *, speed: float = 1.0, reset: bool = True, record=
     each against its schema, commands by the server's own rules, before anything is sent);
     `ReplayResult.problems` says what was lost. `record` records the replay itself to another file.
     """
-    from ..model.description import ARM, TORSO
     from ..bridge.session import Session
+    from ..model.description import ARM, TORSO
 
     if not (speed > 0 and math.isfinite(speed)):
         raise ValueError(f"speed must be a positive number, got {speed}")

@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import re
 
-from ..bridge.state import FIELDS as STATE_FIELDS, VECTORS as STATE_VECTORS
+from ..bridge.state import FIELDS as STATE_FIELDS
+from ..bridge.state import VECTORS as STATE_VECTORS
 from ..control.commands import parse_command, parse_reset_options
 from ..errors import RequestError
 

@@ -12,8 +12,8 @@ import json
 import sys
 import time
 
-import numpy as np
 import gymnasium as gym
+import numpy as np
 
 # rl-baselines3-zoo's FetchReach settings (hyperparams/sac.yml, her variant), with a smaller buffer.
 HYPERPARAMS = dict(batch_size=256, gamma=0.95, learning_rate=1e-3, learning_starts=1000, buffer_size=100_000,

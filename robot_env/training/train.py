@@ -37,7 +37,8 @@ class BundleError(RobotEnvError):
     """A policy bundle is missing, corrupt, or does not fit the robot/env it is asked to run on."""
 
 
-from . import TRAIN_HINT, require_sb3 as _require_sb3  # noqa: F401  (both kept importable from here)
+from . import TRAIN_HINT  # noqa: F401  (both kept importable from here)
+from . import require_sb3 as _require_sb3
 
 
 # -- spaces as data ---------------------------------------------------------------------------
@@ -83,6 +84,7 @@ def make_env(config=None, overrides=None, control="ee_delta", time_feature=False
     import gymnasium as gym
 
     import robot_env  # noqa: F401  (registers the env)
+
     from .sac_her import TimeFeature
     env = gym.make(env_id, config=config, overrides=overrides or None, control=control)
     return TimeFeature(env) if time_feature else env
