@@ -260,7 +260,7 @@ def test_the_emulators_own_stall_is_not_the_drivers_silence(emu, bus, monkeypatc
     """The emulator thread descheduled right after a select that found nothing (held there 0.5 s,
     longer than the 0.3 s watchdog) while the driver keeps talking: a real servo heard every
     instruction, so its watchdog must not trip. Once the driver goes quiet, it does."""
-    import simulators.servo_bus as sb
+    import simulators.servo_bus.emulator as sb
     bus.write_field(1, "torque_enable", 1)
     bus.write_field(1, "bus_watchdog", 15)  # 0.3 s
     real_select = sb.select.select
