@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from support import wait_for
 
 from robot_env.bridge.client import RobotClient
 from robot_env.bridge.session import Session
@@ -202,7 +203,7 @@ def test_a_backward_step_of_the_wall_clock_does_not_stretch_the_watchdog_or_the_
         assert obs.state()["base"][3] == pytest.approx(0.5, abs=0.01)
         os.kill(proc.pid, signal.SIGUSR1)  # the wall clock jumps back 5 s ...
         t0 = time.monotonic()  # ... and the controller goes silent (as if it died)
-        assert wait_until(lambda: obs.state()["base"][3] == 0.0, timeout=8.0)
+        assert wait_for(lambda: obs.state()["base"][3] == 0.0, timeout=8.0)
         stopped = time.monotonic() - t0
         print(f"\nFIGURES clock_step: base at rest {stopped:.3f} s after its controller went silent across a "
               "5 s backward step of the wall clock")
@@ -218,11 +219,3 @@ def test_a_backward_step_of_the_wall_clock_does_not_stretch_the_watchdog_or_the_
         proc.kill()
         proc.wait()
 
-
-def wait_until(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False

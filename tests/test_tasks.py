@@ -179,7 +179,7 @@ def test_the_old_public_names_keep_working():
     assert issubclass(FetchReachEnv, BridgeGoalEnv)
     assert gym.spec("robot_env/FetchReach-v0").entry_point == "robot_env.envs.fetch_reach:FetchReachEnv"
     assert gym.spec("robot_env/FetchReach-v0").vector_entry_point.endswith(":FetchReachVectorEnv")
-    assert FetchReachVectorEnv.__mro__[1].__name__ == "BridgeVectorEnv"
+    assert "BridgeVectorEnv" in [c.__name__ for c in FetchReachVectorEnv.__mro__]
     pytest.importorskip("stable_baselines3")
     from robot_env.envs.sb3_vec_env import BridgeVecEnv, FetchReachVecEnv
     assert issubclass(FetchReachVecEnv, BridgeVecEnv)

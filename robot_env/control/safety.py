@@ -105,16 +105,18 @@ class MotionLimiter:
     @property
     def lower_list(self) -> list:
         """`lower` as floats, rebuilt when `lower` is replaced (the hardware narrows the limits)."""
-        c = self.__dict__.get("_lower_list")
-        if c is None or c[0] is not self.lower:
-            c = self._lower_list = (self.lower, self.lower.tolist())
-        return c[1]
+        return self._as_list("lower")
 
     @property
     def upper_list(self) -> list:
-        c = self.__dict__.get("_upper_list")
-        if c is None or c[0] is not self.upper:
-            c = self._upper_list = (self.upper, self.upper.tolist())
+        return self._as_list("upper")
+
+    def _as_list(self, name: str) -> list:
+        arr, key = getattr(self, name), f"_{name}_list"
+        c = self.__dict__.get(key)
+        if c is None or c[0] is not arr:
+            c = (arr, arr.tolist())
+            setattr(self, key, c)
         return c[1]
 
     def _constants(self, dt: float):

@@ -15,17 +15,8 @@ TARGET_RANGE = REACH.target_range
 ACTION_SCALE = REACH.action_scale  # m per step for a full-scale action, as Gymnasium-Robotics' mocap delta
 
 
-class FetchReachEnv(BridgeGoalEnv):
-    """Goal-conditioned reaching; `control` is "ee_delta" (default, Box(4)) or "joint_velocity" (Box(8)).
-
-    Observation `observation` (10): gripper position (3), finger positions (2), gripper linear
-    velocity × dt (3), finger velocities × dt (2), as FetchReach. Goals are gripper positions.
-    """
-
-    def __init__(self, config=None, reward_type: str = "sparse", control: str = "ee_delta",
-                 block_gripper: bool = True, overrides: dict | None = None, render_mode=None):
-        task = REACH.with_(reward_type=reward_type, control=control, block_gripper=block_gripper)
-        super().__init__(task, config, overrides, render_mode)
+class FetchReachArgs:
+    """FetchReachEnv's own arguments, read back from its task (code written for the old class reads them)."""
 
     @property
     def reward_type(self) -> str:
@@ -38,3 +29,19 @@ class FetchReachEnv(BridgeGoalEnv):
     @property
     def block_gripper(self) -> bool:
         return self.task.block_gripper
+
+
+def reach_task(reward_type: str, control: str, block_gripper: bool):
+    return REACH.with_(reward_type=reward_type, control=control, block_gripper=block_gripper)
+
+
+class FetchReachEnv(FetchReachArgs, BridgeGoalEnv):
+    """Goal-conditioned reaching; `control` is "ee_delta" (default, Box(4)) or "joint_velocity" (Box(8)).
+
+    Observation `observation` (10): gripper position (3), finger positions (2), gripper linear
+    velocity × dt (3), finger velocities × dt (2), as FetchReach. Goals are gripper positions.
+    """
+
+    def __init__(self, config=None, reward_type: str = "sparse", control: str = "ee_delta",
+                 block_gripper: bool = True, overrides: dict | None = None, render_mode=None):
+        super().__init__(reach_task(reward_type, control, block_gripper), config, overrides, render_mode)

@@ -59,6 +59,21 @@ class BridgeEnvMixin:
         """The last full state the server returned (joints, mode, faults, clipped flags)."""
         return self._state
 
+    def _open(self, task: Task, config, overrides, num_robots: int | None = None) -> None:
+        """The session (asking a spawned server for the task's robots and scene) and the task bound to
+        its server; a server that lacks what the task needs is refused, and closed, before anything moves."""
+        self.task = task
+        self._closed = True
+        self._session = Session(config, overrides, num_robots=num_robots, scene=task.needs.scene)
+        self._closed = False
+        try:
+            self.bound = task.bind(self._session.info, f"the server at {self._session.client.endpoint}")
+        except BaseException:
+            self.close()
+            raise
+        self._client = self._session.client
+        self.dt = float(self._session.info["control_period"])
+
 
 class BridgeGoalEnv(BridgeEnvMixin, gym.Env):
     """A goal env (`observation`, `achieved_goal`, `desired_goal`; vectorized `compute_reward` for
@@ -70,19 +85,8 @@ class BridgeGoalEnv(BridgeEnvMixin, gym.Env):
     def __init__(self, task: Task, config=None, overrides: dict | None = None, render_mode=None):
         if render_mode is not None:
             raise ValueError(f"{type(self).__name__} has no render modes; use the state stream or `robot-env plot`")
-        self.task = task
-        self._closed = True
-        self._session = Session(config, overrides, scene=task.needs.scene)
-        self._closed = False
-        try:
-            self.bound = task.bind(self._session.info, f"the server at {self._session.client.endpoint}")
-        except BaseException:
-            self.close()
-            raise
-        self._client = self._session.client
-        info = self._session.info
-        self.dt = float(info["control_period"])
-        self.backend_kind = info["backend"]
+        self._open(task, config, overrides)
+        self.backend_kind = self._session.info["backend"]
         self.action_space = self.bound.action_space
         self.observation_space = self.bound.observation_space
         # A subclass that changes reward or success is asked; the task's own are computed in floats.

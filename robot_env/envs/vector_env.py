@@ -17,7 +17,6 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from ..bridge.session import Session
 from ..tasks.base import Task
 from .goal_env import BridgeEnvMixin, option_array, reset_options
 
@@ -38,24 +37,14 @@ class BridgeVectorEnv(BridgeEnvMixin, VectorEnv):
             raise ValueError(f"autoreset_mode must be NEXT_STEP or SAME_STEP, got {autoreset_mode}")
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-        self.task = task
         self.num_envs = num_envs
         self.max_episode_steps = int(max_episode_steps or task.max_episode_steps)
         self.metadata = {"render_modes": [], "autoreset_mode": autoreset_mode}
         self.render_mode = None
-        self._closed = True
-        self._session = Session(config, overrides, num_robots=num_envs, scene=task.needs.scene)
-        self._closed = False
-        try:
-            self.bound = task.bind(self._session.info, f"the server at {self._session.client.endpoint}")
-        except BaseException:
-            self.close()
-            raise
-        self._client = self._session.client
+        self._open(task, config, overrides, num_robots=num_envs)
         # A batched step takes the server a few hundred µs: spin (yielding) that long for the reply
         # rather than sleep in poll and pay the wake-up on every step.
         self._client.spin = max(self._client.spin, 0.005)
-        self.dt = float(self._session.info["control_period"])
         self.single_action_space = self.bound.action_space
         self.single_observation_space = self.bound.observation_space
         self.action_space = batch_space(self.single_action_space, num_envs)
