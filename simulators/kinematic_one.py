@@ -68,7 +68,9 @@ class OneRobot:
             h = min(dt, self.period)
             while self.pending and self.pending[0][0] <= self.time:
                 self.clipped = self.ctl.apply(self.pending.popleft()[1], self.kin, self.time)
-            self.q, self.v = self.ctl.advance(self.q, self.v, h, self.time, self.speed_scale)
+            kin = self.kin  # the last measurement's FK: the workspace guard's reference
+            self.q, self.v = self.ctl.advance(self.q, self.v, h, self.time, self.speed_scale,
+                                              (kin.q.tolist(), kin.pos))
             self._drive(h)
             self.time += h
             dt -= h

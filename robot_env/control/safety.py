@@ -21,11 +21,13 @@ import numpy as np
 
 from ..model.description import (
     ARM,
+    ARM_ORIGINS,
     BASE_ACC_V,
     BASE_ACC_W,
     BASE_MAX_V,
     BASE_MAX_W,
     FETCH,
+    GRIPPER_OFFSET,
     NJ,
     RobotDescription,
     motion_profile,
@@ -196,7 +198,10 @@ class WorkspaceGuard:
     instead of crossing it. An arm that starts outside may always move back in.
     """
 
-    REACH = 1.2  # m: more than any arm joint's axis is from the gripper (the cheap "far inside" test)
+    # m per rad: how far the gripper can be from each arm joint's axis at most (the links after the
+    # joint, laid end to end): the cheap "still far inside" test needs no FK
+    LEVER = np.array([sum(math.hypot(o[0], o[2]) for o in ARM_ORIGINS[i + 1:]) + GRIPPER_OFFSET for i in range(7)])
+    LEVER_LIST = LEVER.tolist()
 
     def __init__(self, cfg: SafetyConfig, limiter: MotionLimiter):
         lo = [float(v) for v in cfg.workspace_min]
@@ -244,15 +249,26 @@ class WorkspaceGuard:
             out.append(min(max(r, lower[i]), upper[i]))
         return out
 
-    def rest_excess(self, q, v, target, vel_mode, dt: float) -> float:
+    def rest_excess(self, q, v, target, vel_mode, dt: float, ref=None) -> float:
         """`excess` of the gripper at `rest_point`; skips the FK when the rest point cannot have left
-        the box since the last one evaluated (the gripper moves at most REACH per radian of arm
-        joint and one for one with the torso)."""
+        the box: from `ref` = (joints, their gripper position) when the caller knows an FK (the
+        simulator's last measurement), else from the last rest point evaluated (the gripper moves at
+        most `LEVER` per radian of each arm joint and one for one with the torso)."""
         rest = self.rest_point(q, v, target, vel_mode, dt)
-        ref = self._ref
         if ref is not None:
-            r0, clearance = ref
-            moved = abs(rest[0] - r0[0]) + self.REACH * sum(abs(a - b) for a, b in zip(rest[1:], r0[1:]))
+            ref_q, pos = ref
+            r0 = ref_q[:8]
+            lo, hi = self.lo, self.hi
+            clearance = min(pos[0] - lo[0], pos[1] - lo[1], pos[2] - lo[2], hi[0] - pos[0], hi[1] - pos[1],
+                            hi[2] - pos[2])
+        elif self._ref is not None:
+            r0, clearance = self._ref
+        else:
+            r0 = None
+        if r0 is not None:
+            moved = abs(rest[0] - r0[0])
+            for a, b, lever in zip(rest[1:], r0[1:], self.LEVER_LIST):
+                moved += lever * abs(a - b)
             if moved < clearance:
                 return 0.0
         pos = fk_frames(rest[0], rest[1:])[0]
@@ -261,11 +277,38 @@ class WorkspaceGuard:
         self._ref = (rest, clearance) if clearance > 0.0 else None
         return self.excess(pos)
 
-    def allows(self, q, v, q_new, v_new, target, vel_mode, dt: float) -> bool:
-        """May the joints go from (q, v) to (q_new, v_new) under these targets? At rest throughout: yes."""
-        if not (v_new[:8].any() or v[:8].any()):
+    def far_inside(self, q, v, dt: float, ref) -> bool:
+        """True when (q, v)'s rest point cannot be outside the box, judged from `ref` = (joints, their
+        gripper position) without an FK: the rest point lies at most the braking distances beyond q,
+        and the gripper moves at most `LEVER` per radian of each arm joint and one for one with the
+        torso. Plain floats: this runs on every step."""
+        r0, pos = ref
+        ql, vl = q.tolist(), v.tolist()
+        lim = self.limiter
+        inv_acc = lim.inv_acc_list
+        t_arm = 0.0
+        for i in range(1, 8):
+            t = abs(vl[i]) * inv_acc[i]
+            if t > t_arm:
+                t_arm = t
+        half = 0.5 * (t_arm + dt)
+        v0 = abs(vl[0])
+        moved = abs(ql[0] - r0[0]) + v0 * (v0 * lim.inv_2acc_list[0] + 0.5 * dt)
+        for i, lever in enumerate(self.LEVER_LIST, 1):
+            moved += lever * (abs(ql[i] - r0[i]) + abs(vl[i]) * half)
+        lo, hi = self.lo, self.hi
+        return moved < min(pos[0] - lo[0], pos[1] - lo[1], pos[2] - lo[2], hi[0] - pos[0], hi[1] - pos[1],
+                           hi[2] - pos[2])
+
+    def allows(self, q, v, q_new, v_new, target, vel_mode, dt: float, ref=None) -> bool:
+        """May the joints go from (q, v) to (q_new, v_new) under these targets? At rest throughout: yes.
+        `ref`: as for `rest_excess`."""
+        if ref is not None:
+            if self.far_inside(q_new, v_new, dt, ref):
+                return True
+        elif not (v_new[:8].any() or v[:8].any()):
             return True
-        e_new = self.rest_excess(q_new, v_new, target, vel_mode, dt)
+        e_new = self.rest_excess(q_new, v_new, target, vel_mode, dt, ref)
         return e_new <= 1e-9 or e_new <= self.rest_excess(q, v, target, vel_mode, dt) + 1e-9
 
     # -- N robots (N, NJ) ------------------------------------------------------------------------
@@ -289,7 +332,7 @@ class WorkspaceGuard:
     def rest_excess_batch(self, q, v, target, vel_mode, dt: float, ref=None) -> np.ndarray:
         """`rest_excess` per robot. `ref` = (joints (N, NJ), their gripper positions (N, 3)) whose FK
         is known: a robot whose rest point cannot have left the box since is inside without an FK
-        (the gripper moves at most `REACH` per radian of arm joint and one for one with the torso,
+        (the gripper moves at most `LEVER` per radian of each arm joint and one for one with the torso,
         and the rest point lies at most the braking distances beyond q); only the others are computed."""
         rows = None
         if ref is not None:
@@ -298,9 +341,9 @@ class WorkspaceGuard:
             av = np.abs(v[:, :8])
             t_arm = (av[:, 1:] * lim.inv_acc[1:8]).max(axis=1)
             torso = np.abs(q[:, 0] - ref_q[:, 0]) + av[:, 0] * (av[:, 0] * lim.inv_2acc[0] + 0.5 * dt)
-            arm = np.abs(q[:, 1:8] - ref_q[:, 1:8]).sum(axis=1) + 0.5 * (t_arm + dt) * av[:, 1:].sum(axis=1)
+            arm = (np.abs(q[:, 1:8] - ref_q[:, 1:8]) + (0.5 * (t_arm + dt))[:, None] * av[:, 1:]) @ self.LEVER
             clearance = np.minimum(ref_pos - self._lo_np, self._hi_np - ref_pos).min(axis=1)
-            rows = np.flatnonzero(torso + self.REACH * arm >= clearance)
+            rows = np.flatnonzero(torso + arm >= clearance)
             out = np.zeros(len(q))
             if rows.size == 0:
                 return out

@@ -84,12 +84,13 @@ class TargetController:
         self.vel_target[:] = 0.0
         self.base_cmd = (0.0, 0.0)
 
-    def advance(self, q: np.ndarray, v: np.ndarray, dt: float, now: float, speed_scale=1.0):
+    def advance(self, q: np.ndarray, v: np.ndarray, dt: float, now: float, speed_scale=1.0, ref=None):
         """One integration step of the joints from (q, v) over `dt` at backend time `now`: (q_new, v_new).
 
         Velocity commands past their lapse time stop first (the base by its own limiter, read from
         `base_cmd` by the backend); then the limiter moves the joints and the guard keeps the
-        gripper inside the workspace (braking from (q, v) when the step would take it out).
+        gripper inside the workspace (braking from (q, v) when the step would take it out). `ref` =
+        (joints, their gripper position): an FK the caller has, which spares the guard most of its own.
         """
         if now >= self.base_until and self.base_cmd != (0.0, 0.0):
             self.base_cmd = (0.0, 0.0)
@@ -99,7 +100,7 @@ class TargetController:
             self._motion_flag("arm_velocity.lapsed")
         lim = self.limiter
         q_new, v_new = lim.step(q, v, self.target, self.vel_target, self.vel_mode, dt, speed_scale)
-        if not self.guard.allows(q, v, q_new, v_new, self.target, self.vel_mode, dt):
+        if not self.guard.allows(q, v, q_new, v_new, self.target, self.vel_mode, dt, ref):
             moving = np.abs(v[:8]) + np.abs(v_new[:8]) > 0.0
             if moving[ARM].any():
                 self._motion_flag(f"{self.arm_source}.workspace")
