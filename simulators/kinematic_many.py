@@ -129,6 +129,7 @@ class ManyRobots:
                     kept.append((due, {k: v[keep] for k, v in cmd.items()}, who[keep]))
             self.pending = kept
         self.clipped = {}
+        self._plant_reset(idx, options)
         self._measure(None if robots is None else robots)
 
     def apply(self, command: dict, robots=None) -> dict:
@@ -145,8 +146,10 @@ class ManyRobots:
                 _, cmd, robots = self.pending.popleft()
                 self.clipped = self._apply(cmd, robots)
             self._lapse()
+            q0, v0 = self.q, self.v
             self._step_joints(h)
             self._drive(h)
+            self._plant_step(q0, v0, h)
             self.time += h
             dt -= h
         self._measure()
@@ -232,6 +235,17 @@ class ManyRobots:
                 out[name] = sorted(set(out.get(name, [])) | set(np.flatnonzero(rows).tolist()))
         return out
 
+    # -- a physical plant's hooks (`simulators.mujoco_sim`): here the joints are where the limiter puts them
+    def _plant_reset(self, idx, options: dict) -> None:
+        """After a reset's commands are set, before the first measurement."""
+
+    def _plant_step(self, q0: np.ndarray, v0: np.ndarray, h: float) -> None:
+        """Move the plant along the limiter's trajectory (q0, v0) -> (self.q, self.v) over h."""
+
+    def _sensed(self) -> np.ndarray:
+        """The joint positions the sensors read (before noise): the limiter's output, for a kinematic robot."""
+        return self.q
+
     # -- internals ---------------------------------------------------------------------------
     def _measure(self, rows=None) -> None:
         """Sample the sensors: what the state reports and what IK linearises around.
@@ -239,8 +253,9 @@ class ManyRobots:
         `rows`: re-sample only these robots (a partial reset), so the others keep the sample they
         were observed, rewarded and controlled with.
         """
+        sensed = self._sensed()
         if rows is not None:  # new arrays, not in place: states already handed out keep their values
-            q = self.q[rows]
+            q = sensed[rows]
             if self.noise:
                 q = q + self.rng.normal(0.0, self.noise, q.shape)
             pos, rot, origins, axes = fk_frames_batch(q[:, TORSO], q[:, ARM])
@@ -250,7 +265,7 @@ class ManyRobots:
                 whole[rows] = rows_value
                 setattr(self, name, whole)
             return
-        q = self.q
+        q = sensed
         if self.noise:
             q = q + self.rng.normal(0.0, self.noise, q.shape)
         self.q_meas = q

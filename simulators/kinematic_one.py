@@ -54,6 +54,7 @@ class OneRobot:
         self.speed_scale = (1.0 - self.speed_rand * self.rng.random(NJ)) if self.speed_rand else 1.0
         self.ctl.reset(q)
         self.clipped: list[str] = []
+        self._plant_reset(options)
         self._measure()
 
     def apply(self, command: dict, robots=None) -> list[str]:
@@ -69,9 +70,10 @@ class OneRobot:
             while self.pending and self.pending[0][0] <= self.time:
                 self.clipped = self.ctl.apply(self.pending.popleft()[1], self.kin, self.time)
             kin = self.kin  # the last measurement's FK: the workspace guard's reference
-            self.q, self.v = self.ctl.advance(self.q, self.v, h, self.time, self.speed_scale,
-                                              (kin.q.tolist(), kin.pos))
+            q0, v0 = self.q, self.v
+            self.q, self.v = self.ctl.advance(q0, v0, h, self.time, self.speed_scale, (kin.q.tolist(), kin.pos))
             self._drive(h)
+            self._plant_step(q0, v0, h)
             self.time += h
             dt -= h
         self._measure()
@@ -97,10 +99,21 @@ class OneRobot:
             if self.clipped or self.ctl.motion_flags else {},
         }
 
+    # -- a physical plant's hooks (`simulators.mujoco_sim`): here the joints are where the limiter puts them
+    def _plant_reset(self, options: dict) -> None:
+        """After a reset's commands are set, before the first measurement."""
+
+    def _plant_step(self, q0: np.ndarray, v0: np.ndarray, h: float) -> None:
+        """Move the plant along the limiter's trajectory (q0, v0) -> (self.q, self.v) over h."""
+
+    def _sensed(self) -> np.ndarray:
+        """The joint positions the sensors read (before noise): the limiter's output, for a kinematic robot."""
+        return self.q
+
     # -- internals ---------------------------------------------------------------------------
     def _measure(self) -> None:
         """Sample the sensors: what the state reports and what IK linearises around."""
-        q = self.q
+        q = self._sensed()
         if self.noise:
             q = q + self.rng.normal(0.0, self.noise, NJ)
         self.q_meas = q

@@ -26,6 +26,19 @@ class TestKinematicThreeRobots(BackendConformance):
         return Rig(config_mod.load("sim", {**REALTIME, "server.kinematic": {"num_robots": 3}}))
 
 
+class TestMujoco(BackendConformance):
+    @classmethod
+    def make_rig(cls, tmp_path_factory):
+        # the empty scene: the wild moves of the suite would sweep the arm through a table
+        return Rig(config_mod.load("mujoco", {**REALTIME, "server.mujoco": {"scene": "empty"}}))
+
+
+class TestMujocoThreeRobots(BackendConformance):
+    @classmethod
+    def make_rig(cls, tmp_path_factory):
+        return Rig(config_mod.load("mujoco", {**REALTIME, "server.mujoco": {"num_robots": 3, "scene": "empty"}}))
+
+
 def _overload_the_elbow(rig) -> str:
     cal = load_calibration(rig.cfg["server.dynamixel"]["calibration"])
     elbow = next(s for s in cal.joints if s.joint == "elbow_flex_joint")
@@ -43,7 +56,7 @@ class TestDynamixelOnTheEmulatedBus(BackendConformance):
         return Rig(cfg, emu=emu, faults=_overload_the_elbow)
 
 
-TESTED = {backend_class("kinematic"), backend_class("dynamixel")}
+TESTED = {backend_class("kinematic"), backend_class("dynamixel"), backend_class("mujoco")}
 
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))

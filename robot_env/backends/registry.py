@@ -14,6 +14,7 @@ BACKENDS = {
     "kinematic": "simulators.kinematic:KinematicSim",
     # The name N kinematic robots had before `kinematic` took `num_robots`: configs that use it keep working.
     "kinematic_batch": "simulators.kinematic:KinematicSim",
+    "mujoco": "simulators.mujoco_sim.backend:MujocoSim",  # the `mujoco` extra
     "dynamixel": "drivers.hardware:DynamixelBackend",
 }
 

@@ -65,6 +65,7 @@ class BackendSpec:
     scene: str | None = None
     realtime_only: bool = False
     ready_ee: tuple | None = None  # where a reset without start-pose options leaves the gripper
+    scene_info: Mapping = field(default_factory=dict)  # the scene's geometry a client plans with (table box)
 
     def to_wire(self) -> dict:
         return {
@@ -75,6 +76,7 @@ class BackendSpec:
             "cameras": {k: c.to_wire() for k, c in self.cameras.items()},
             "scene": self.scene, "realtime_only": self.realtime_only, "safety": self.safety.to_wire(),
             "ready_ee": None if self.ready_ee is None else list(self.ready_ee),
+            "scene_info": dict(self.scene_info),
         }
 
 

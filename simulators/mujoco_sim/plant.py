@@ -1,0 +1,215 @@
+"""N robots' physics on one MuJoCo model: one `MjData` per robot, stepped along the limiter's trajectory.
+
+Each control period the command side (the shared motion limiter and safety layer) moves the joint
+targets from (q0, v0) to (q1, v1); the plant's servos track that trajectory each substep, sampled as
+the cubic Hermite through its ends (exact for the limiter's constant-acceleration ramps). N robots are
+stepped in threads (MuJoCo releases the GIL inside `mj_step`), chunked over both cores.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import mujoco
+import numpy as np
+
+from robot_env.model.description import FETCH, GRIPPER, NJ
+
+# Joint index (description order) -> its actuator; the gripper is the two fingers.
+_ACTUATED = [i for i in range(NJ) if i != GRIPPER]
+
+
+class Plant:
+    def __init__(self, xml: str, num_robots: int, control_period: float, threads: int = 2, description=FETCH):
+        self.model = m = mujoco.MjModel.from_xml_string(xml)
+        self.datas = [mujoco.MjData(m) for _ in range(num_robots)]
+        self.n = num_robots
+        self.substeps = max(1, round(control_period / m.opt.timestep))
+        names = description.names
+        jid = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, names[i]) for i in _ACTUATED]
+        fid = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, f"{s}_gripper_finger_joint") for s in "lr"]
+        self.qadr = np.array([int(m.jnt_qposadr[j]) for j in jid])
+        self.vadr = np.array([int(m.jnt_dofadr[j]) for j in jid])
+        self.fq = np.array([int(m.jnt_qposadr[j]) for j in fid])
+        self.fv = np.array([int(m.jnt_dofadr[j]) for j in fid])
+        act = {mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_ACTUATOR, a): a for a in range(m.nu)}
+        self.a_pos = np.array([act[names[i]] for i in _ACTUATED])
+        self.a_vel = np.array([act[names[i] + "_vel"] for i in _ACTUATED])
+        self.a_ff = np.array([act[names[i] + "_ff"] for i in _ACTUATED])
+        self._acc = np.zeros(m.nv)
+        self._tau = np.zeros(m.nv)
+        self.a_fing = np.array([act[f"{s}_gripper_finger"] for s in "lr"])
+        self.site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "grip")
+        self.objects = {}  # name -> (qpos adr, dof adr) of its free joint
+        for j in range(m.njnt):
+            if int(m.jnt_type[j]) == int(mujoco.mjtJoint.mjJNT_FREE):  # int(): pybind11 3 enums (mujoco >= 3.12)
+                self.objects[mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, j)] = (int(m.jnt_qposadr[j]),
+                                                                                   int(m.jnt_dofadr[j]))
+        self.threads = max(1, min(int(threads), num_robots))
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self._bases = {}
+        # joint targets (description order) -> actuator controls: the servo's position, its velocity
+        # feed-forward, and each finger's half of the width
+        self.map_q = np.zeros((NJ, m.nu))
+        self.map_v = np.zeros((NJ, m.nu))
+        self.map_q[_ACTUATED, self.a_pos] = 1.0
+        self.map_v[_ACTUATED, self.a_vel] = 1.0
+        self.map_q[GRIPPER, self.a_fing] = 0.5
+        self.q = np.zeros((num_robots, NJ))
+        self.dq = np.zeros((num_robots, NJ))
+        self.effort = np.zeros((num_robots, NJ))
+        for d in self.datas:
+            mujoco.mj_forward(m, d)
+
+    # -- episodes ------------------------------------------------------------------------------
+    def reset(self, rows, q: np.ndarray, objects: dict) -> None:
+        """Put robots `rows` at joint positions q (len(rows), NJ), at rest, with the base at the origin;
+        `objects`: name -> (len(rows), 7) poses (x, y, z, qw, qx, qy, qz) in the world (= base) frame."""
+        m = self.model
+        for k, i in enumerate(rows):
+            d = self.datas[i]
+            mujoco.mj_resetData(m, d)
+            d.qpos[self.qadr] = q[k, _ACTUATED]
+            d.qpos[self.fq] = 0.5 * q[k, GRIPPER]
+            for name, poses in objects.items():
+                a, _ = self.objects[name]
+                d.qpos[a:a + 7] = poses[k]
+            self._set_ctrl(d, q[k], np.zeros(NJ))
+            d.mocap_pos[0] = (0.0, 0.0, 0.0)
+            d.mocap_quat[0] = (1.0, 0.0, 0.0, 0.0)
+            mujoco.mj_forward(m, d)
+        self._read(rows)
+
+    def _set_ctrl(self, d, q, v) -> None:
+        d.ctrl[self.a_pos] = q[_ACTUATED]
+        d.ctrl[self.a_vel] = v[_ACTUATED]
+        d.ctrl[self.a_fing] = 0.5 * q[GRIPPER]
+
+    # -- stepping --------------------------------------------------------------------------------
+    def _basis(self, h: float):
+        """(Bq, Bv): substep targets = Bq @ X and velocities = Bv @ X for X = [q0, h·v0, q1, h·v1]."""
+        b = self._bases.get(h)
+        if b is None:
+            n = max(1, round(h / self.model.opt.timestep))
+            s = np.arange(1, n + 1) / n  # the target at the end of each substep
+            bq = np.stack([2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s, -2 * s**3 + 3 * s**2, s**3 - s**2], 1)
+            bv = np.stack([6 * s**2 - 6 * s, 3 * s**2 - 4 * s + 1, -6 * s**2 + 6 * s, 3 * s**2 - 2 * s], 1) / h
+            b = self._bases[h] = (bq, bv)
+        return b
+
+    def step(self, q0, v0, q1, v1, h: float, base: np.ndarray) -> None:
+        """Advance every robot by h along its trajectory (rows of (N, NJ) arrays); `base` (N, 5) is
+        where the odometry put each robot."""
+        bq, bv = self._basis(h)
+        x = np.stack([q0, h * v0, q1, h * v1], axis=-2)  # (N, 4, NJ)
+        ctrl = np.matmul(np.matmul(bq, x), self.map_q) + np.matmul(np.matmul(bv, x), self.map_v)  # (N, n, nu)
+        acc = (v1 - v0) / h  # the trajectory's mean acceleration over the period
+        for i, d in enumerate(self.datas):
+            self._acc[self.vadr] = acc[i, _ACTUATED]
+            mujoco.mj_mulM(self.model, d, self._tau, self._acc)
+            ctrl[i, :, self.a_ff] = self._tau[self.vadr, None]
+            row = base[i]
+            d.mocap_pos[0] = (row[0], row[1], 0.0)
+            d.mocap_quat[0] = (math.cos(0.5 * row[2]), 0.0, 0.0, math.sin(0.5 * row[2]))
+        if self.pool is None:
+            self._run(range(self.n), ctrl)
+        else:
+            chunks = np.array_split(np.arange(self.n), self.threads)
+            for f in [self.pool.submit(self._run, c, ctrl) for c in chunks]:
+                f.result()
+        self._read(range(self.n))
+
+    def _run(self, rows, ctrl) -> None:
+        m, step = self.model, mujoco.mj_step
+        for i in rows:
+            d = self.datas[i]
+            c = d.ctrl
+            for u in ctrl[i]:
+                c[:] = u
+                step(m, d)
+
+    def _read(self, rows) -> None:
+        for i in rows:
+            d = self.datas[i]
+            self.q[i, _ACTUATED] = d.qpos[self.qadr]
+            self.q[i, GRIPPER] = d.qpos[self.fq].sum()
+            self.dq[i, _ACTUATED] = d.qvel[self.vadr]
+            self.dq[i, GRIPPER] = d.qvel[self.fv].sum()
+            self.effort[i, _ACTUATED] = d.qfrc_actuator[self.vadr]
+            self.effort[i, GRIPPER] = d.qfrc_actuator[self.fv].mean()  # the force each finger squeezes with
+
+    # -- objects ---------------------------------------------------------------------------------
+    def object_state_one(self, base) -> dict:
+        """`object_states` for one robot in plain floats: name -> {field: (k,) array}."""
+        d = self.datas[0]
+        x, y, th, vb, wz = base
+        c, s = math.cos(th), math.sin(th)
+        out = {}
+        for name, (a, v) in self.objects.items():
+            px, py, pz, w, qx, qy, qz = d.qpos[a:a + 7].tolist()
+            lx, ly, lz, ax, ay, az = d.qvel[v:v + 6].tolist()
+            rx, ry = px - x, py - y
+            ch, sh = math.cos(0.5 * th), math.sin(0.5 * th)  # q_base⁻¹ = (ch, 0, 0, -sh) ⊗ q
+            quat = (ch * qx + sh * qy, ch * qy - sh * qx, ch * qz - sh * w, ch * w + sh * qz)
+            vx, vy = lx - vb * c + wz * ry, ly - vb * s - wz * rx
+            # body-frame angular velocity to the world: R(q) · ω
+            tx, ty, tz = 2 * (qy * az - qz * ay), 2 * (qz * ax - qx * az), 2 * (qx * ay - qy * ax)
+            wx = ax + w * tx + qy * tz - qz * ty
+            wy = ay + w * ty + qz * tx - qx * tz
+            wzz = az + w * tz + qx * ty - qy * tx - wz
+            out[name] = {"pos": np.array((c * rx + s * ry, -s * rx + c * ry, pz)), "quat": np.array(quat),
+                         "linvel": np.array((c * vx + s * vy, -s * vx + c * vy, lz)),
+                         "angvel": np.array((c * wx + s * wy, -s * wx + c * wy, wzz))}
+        return out
+
+    def object_states(self, base: np.ndarray) -> dict:
+        """name -> {pos, quat (x, y, z, w), linvel, angvel}, (N, k) each, in each robot's base frame."""
+        out = {}
+        c, s = np.cos(base[:, 2]), np.sin(base[:, 2])
+        for name, (a, v) in self.objects.items():
+            qp = np.array([d.qpos[a:a + 7] for d in self.datas])
+            qv = np.array([d.qvel[v:v + 6] for d in self.datas])
+            rel = qp[:, :3] - np.stack([base[:, 0], base[:, 1], np.zeros(self.n)], 1)
+            pos = _rot_z_inv(rel, c, s)
+            # the body's orientation relative to the base: q_base⁻¹ ⊗ q (both wxyz)
+            half = 0.5 * base[:, 2]
+            qb = np.stack([np.cos(half), np.zeros(self.n), np.zeros(self.n), -np.sin(half)], 1)
+            qr = _quat_mul(qb, qp[:, 3:7])
+            quat = np.concatenate([qr[:, 1:4], qr[:, :1]], 1)
+            # velocities relative to the moving base: v − v_base − ω_base × r, in base axes
+            vb = np.stack([base[:, 3] * c, base[:, 3] * s, np.zeros(self.n)], 1)
+            wz = base[:, 4]
+            vrel = qv[:, :3] - vb - np.stack([-wz * rel[:, 1], wz * rel[:, 0], np.zeros(self.n)], 1)
+            ang_world = _quat_rotate(qp[:, 3:7], qv[:, 3:6])  # a free joint's angular velocity is in its body frame
+            ang_world[:, 2] -= wz
+            out[name] = {"pos": pos, "quat": quat, "linvel": _rot_z_inv(vrel, c, s),
+                         "angvel": _rot_z_inv(ang_world, c, s)}
+        return out
+
+    def forward(self, rows) -> None:
+        """Derived quantities (positions of every body) for rendering."""
+        for i in rows:
+            mujoco.mj_forward(self.model, self.datas[i])
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
+
+def _rot_z_inv(v, c, s):
+    return np.stack([c * v[:, 0] + s * v[:, 1], -s * v[:, 0] + c * v[:, 1], v[:, 2]], 1)
+
+
+def _quat_mul(a, b):
+    aw, ax, ay, az = a.T
+    bw, bx, by, bz = b.T
+    return np.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], 1)
+
+
+def _quat_rotate(q, v):
+    """Rotate vectors v (N, 3) by unit quaternions q (N, 4, wxyz)."""
+    w, u = q[:, :1], q[:, 1:4]
+    t = 2.0 * np.cross(u, v)
+    return v + w * t + np.cross(u, t)
