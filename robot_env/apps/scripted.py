@@ -17,9 +17,6 @@ import math
 
 import numpy as np
 
-GRIP, OBJ, FINGERS, OBJ_VELP, GRIP_VELP = slice(0, 3), slice(3, 6), slice(9, 11), slice(14, 17), slice(20, 23)
-
-
 def _rows(obs: dict) -> tuple[np.ndarray, np.ndarray, bool]:
     o = np.asarray(obs["observation"], float)
     g = np.asarray(obs["desired_goal"], float)
@@ -37,10 +34,13 @@ def _toward(frm, to, gain: float, scale: float) -> list:
 
 
 class ScriptedAgent:
-    """Base: per-row phases; subclasses implement `_act_row(row, o, g) -> 4 floats`."""
+    """Base: per-row phases; subclasses implement `_start(o, g) -> (phase, memo)` and
+    `_act_row(row, o, g) -> 4 floats`. `action_scale`: metres per full-scale displacement action;
+    `dt`: the control period (s), which the observation's velocities are multiplied by."""
 
-    def __init__(self, action_scale: float = 0.05):
+    def __init__(self, action_scale: float = 0.05, dt: float = 0.04):
         self.scale = action_scale
+        self.dt = dt
         self.phase: list = []
         self.memo: list = []
 
@@ -70,14 +70,23 @@ class ScriptedAgent:
 
 
 class ReachAgent(ScriptedAgent):
-    """FetchReach: proportional reach, full scale once the goal is more than 5 cm away on an axis."""
+    """FetchReach: proportional reach, full scale once the goal is more than 5 cm away on an axis
+    (`demo.scripted_action`'s numbers, for one env or a batch). No phases."""
 
-    def __init__(self, gain: float = 20.0, action_scale: float = 0.05):
-        super().__init__(action_scale)
+    def __init__(self, gain: float = 20.0, **kw):
+        super().__init__(**kw)
         self.gain = gain
 
-    def _act_row(self, i, o, g):
-        return [*(min(1.0, max(-1.0, self.gain * (gv - ov))) for gv, ov in zip(g, o[:3])), 0.0]
+    def reset(self, obs: dict, mask=None) -> None:
+        pass
+
+    def act(self, obs: dict) -> np.ndarray:
+        err = np.asarray(obs["desired_goal"]) - np.asarray(obs["achieved_goal"])
+        a = np.zeros(err.shape[:-1] + (4,), dtype=np.float32)
+        a[..., :3] = np.clip(err * self.gain, -1.0, 1.0)
+        return a
+
+    __call__ = act
 
 
 def _seg_dist(a, b, c) -> float:
@@ -99,9 +108,8 @@ class PushAgent(ScriptedAgent):
 
     def __init__(self, half: float = 0.025, contact: float = 0.037, behind: float = 0.06, orbit: float = 0.07,
                  clearance: float = 0.055, height: float = 0.005, done: float = 0.012, max_lateral: float = 0.02,
-                 lateral_gain: float = 0.5, max_push: float = 0.03, settle: float = 0.004, gain: float = 1.0,
-                 action_scale: float = 0.05):
-        super().__init__(action_scale)
+                 lateral_gain: float = 0.5, max_push: float = 0.03, settle: float = 0.004, gain: float = 1.0, **kw):
+        super().__init__(**kw)
         self.half, self.contact, self.behind, self.orbit, self.clearance = half, contact, behind, orbit, clearance
         self.height, self.done, self.max_lat, self.gain = height, done, max_lateral, gain
         self.lateral_gain, self.max_push, self.settle = lateral_gain, max_push, settle
@@ -171,12 +179,11 @@ class SlideAgent(PushAgent):
     line until the puck, let go, would slide on to the goal (v² / 2·`decel` ≥ what is left), where the
     gripper stops and the puck slides on ("slide"); once it has stopped, again if it is short."""
 
-    def __init__(self, decel: float = 0.98, dt: float = 0.04, rest: float = 0.02, touch: float = 0.008, **kw):
+    def __init__(self, decel: float = 0.98, rest: float = 0.02, touch: float = 0.008, **kw):
         kw.setdefault("done", 0.03)  # a puck at rest this near the goal is left there: a nudge slides it past
         kw.setdefault("max_push", 0.05)
         super().__init__(**kw)
-        self.decel, self.dt, self.rest = decel, dt, rest  # μ·g of the puck on the table (m/s²); control period
-        self.touch = touch
+        self.decel, self.rest, self.touch = decel, rest, touch  # μ·g of the puck on the table (m/s²)
 
     def _act_row(self, i, o, g):
         if self.phase[i] == "slide":
@@ -209,8 +216,8 @@ class PickAndPlaceAgent(ScriptedAgent):
 
     def __init__(self, half: float = 0.025, finger_reach: float = 0.02, hover: float = 0.015,
                  open_width: float = 0.064, width_max: float = 0.10, align: float = 0.01, close_at: float = 0.015,
-                 lift: float = 0.02, gain: float = 1.0, action_scale: float = 0.05):
-        super().__init__(action_scale)
+                 lift: float = 0.02, gain: float = 1.0, **kw):
+        super().__init__(**kw)
         self.half, self.reach, self.hover = half, finger_reach, hover
         self.open = 2.0 * open_width / width_max - 1.0  # the gripper action that opens them so far
         self.open_half = 0.5 * open_width - 0.003  # finger half-width: open enough to go down
@@ -255,18 +262,24 @@ class PickAndPlaceAgent(ScriptedAgent):
         return [*_toward(p, t, self.gain, self.scale), -1.0]
 
 
-AGENTS = {"FetchReach": ReachAgent, "FetchPush": PushAgent, "FetchSlide": SlideAgent, "FetchPickAndPlace": PickAndPlaceAgent}
+AGENTS = {"FetchReach": ReachAgent, "FetchPush": PushAgent, "FetchSlide": SlideAgent,
+          "FetchPickAndPlace": PickAndPlaceAgent}
 
 
-def for_task(name: str, **kw) -> ScriptedAgent:
-    try:
-        return AGENTS[name](**kw)
-    except KeyError:
-        raise ValueError(f"no scripted agent for task {name!r}; there are: {', '.join(AGENTS)}") from None
+def for_task(task, dt: float = 0.04, **kw) -> ScriptedAgent:
+    """The scripted agent of a `FetchTask` (its action scale; `dt` the server's control period)."""
+    cls = AGENTS.get(task.name)
+    if cls is None:
+        raise ValueError(f"no scripted agent for task {task.name!r}; there are: {', '.join(AGENTS)}")
+    if task.control != "ee_delta":
+        raise ValueError(f"the scripted agents act through ee_delta actions, not {task.control!r}")
+    return cls(action_scale=task.action_scale, dt=dt, **kw)
 
 
-def for_env(env_id: str, **kw) -> ScriptedAgent:
-    """The scripted agent of a registered env id's task."""
-    from ..envs.registration import entry
-    task = entry(env_id).task
-    return for_task(task.name, action_scale=task.action_scale, **kw)
+def for_env(env, **kw) -> ScriptedAgent:
+    """The scripted agent of an env: a registered id, or an env made from one (its task and period)."""
+    if isinstance(env, str):
+        from ..envs.registration import entry
+        return for_task(entry(env).task, **kw)
+    u = env.unwrapped
+    return for_task(u.task, dt=u.dt, **kw)
