@@ -77,6 +77,9 @@ def _keys(args) -> int:
 
 
 def _demo(args) -> int:
+    if args.lengths:
+        from .demo import run_lengths
+        return run_lengths(args.env, args.lengths, config=args.config, episodes=args.episodes, seed=args.seed)
     from .demo import run_demo
     return run_demo(config=args.config, episodes=args.episodes, seed=args.seed, env_id=args.env)
 
@@ -345,11 +348,14 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="replace existing key files of that name")
     p.set_defaults(func=_keys)
 
-    p = sub.add_parser("demo", help="scripted agent through the Gymnasium env (embedded simulator)")
+    p = sub.add_parser("demo", help="scripted agent through the Gymnasium env: reach, push, slide, pick and place")
     p.add_argument("--env", default=DEFAULT_ENV, help=f"env id (default {DEFAULT_ENV})")
-    p.add_argument("--config", default=None, help="config name or path (default: embedded simulator)")
-    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--config", default=None,
+                   help="config name or path (default: the env's own: the embedded simulator, mujoco for object tasks)")
+    p.add_argument("--episodes", type=int, default=50, help="episodes, seeded --seed, --seed + 1, ... (default 50)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lengths", type=lambda v: [int(x) for x in v.split(",")], default=None, metavar="L1,L2,...",
+                   help="instead: the success rate at each of these episode lengths (one run of the longest)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="SAC+HER on the simulator until eval success >= 95%%; writes a policy bundle")

@@ -47,6 +47,46 @@ def run_episodes(env, episodes: int, seed: int = 0, progress=None, agent=None, o
     return successes, steps, time.perf_counter() - t0
 
 
+def success_by_length(env, episodes: int, seed: int = 0, agent=None) -> np.ndarray:
+    """Success after each step of `episodes` seeded episodes (seed + k), (episodes, max steps): column
+    L - 1 is the success an episode length of L gives (the agent does not know the length, so an episode
+    cut at L is the first L steps of a longer one). `env` is made with the longest length."""
+    agent = agent or scripted.for_env(env)
+    out = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        agent.reset(obs)
+        row, done = [], False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(agent.act(obs))
+            row.append(float(info["is_success"]))
+            done = terminated or truncated
+        out.append(row)
+    return np.array(out)
+
+
+def run_lengths(env_id: str, lengths, config=None, episodes: int = 100, seed: int = 0) -> int:
+    """`robot-env demo --lengths`: the success rate at each episode length, one run of the longest."""
+    import gymnasium as gym
+
+    import robot_env  # noqa: F401
+
+    lengths = sorted(set(int(n) for n in lengths))
+    kw = {} if config is None else {"config": config}
+    t0 = time.perf_counter()
+    env = gym.make(env_id, max_episode_steps=lengths[-1], **kw)
+    try:
+        succ = success_by_length(env, episodes, seed)
+    finally:
+        env.close()
+    print(f"{env_id}: success rate by episode length, {episodes} episodes (seeds {seed}..{seed + episodes - 1}), "
+          f"{time.perf_counter() - t0:.0f} s")
+    print("| steps | " + " | ".join(str(n) for n in lengths) + " |")
+    print("|---|" + "---:|" * len(lengths))
+    print("| success | " + " | ".join(f"{succ[:, n - 1].mean():.0%}" for n in lengths) + " |")
+    return 0
+
+
 def _bar(done, total, success, rate, width=30, stream=sys.stderr):
     filled = int(width * done / total)
     stream.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} episodes  "

@@ -107,7 +107,7 @@ class PushAgent(ScriptedAgent):
     at the push height throughout: `height` m above the block's centre (the fingertips clear the table)."""
 
     def __init__(self, half: float = 0.025, contact: float = 0.037, behind: float = 0.06, orbit: float = 0.07,
-                 clearance: float = 0.055, height: float = 0.005, done: float = 0.012, max_lateral: float = 0.02,
+                 clearance: float = 0.055, height: float = 0.005, done: float = 0.02, max_lateral: float = 0.02,
                  lateral_gain: float = 0.5, max_push: float = 0.03, settle: float = 0.004, gain: float = 1.0, **kw):
         super().__init__(**kw)
         self.half, self.contact, self.behind, self.orbit, self.clearance = half, contact, behind, orbit, clearance
