@@ -74,13 +74,21 @@ REACH = FetchTask("FetchReach")
 # Start heights: Gymnasium-Robotics' grip site starts 0.016 m (Push), 0.0155 m (Slide) and 0.135 m
 # (PickAndPlace) above its table; here the fingertips reach 0.02 m below the grip point, so the
 # pushing tasks start with the grip point 0.025 m up (fingertips 5 mm clear, at the block's centre height).
+# Episode lengths: Gymnasium-Robotics' 50 steps are for a mocap-welded gripper that moves 5 cm a step;
+# this arm is joint-driven under Fetch's joint speeds and a 5 rad/s² acceleration limit (0.3-0.5 m/s).
+# Chosen as the shortest length at which the scripted agents (robot_env/apps/scripted.py) meet their
+# bar with margin, measured on the mujoco config with `robot-env demo --env ID --episodes 100 --seed S
+# --lengths ...`, seeds 0..99 / 1000..1099 (the README has the whole table):
+#   Push (bar 90 %):           80 steps 92 / 93 %, 85: 92 / 94 %, 90: 95 / 97 %, 100: 96 / 97 %
+#   Slide (a strike; no bar):  50 steps 17 / 16 %, 100: 27 / 36 %, 200: 29 / 36 % (the arm reaches x ≈ 0.85 m)
+#   PickAndPlace (bar 95 %):   50 steps 91 / 92 %, 60: 98 / 98 %, 65: 100 / 100 %
 PUSH = FetchTask("FetchPush", has_object=True, block_gripper=True, target_in_the_air=False,
-                 gripper_extra_height=0.0, scene="table", start_height=0.025)
+                 gripper_extra_height=0.0, scene="table", start_height=0.025, max_episode_steps=90)
 SLIDE = FetchTask("FetchSlide", has_object=True, block_gripper=True, target_in_the_air=False,
                   target_offset=(0.4, 0.0, 0.0), obj_range=0.1, target_range=0.3, gripper_extra_height=-0.02,
-                  scene="slide_table", start_height=0.025)
+                  scene="slide_table", start_height=0.025, max_episode_steps=100)
 PICK_AND_PLACE = FetchTask("FetchPickAndPlace", has_object=True, block_gripper=False, target_in_the_air=True,
-                           gripper_extra_height=0.2, scene="table", start_height=0.135)
+                           gripper_extra_height=0.2, scene="table", start_height=0.135, max_episode_steps=65)
 
 
 OBJECT_XY = "object0.xy"  # the reset option that places the object on its table (x, y in the base frame)
