@@ -71,7 +71,7 @@ def run_lengths(env_id: str, lengths, config=None, episodes: int = 100, seed: in
 
     import robot_env  # noqa: F401
 
-    lengths = sorted(set(int(n) for n in lengths))
+    lengths = sorted({int(n) for n in lengths})
     kw = {} if config is None else {"config": config}
     t0 = time.perf_counter()
     env = gym.make(env_id, max_episode_steps=lengths[-1], **kw)

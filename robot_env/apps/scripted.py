@@ -9,13 +9,20 @@ sizes (the 5 cm block and puck), which they take as arguments.
 
 The agents are stateful (a phase per episode) and batch-friendly: `reset(obs)` at the start of every
 episode, then `act(obs)` each step, with `obs` either one env's dict or a vector env's, (n, ·) arrays;
-`reset(obs, mask)` restarts some rows only. `for_env(env_id)` picks the agent of a task.
+`reset(obs, mask)` restarts some rows only (a vector env's `NEXT_STEP` autoreset: after the step that
+follows the one that ended rows `mask`, whose observation starts their next episode).
+`for_env(env)` picks the agent of an env's task (an env id, a made env or a vector env).
+
+They move the gripper with proportional steps toward waypoints (`_toward`: the whole error at once,
+scaled as a vector to fit the action box, so that the direction holds; the server's motion limiter
+brakes the arm onto the target); they wait for the arm to slow down where its lag would overshoot.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+
 
 def _rows(obs: dict) -> tuple[np.ndarray, np.ndarray, bool]:
     o = np.asarray(obs["observation"], float)
@@ -106,11 +113,12 @@ class PushAgent(ScriptedAgent):
     "push", "hold" (the block within `done` m of the goal: the arm keeps still). The gripper stays
     at the push height throughout: `height` m above the block's centre (the fingertips clear the table)."""
 
-    def __init__(self, half: float = 0.025, contact: float = 0.037, behind: float = 0.06, orbit: float = 0.07,
+    def __init__(self, contact: float = 0.037, behind: float = 0.06, orbit: float = 0.07,
                  clearance: float = 0.055, height: float = 0.005, done: float = 0.02, max_lateral: float = 0.02,
                  lateral_gain: float = 0.5, max_push: float = 0.03, settle: float = 0.004, gain: float = 1.0, **kw):
         super().__init__(**kw)
-        self.half, self.contact, self.behind, self.orbit, self.clearance = half, contact, behind, orbit, clearance
+        # contact: the block's half size (2.5 cm) and the closed fingers' (1.2 cm), centre to centre
+        self.contact, self.behind, self.orbit, self.clearance = contact, behind, orbit, clearance
         self.height, self.done, self.max_lat, self.gain = height, done, max_lateral, gain
         self.lateral_gain, self.max_push, self.settle = lateral_gain, max_push, settle
 
@@ -175,9 +183,13 @@ class PushAgent(ScriptedAgent):
 
 
 class SlideAgent(PushAgent):
-    """FetchSlide: a strike toward the goal. As `PushAgent` up to the push; then full speed along the
-    line until the puck, let go, would slide on to the goal (v² / 2·`decel` ≥ what is left), where the
-    gripper stops and the puck slides on ("slide"); once it has stopped, again if it is short."""
+    """FetchSlide: a strike toward the goal. As `PushAgent` up to the push, which touches the puck
+    gently (`touch` m a step: a hit sends it off faster than the gripper moves) and then drives it
+    toward the point short of the goal by the distance it would slide on if let go (v² / 2·`decel`, μ·g
+    of the puck on the table); once that covers what is left, the gripper stops and the puck slides on
+    ("slide"). When it has come to rest: again if it is short, or off the line. The arm reaches no
+    farther than about x = 0.85 m (base frame) at the table, and cannot strike faster than it moves
+    (it brakes at about the puck's own 1 m/s²), so goals much beyond 0.9 m are out of reach."""
 
     def __init__(self, decel: float = 0.98, rest: float = 0.02, touch: float = 0.008, **kw):
         kw.setdefault("done", 0.03)  # a puck at rest this near the goal is left there: a nudge slides it past
@@ -235,9 +247,8 @@ class PickAndPlaceAgent(ScriptedAgent):
         held = xy_err < self.half and abs(b[2] - p[2]) < self.half and half_w > 0.5 * self.half - 0.004
         if phase == "carry" and not held:
             phase = "approach"
-        if phase == "approach":
-            if xy_err < self.align and half_w > self.open_half:
-                phase = "descend"
+        if phase == "approach" and xy_err < self.align and half_w > self.open_half:
+            phase = "descend"
         if phase == "descend":
             if xy_err > 2 * self.align:
                 phase = "approach"
