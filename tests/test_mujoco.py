@@ -201,3 +201,32 @@ def test_n_robots_on_one_server_equal_n_one_robot_servers():
     assert worst < 1e-6, worst
     for b in [many, *ones]:
         b.close()
+
+
+def test_a_push_episode_records_its_object_and_replays_on_a_fresh_server(tmp_path):
+    import gymnasium as gym
+
+    from robot_env.envs import RecordEpisodes
+    from robot_env.recording import read_recording, replay
+
+    path = tmp_path / "push.mcap"
+    env = RecordEpisodes(gym.make("robot_env/FetchPush-v0"), record=path, flush_interval=0.0)
+    rng = np.random.default_rng(0)
+    env.reset(seed=3)
+    for _ in range(30):
+        env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+    env.close()
+    rec = read_recording(path)
+    assert rec.info["reset_options"]["object0.xy"] == [2]
+    placed = [c for c in rec.commands if c["op"] == "reset"][0]["options"]["object0.xy"]
+    xy = np.array([s["objects"]["object0"]["pos"][:2] for s in rec.states if s.get("objects")])
+    assert np.abs(xy - placed).max(axis=1).min() < 1e-9  # a state right after the reset has it where placed
+    again = tmp_path / "again.mcap"
+    result = replay(path, config="mujoco", record=again)
+    assert result.sent == result.total == len(rec.commands) and not result.problems
+    rerun = read_recording(again)
+    a = np.array([s["objects"]["object0"]["pos"] for s in rec.states if s.get("objects")])
+    b = np.array([s["objects"]["object0"]["pos"] for s in rerun.states if s.get("objects")])
+    n = min(len(a), len(b))
+    assert n >= 30
+    np.testing.assert_allclose(b[-n:][-20:], a[-n:][-20:], atol=1e-9)
