@@ -194,3 +194,19 @@ def test_a_policy_file_carrying_code_is_refused_not_run(bundle_dir, tmp_path):
             fh.write('{"clip_obs": 10}')
         with pytest.raises(BundleError, match="normalization.json is corrupt"):
             load_bundle(q)
+
+
+def test_train_and_run_push_on_the_mujoco_backend_by_its_env_id(tmp_path, capsys, no_leftover_servers):
+    """`train --env robot_env/FetchPush-v0` needs no --config (the id's is mujoco), takes the object
+    tasks' settings, and `run` replays the bundle on the same backend."""
+    out = tmp_path / "push"
+    assert cli.main(["train", "--env", "robot_env/FetchPush-v0", "--steps", "1100", "--eval-every", "1100",
+                     "--eval-episodes", "1", "--threshold", "0", "--out", str(out)]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["env_id"] == "robot_env/FetchPush-v0" and meta["config"] == "mujoco"
+    assert meta["training"]["hyperparams"]["tau"] == 0.05 and meta["policy_kwargs"]["n_critics"] == 2
+    capsys.readouterr()
+    rc = cli.main(["run", "--policy", str(out), "--episodes", "1"])
+    text = capsys.readouterr().out
+    assert "success rate" in text and "over 1 episodes" in text
+    assert rc == (0 if "success rate   100.0%" in text else 1)  # the exit status: success rate >= 90 %

@@ -76,6 +76,13 @@ def _keys(args) -> int:
     return 0
 
 
+def _env_config(args) -> None:
+    """No --config: the config the env id is registered with (the object tasks' is `mujoco`)."""
+    if getattr(args, "config", "") is None and getattr(args, "env", None):
+        from ..envs.registration import entry
+        args.config = entry(args.env).config
+
+
 def _demo(args) -> int:
     from .demo import run_demo
     return run_demo(config=args.config, episodes=args.episodes, seed=args.seed, env_id=args.env)
@@ -481,6 +488,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     try:
+        _env_config(args)
         return args.func(args)
     except Exception as exc:
         from ..errors import RobotEnvError

@@ -51,7 +51,8 @@ def task_for(env_id: str, **task_args) -> FetchTask:
 
 def _split(env_id: str, kwargs: dict) -> tuple[FetchTask, dict]:
     task_args = {k: kwargs.pop(k) for k in list(kwargs) if k in _TASK_ARGS}
-    kwargs.setdefault("config", entry(env_id).config)
+    if kwargs.get("config") is None:  # None too: the config the id runs on
+        kwargs["config"] = entry(env_id).config
     return task_for(env_id, **task_args), kwargs
 
 
