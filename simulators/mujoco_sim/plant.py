@@ -48,6 +48,17 @@ class Plant:
         self.threads = max(1, min(int(threads), num_robots))
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self._bases = {}
+        self._base_set = [None] * num_robots
+        # sensor reads: the actuated joints then the two fingers, mapped to description order by one product
+        self.qread = np.concatenate([self.qadr, self.fq])
+        self.vread = np.concatenate([self.vadr, self.fv])
+        k = len(_ACTUATED)
+        self._gather_q = np.zeros((k + 2, NJ))
+        self._gather_q[np.arange(k), _ACTUATED] = 1.0
+        self._gather_q[k:, GRIPPER] = 1.0
+        self._gather_e = self._gather_q.copy()
+        self._gather_e[k:, GRIPPER] = 0.5
+        self._gather_v = self._gather_q
         # joint targets (description order) -> actuator controls: the servo's position, its velocity
         # feed-forward, and each finger's half of the width
         self.map_q = np.zeros((NJ, m.nu))
@@ -69,6 +80,7 @@ class Plant:
         for k, i in enumerate(rows):
             d = self.datas[i]
             mujoco.mj_resetData(m, d)
+            self._base_set[i] = (0.0, 0.0, 0.0)
             d.qpos[self.qadr] = q[k, _ACTUATED]
             d.qpos[self.fq] = 0.5 * q[k, GRIPPER]
             for name, poses in objects.items():
@@ -104,13 +116,18 @@ class Plant:
         x = np.stack([q0, h * v0, q1, h * v1], axis=-2)  # (N, 4, NJ)
         ctrl = np.matmul(np.matmul(bq, x), self.map_q) + np.matmul(np.matmul(bv, x), self.map_v)  # (N, n, nu)
         acc = (v1 - v0) / h  # the trajectory's mean acceleration over the period
+        moving = acc.any(axis=1)
         for i, d in enumerate(self.datas):
-            self._acc[self.vadr] = acc[i, _ACTUATED]
-            mujoco.mj_mulM(self.model, d, self._tau, self._acc)
-            ctrl[i, :, self.a_ff] = self._tau[self.vadr, None]
+            if moving[i]:  # inertia feed-forward M(q)·q̈ (zero while the trajectory coasts or rests)
+                self._acc[self.vadr] = acc[i, _ACTUATED]
+                mujoco.mj_mulM(self.model, d, self._tau, self._acc)
+                ctrl[i, :, self.a_ff] = self._tau[self.vadr, None]
             row = base[i]
-            d.mocap_pos[0] = (row[0], row[1], 0.0)
-            d.mocap_quat[0] = (math.cos(0.5 * row[2]), 0.0, 0.0, math.sin(0.5 * row[2]))
+            pose = (row[0], row[1], row[2])
+            if pose != self._base_set[i]:  # the mocap base only where the odometry moved it
+                self._base_set[i] = pose
+                d.mocap_pos[0] = (row[0], row[1], 0.0)
+                d.mocap_quat[0] = (math.cos(0.5 * row[2]), 0.0, 0.0, math.sin(0.5 * row[2]))
         if self.pool is None:
             self._run(range(self.n), ctrl)
         else:
@@ -129,14 +146,15 @@ class Plant:
                 step(m, d)
 
     def _read(self, rows) -> None:
+        """Sensors, in description order: joints, the finger width (their sum), efforts (a finger's
+        force: the squeeze)."""
+        gq, gv, ge = self._gather_q, self._gather_v, self._gather_e
         for i in rows:
             d = self.datas[i]
-            self.q[i, _ACTUATED] = d.qpos[self.qadr]
-            self.q[i, GRIPPER] = d.qpos[self.fq].sum()
-            self.dq[i, _ACTUATED] = d.qvel[self.vadr]
-            self.dq[i, GRIPPER] = d.qvel[self.fv].sum()
-            self.effort[i, _ACTUATED] = d.qfrc_actuator[self.vadr]
-            self.effort[i, GRIPPER] = d.qfrc_actuator[self.fv].mean()  # the force each finger squeezes with
+            self.q[i] = d.qpos[self.qread] @ gq
+            qv = d.qvel[self.vread]
+            self.dq[i] = qv @ gq
+            self.effort[i] = d.qfrc_actuator[self.vread] @ ge
 
     # -- objects ---------------------------------------------------------------------------------
     def object_state_one(self, base) -> dict:
