@@ -110,7 +110,9 @@ def run_bench_train(steps: int = 30_000, seed: int = 0, anchor_python: str | Non
               f"wall time per step ratio {per_step:.2f}")
         res["ratio"] = {"wall": ratio, "steps": steps_ratio, "per_step": per_step}
     elif not a:
-        print(f"\nnote: anchor not run: {res['anchor_note']}")
+        note = res["anchor_note"]
+        hint = "" if "anchor-env" in note or "--no-anchor" in note else f"\n  to include it: {anchor_env.HINT}"
+        print(f"\nnote: anchor not run: {note}{hint}")
     if out:
         with open(out, "w") as fh:
             json.dump(res, fh, indent=2)
