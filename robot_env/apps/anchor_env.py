@@ -33,6 +33,11 @@ HINT = ("run `robot-env anchor-env` (it builds a venv with gymnasium-robotics an
         "bench` finds it), or pass --anchor-python PATH to a Python that has them")
 
 
+def hint(train: bool = False) -> str:
+    """What to do for an anchor Python (`train`: one for `bench --train`)."""
+    return HINT.replace("`robot-env anchor-env`", "`robot-env anchor-env --train`") if train else HINT
+
+
 class AnchorEnvError(RobotEnvError):
     """The anchor venv could not be built or checked; the message says why."""
 
@@ -129,8 +134,7 @@ def pick(explicit: str | None = None, train: bool = False) -> tuple[str | None, 
         how = "`robot-env anchor-env --train`" if train else "`robot-env anchor-env`"
         return None, (f"{why}. The anchor venv {python.parent.parent} is there but " + "; ".join(there)
                       + f": run {how} to bring it up to date, or pass --anchor-python PATH")
-    return None, f"{why}; and there is no anchor venv at {python.parent.parent}: " + (
-        HINT.replace("`robot-env anchor-env`", "`robot-env anchor-env --train`") if train else HINT)
+    return None, f"{why}; and there is no anchor venv at {python.parent.parent}: {hint(train)}"
 
 
 # -- building ----------------------------------------------------------------------------------

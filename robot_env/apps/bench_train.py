@@ -111,7 +111,7 @@ def run_bench_train(steps: int = 30_000, seed: int = 0, anchor_python: str | Non
         res["ratio"] = {"wall": ratio, "steps": steps_ratio, "per_step": per_step}
     elif not a:
         note = res["anchor_note"]
-        hint = "" if "anchor-env" in note or "--no-anchor" in note else f"\n  to include it: {anchor_env.HINT}"
+        hint = "" if "anchor-env" in note or "--no-anchor" in note else f"\n  to include it: {anchor_env.hint(train=True)}"
         print(f"\nnote: anchor not run: {note}{hint}")
     if out:
         with open(out, "w") as fh:
