@@ -100,3 +100,18 @@ def test_bench_vector_measures_both_rows_in_one_run(tmp_path, capsys, no_leftove
         assert r["rtt"]["n"] >= 60 and r["rtt"]["p99_ms"] >= r["rtt"]["p50_ms"] > 0
     assert res["ratio"] == pytest.approx(b["robot_steps_per_s"] / s["robot_steps_per_s"], rel=1e-9)
     assert "batched server, N = 6" in text and "3 single-env servers" in text
+
+
+def test_bench_push_runs_on_mujoco_against_fetchpush_v4(tmp_path, capsys, anchor_python):
+    """An object task benches on its own config (mujoco) with a no-op backend that reports objects,
+    against Gymnasium-Robotics' FetchPush-v4 in the anchor venv, all rows in one run."""
+    out = tmp_path / "push.json"
+    assert run_bench(steps=200, anchor=True, out=out, env_id="robot_env/FetchPush-v0") == 0
+    res = json.loads(out.read_text())
+    assert res["env"] == "robot_env/FetchPush-v0" and res["anchor_id"] == "FetchPush-v4"
+    assert res["backend"].startswith("mujoco")
+    assert res["anchor"]["steps_per_s"] > 0
+    for key in ("ipc", "tcp", "noop"):
+        assert res[key]["steps"] == 200 and res[key]["steps_per_s"] > 0
+        assert res["ratio_vs_anchor"][key] == pytest.approx(res[key]["steps_per_s"] / res["anchor"]["steps_per_s"])
+    assert "FetchPush-v4 in-process (anchor)" in capsys.readouterr().out

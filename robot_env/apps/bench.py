@@ -105,10 +105,21 @@ def _free_tcp_pair(host: str = "127.0.0.1", tries: int = 50) -> int:
     raise RuntimeError("could not find two adjacent free tcp ports on 127.0.0.1")
 
 
+def _config_name(env_id: str) -> str:
+    """The config an env id runs on (the object tasks': mujoco)."""
+    from ..envs.registration import entry
+    return entry(env_id).config or "sim"
+
+
+def _backend_name(env_id: str) -> str:
+    from .. import config as config_mod
+    return config_mod.load(_config_name(env_id))["server"]["backend"]
+
+
 def _bench_ipc(actions, env_id: str) -> tuple[dict, tuple[int, int]]:
     import gymnasium as gym
 
-    env = gym.make(env_id, config="sim")
+    env = gym.make(env_id, config=_config_name(env_id))
     try:
         res = _time_env(env, actions)
         res["endpoint"] = env.unwrapped._session.client.endpoint
@@ -125,7 +136,7 @@ def _bench_tcp(actions, env_id: str) -> dict:
     from ..bridge.spawn import ServerProcess
 
     endpoint = f"tcp://127.0.0.1:{_free_tcp_pair()}"
-    cfg = config_mod.load("sim")
+    cfg = config_mod.load(_config_name(env_id))
     cfg["server"]["endpoint"] = endpoint
     env = gym.make(env_id, config=cfg)
     server = None
@@ -138,7 +149,7 @@ def _bench_tcp(actions, env_id: str) -> dict:
         note = (f"the env spawned its server on {used} despite [server] endpoint = {endpoint!r}; "
                 "bench started the tcp server itself")
         server = ServerProcess(cfg, endpoint=endpoint)
-        client_cfg = config_mod.load("sim")
+        client_cfg = config_mod.load(_config_name(env_id))
         client_cfg["client"]["endpoint"] = server.endpoint
         env = gym.make(env_id, config=client_cfg)
     try:
@@ -183,9 +194,12 @@ def _bench_noop(actions, env_id: str) -> dict:
 
     from ..bridge.endpoints import private_ipc
 
+    from ..envs.registration import entry
+
     endpoint, stream = private_ipc("noop")
-    with _child("noop_server", [endpoint, stream], "no-op robot server"):
-        env = gym.make(env_id, config="sim", overrides={"client": {"endpoint": endpoint}})
+    cfg = _config_name(env_id)
+    with _child("noop_server", [endpoint, stream, cfg, entry(env_id).task.needs.scene or ""], "no-op robot server"):
+        env = gym.make(env_id, config=cfg, overrides={"client": {"endpoint": endpoint}})
         try:
             res = _time_env(env, actions)
             res["endpoint"] = endpoint
@@ -363,7 +377,7 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
     res: dict = {"steps": steps, "warmup": WARMUP, "seed": SEED,
                  "python": platform.python_version(), "platform": platform.platform(),
                  "cpus": os.cpu_count(), "gymnasium": gymnasium.__version__,
-                 "robot_env": robot_env.__version__, "backend": "kinematic (embedded sim, lockstep)"}
+                 "robot_env": robot_env.__version__, "backend": f"{_backend_name(env_id)} (spawned, lockstep)"}
     print("  robot-env over ipc ...", flush=True)
     res["env"], res["anchor_id"] = env_id, anchor_id(env_id)  # a clear error for an unknown id, before anything starts
     res["ipc"], (req_bytes, rep_bytes) = _bench_ipc(actions, env_id)
@@ -402,7 +416,7 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
     print(f"transport floor: a bare zmq round trip takes {floor:.0f} µs p50, "
           f"{floor / ipc_rtt:.0%} of the {ipc_rtt:.0f} µs p50 round trip of an ipc env step.")
     noop, ipc = res["noop"]["steps_per_s"], res["ipc"]["steps_per_s"]
-    print(f"Python ceiling: with a backend that does nothing the env steps {noop:,.0f}/s; the kinematic "
+    print(f"Python ceiling: with a backend that does nothing the env steps {noop:,.0f}/s; the {res['backend'].split()[0]} "
           f"simulator adds {1e6 / ipc - 1e6 / noop:.0f} µs per step to the {1e6 / noop:.0f} µs the bridge "
           "itself costs.")
     if "note" in res["tcp"]:
