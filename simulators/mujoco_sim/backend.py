@@ -28,7 +28,7 @@ from .scenes import SCENES
 
 MAX_ROBOTS = 64
 # Where the head looks at a reset: pan 0, tilted down so the head camera sees the table.
-HEAD_AT_TABLE = (0.0, 0.75)
+HEAD_AT_TABLE = (0.0, 0.95)
 _num = (int, float)
 
 

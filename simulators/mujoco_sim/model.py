@@ -111,7 +111,7 @@ def robot_xml(desc: RobotDescription = FETCH, wrist_camera: bool = True) -> str:
     out.append(f'<geom type="box" size="0.015 0.065 0.03" pos="-0.055 0 0" mass="{GRIPPER_MASS}" {ROBOT} '
                'rgba="0.25 0.25 0.3 1"/>')
     if wrist_camera:
-        out.append('<camera name="wrist" pos="-0.06 0 0.05" xyaxes="0 -1 0 1 0 0" fovy="70"/>')
+        out.append('<camera name="wrist" pos="-0.05 0 0.045" xyaxes="0 -1 0 0 0 1" fovy="75"/>')
     half = grip.upper / 2
     for side, sign in (("l", 1), ("r", -1)):
         out.append(f'<body name="{side}_gripper_finger_link" gravcomp="1">')
