@@ -25,7 +25,8 @@ setup(
         # dynamixel-sdk: the official ROBOTIS SDK, an oracle for the bus emulator and the codec
         "test": ["pytest>=8", "pytest-timeout>=2.2", "pytest-benchmark>=4", "dynamixel-sdk==4.1.0",
                  "mcap>=1.6", "matplotlib>=3.7",  # tests/test_recording.py: the record and plot extras
-                 "hypothesis>=6"],  # tests/test_fuzz.py: the structured fuzzer
+                 "hypothesis>=6",  # tests/test_fuzz.py: the structured fuzzer
+                 "moviepy>=1.0"],  # tests/test_frames.py: Gymnasium's RecordVideo writes mp4 with it
         # `robot-env record/replay`, Recorder, RecordEpisodes: MCAP files (zstd chunks: mcap pulls zstandard)
         "record": ["mcap>=1.6"],
         # `robot-env plot`

@@ -124,8 +124,10 @@ class BridgeEnvMixin:
             raise ConfigError(f"camera(s) {', '.join(clash)} would replace the task's observation key(s)")
         self.render_mode = render_mode
         self.render_camera = None
+        rgb = [c for c in offered if offered[c]["channels"] == 3 and offered[c]["dtype"] == "uint8"]
+        # What this instance can render: nothing on a server without an RGB camera (check_env reads it).
+        self.metadata = dict(self.metadata, render_modes=list(RENDER_MODES) if rgb else [], render_fps=1.0 / self.dt)
         if render_mode == "rgb_array":
-            rgb = [c for c in offered if offered[c]["channels"] == 3 and offered[c]["dtype"] == "uint8"]
             if not rgb:
                 raise ConfigError(f"render_mode='rgb_array' needs an RGB camera, and {where} has "
                                   f"{', '.join(offered) or 'no cameras'}. Nothing was moved")
@@ -138,7 +140,6 @@ class BridgeEnvMixin:
         self._frame_names = names + ((self.render_camera,) if self.render_camera and
                                      self.render_camera not in names else ())
         self._frames = None  # the last reply's frames: name -> (n, h, w, c)
-        self.metadata = dict(self.metadata, render_fps=1.0 / self.dt)
         return {c: camera_space(offered[c]) for c in names}
 
     def _take_frames(self, st: dict) -> None:
