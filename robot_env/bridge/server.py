@@ -394,7 +394,11 @@ class RobotServer:
         return reply_parts(self.backend.render(list(names)), names, self.cameras, self.num_robots)
 
     def _add_frames(self, reply: dict, names: tuple) -> dict:
-        reply["frames"], reply["_parts"] = self._render(names)
+        try:
+            reply["frames"], reply["_parts"] = self._render(names)
+        except RequestError as exc:  # the request was applied already: say so
+            raise RequestError(exc.code, f"{exc.message} (rendering the frames, after the request was "
+                                         "applied)") from None
         return reply
 
     def _sample(self) -> dict:
