@@ -217,6 +217,16 @@ def test_n_robots_get_n_frames_each_their_own(no_leftover_servers):
         s.close()
 
 
+def test_a_server_started_without_mujoco_gl_renders_headless(monkeypatch, no_leftover_servers):
+    """MuJoCo picks its GL context when it is imported: the backend's package sets MUJOCO_GL=egl first."""
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    s = Session("mujoco", {"server.mujoco": {"cameras": ["external"]}})
+    try:
+        assert s.client.reset(seed=0, frames=["external"])["frames"]["external"].std() > 0
+    finally:
+        s.close()
+
+
 def test_frames_on_the_realtime_clock(no_leftover_servers):
     """A realtime step is answered a control period later: the frames are rendered then."""
     s = Session("mujoco", {"server": {"clock": "realtime"}})
