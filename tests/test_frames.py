@@ -8,22 +8,22 @@ import os
 import threading
 import warnings
 
+import gymnasium as gym
 import numpy as np
 import pytest
+import zmq
+from gymnasium.utils.env_checker import check_env
 
+from robot_env.backends.spec import CameraSpec
+from robot_env.bridge import frames as frames_mod
+from robot_env.bridge.client import RobotClient
+from robot_env.bridge.protocol import VERSION, decode, encode
+from robot_env.bridge.session import Session
+from robot_env.errors import ConfigError, ServerError
+
+# Headless rendering, set before mujoco is imported (it picks its GL context then); spawned servers inherit it.
+os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("mujoco")
-os.environ.setdefault("MUJOCO_GL", "egl")  # spawned servers inherit it: headless rendering
-
-import gymnasium as gym  # noqa: E402
-import zmq  # noqa: E402
-from gymnasium.utils.env_checker import check_env  # noqa: E402
-
-from robot_env.backends.spec import CameraSpec  # noqa: E402
-from robot_env.bridge import frames as frames_mod  # noqa: E402
-from robot_env.bridge.client import RobotClient  # noqa: E402
-from robot_env.bridge.protocol import VERSION, decode, encode  # noqa: E402
-from robot_env.bridge.session import Session  # noqa: E402
-from robot_env.errors import ConfigError, ServerError  # noqa: E402
 
 ENV_ID = "robot_env/FetchReach-v0"
 RGB = ("head", "external", "wrist")
@@ -412,3 +412,16 @@ def test_vector_env_cameras_and_render(no_leftover_servers):
         assert len(frames) == 2 and frames[0].shape == (84, 84, 3)
     finally:
         envs.close()
+
+
+def test_bench_cameras_runs(tmp_path, no_leftover_servers):
+    import json
+
+    from robot_env.apps.bench_cameras import SETTINGS, run_bench_cameras
+
+    out = tmp_path / "cameras.json"
+    assert run_bench_cameras(steps=10, out=str(out), settings=SETTINGS[:1]) == 0
+    res = json.loads(out.read_text())
+    row = res["rows"]["84×84"]
+    assert row["bytes"] == 84 * 84 * 3 and row["frame_ms"] > 0 and row["in_process_render_ms"] > 0
+    assert set(res["env_ms"]) == {"no camera", "cameras=['external']"}

@@ -16,13 +16,12 @@ frames of the last request of a step (every robot's); `render()` returns one fra
 from __future__ import annotations
 
 import numpy as np
+from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ..tasks.base import Task
-from gymnasium import spaces
-
 from .goal_env import RENDER_MODES, BridgeEnvMixin, camera_names, option_array, reset_options
 
 
