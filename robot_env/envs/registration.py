@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 from gymnasium.envs.registration import register, registry
 
-from ..tasks.fetch import REACH, FetchTask
+from ..tasks.fetch import PICK_AND_PLACE, PUSH, REACH, SLIDE, FetchTask
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,10 @@ class EnvEntry:
 ENV_IDS: dict[str, EnvEntry] = {
     "robot_env/FetchReach-v0": EnvEntry(REACH, env="robot_env.envs.fetch_reach:FetchReachEnv",
                                         vector_env="robot_env.envs.fetch_reach_vector:FetchReachVectorEnv"),
+    # the object tasks need physics: the MuJoCo backend (the `mujoco` extra)
+    "robot_env/FetchPush-v0": EnvEntry(PUSH, config="mujoco"),
+    "robot_env/FetchSlide-v0": EnvEntry(SLIDE, config="mujoco"),
+    "robot_env/FetchPickAndPlace-v0": EnvEntry(PICK_AND_PLACE, config="mujoco"),
 }
 _TASK_ARGS = {f.name for f in fields(FetchTask)} - {"name"}
 
@@ -48,7 +52,8 @@ def task_for(env_id: str, **task_args) -> FetchTask:
 
 def _split(env_id: str, kwargs: dict) -> tuple[FetchTask, dict]:
     task_args = {k: kwargs.pop(k) for k in list(kwargs) if k in _TASK_ARGS}
-    kwargs.setdefault("config", entry(env_id).config)
+    if kwargs.get("config") is None:  # None too: the config the id runs on
+        kwargs["config"] = entry(env_id).config
     return task_for(env_id, **task_args), kwargs
 
 

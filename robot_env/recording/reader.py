@@ -24,7 +24,16 @@ from .format import (
     SeqCounter,
     _need_mcap,
 )
-from .schema import INFO_SCHEMA, MAX_SEQ, SUMMARY_SCHEMA, Invalid, check_metadata, check_record, shape_of
+from .schema import (
+    INFO_SCHEMA,
+    MAX_SEQ,
+    SUMMARY_SCHEMA,
+    Invalid,
+    check_metadata,
+    check_record,
+    known_reset_options,
+    shape_of,
+)
 
 
 @dataclass
@@ -378,8 +387,9 @@ def _dims(info: dict, states: list) -> dict:
     elif shapes:
         shape = shapes[0]
     else:  # no state to learn from: a batched server's commands still need its size
-        return {"joints": None, "robots": robots if robots > 1 else None}
-    return {"joints": shape[-1], "robots": shape[0] if len(shape) == 2 else None}
+        return {"joints": None, "robots": robots if robots > 1 else None, "reset_options": known_reset_options(info)}
+    return {"joints": shape[-1], "robots": shape[0] if len(shape) == 2 else None,
+            "reset_options": known_reset_options(info)}
 
 
 def read_recording(path) -> Recording:

@@ -253,6 +253,7 @@ class Recorder:
         keys = ("backend", "clock", "control_period", "watchdog_timeout", "joint_names", "channels",
                 "description_hash", "description", "state_layout", "max_ee_step", "protocol", "num_robots")
         meta = {k: json.dumps(_plain(info.get(k))) for k in keys}
+        meta["reset_options"] = json.dumps(_plain((info.get("spec") or {}).get("reset_options")))
         meta.update(format=FORMAT, format_version=str(FORMAT_VERSION), robot_env=__version__,
                     endpoint=self.endpoint, stream_endpoint=str(info.get("stream_endpoint")),
                     started=repr(_now()), host=os.uname().nodename, pid=str(os.getpid()))

@@ -12,9 +12,8 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
-from gymnasium import spaces
 
-from ..model.description import ARM, GRIPPER
+from ..model.description import ARM, GRIPPER, READY_TORSO
 from .base import BoundTask, Task, TaskNeeds
 
 OBS_BOUND = 5.0  # finite observation bounds (check_env prefers them): metres, and velocities × dt
@@ -40,6 +39,9 @@ class FetchTask(Task):
     control: str = "ee_delta"  # Box(4): gripper delta × action_scale + fingers; or joint_velocity: Box(8)
     action_scale: float = 0.05  # m per step for a full-scale ee_delta action (the reference's mocap delta)
     scene: str | None = None
+    # The gripper's height above the scene's table at the start (set with the torso, which moves it
+    # straight up or down): Gymnasium-Robotics' start heights, which `gripper_extra_height` gives there.
+    start_height: float | None = None
 
     def __post_init__(self):
         if self.reward_type not in REWARDS:
@@ -60,21 +62,24 @@ class FetchTask(Task):
             chans.add("gripper")
         if not self.has_object:
             return TaskNeeds(frozenset(chans))
-        return TaskNeeds(frozenset(chans), objects=("object0",), scene=self.scene,
-                         reset_options=frozenset({OBJECT_XY}))
+        opts = {OBJECT_XY, "initial_torso"} if self.start_height is not None else {OBJECT_XY}
+        return TaskNeeds(frozenset(chans), objects=("object0",), scene=self.scene, reset_options=frozenset(opts))
 
     def bound(self, info: dict) -> "BoundFetchTask":
         return BoundFetchTask(self, info)
 
 
 REACH = FetchTask("FetchReach")
+# Start heights: Gymnasium-Robotics' grip site starts 0.016 m (Push), 0.0155 m (Slide) and 0.135 m
+# (PickAndPlace) above its table; here the fingertips reach 0.02 m below the grip point, so the
+# pushing tasks start with the grip point 0.025 m up (fingertips 5 mm clear, at the block's centre height).
 PUSH = FetchTask("FetchPush", has_object=True, block_gripper=True, target_in_the_air=False,
-                 gripper_extra_height=0.0, scene="table")
+                 gripper_extra_height=0.0, scene="table", start_height=0.025)
 SLIDE = FetchTask("FetchSlide", has_object=True, block_gripper=True, target_in_the_air=False,
                   target_offset=(0.4, 0.0, 0.0), obj_range=0.1, target_range=0.3, gripper_extra_height=-0.02,
-                  scene="slide_table")
+                  scene="slide_table", start_height=0.025)
 PICK_AND_PLACE = FetchTask("FetchPickAndPlace", has_object=True, block_gripper=False, target_in_the_air=True,
-                           gripper_extra_height=0.2, scene="table")
+                           gripper_extra_height=0.2, scene="table", start_height=0.135)
 
 
 OBJECT_XY = "object0.xy"  # the reset option that places the object on its table (x, y in the base frame)
@@ -85,10 +90,17 @@ class BoundFetchTask(BoundTask):
     gripper's start, around which objects are placed."""
 
     def __init__(self, task: FetchTask, info: dict):
+        # imported here: importing gymnasium registers robot-env's envs, which import this module
+        from gymnasium import spaces
         self.task = task
         self.dt = float(info["control_period"])
-        ready = (info.get("spec") or {}).get("ready_ee")
+        spec = info.get("spec") or {}
+        ready = spec.get("ready_ee")
         self.ready_xy = np.array(ready[:2], float) if ready is not None else None
+        table = (spec.get("scene_info") or {}).get("table")
+        self.start_torso = None  # the torso that puts the gripper at the task's start height
+        if task.start_height is not None and table is not None and ready is not None:
+            self.start_torso = READY_TORSO + (table["top"] + task.start_height - ready[2])
         joints = info["description"]["joints"]
         self.arm_vmax = np.array([j["velocity"] for j in joints[ARM]])
         self._arm_vmax_list = self.arm_vmax.tolist()
@@ -114,7 +126,9 @@ class BoundFetchTask(BoundTask):
             while np.linalg.norm(p - self.ready_xy) < 0.1:
                 p = self.ready_xy + rng.uniform(-self.task.obj_range, self.task.obj_range, size=2)
             xy[i] = p
-        return {OBJECT_XY: xy}
+        if self.start_torso is None:
+            return {OBJECT_XY: xy}
+        return {OBJECT_XY: xy, "initial_torso": np.full(n, self.start_torso)}
 
     def sample_goals(self, rng, state: dict, rows: np.ndarray) -> np.ndarray:
         """Around the gripper's start (± target_range, + target_offset); with an object the goal
@@ -196,13 +210,28 @@ class BoundFetchTask(BoundTask):
     def observe_one(self, st: dict, goal: np.ndarray) -> dict:
         """Plain floats for one robot's state: the same values as `observe`'s row."""
         if self.task.has_object:
-            return super().observe_one(st, goal)
+            return self._observe_object_one(st, goal)
         ex, ey, ez = st["ee"].tolist()[:3]
         half_w, half_v = 0.5 * st["q"].item(GRIPPER), 0.5 * st["dq"].item(GRIPPER)
         dt = self.dt
         vx, vy, vz = st["ee_vel"].tolist()[:3]
         obs = np.array([ex, ey, ez, half_w, half_w, vx * dt, vy * dt, vz * dt, half_v * dt, half_v * dt])
         return {"observation": obs, "achieved_goal": np.array([ex, ey, ez]), "desired_goal": goal.copy()}
+
+    def _observe_object_one(self, st: dict, goal: np.ndarray) -> dict:
+        ob = st["objects"]["object0"]
+        dt = self.dt
+        ex, ey, ez = st["ee"].tolist()[:3]
+        px, py, pz = ob["pos"].tolist()
+        half_w, half_v = 0.5 * st["q"].item(GRIPPER), 0.5 * dt * st["dq"].item(GRIPPER)
+        gx, gy, gz = (v * dt for v in st["ee_vel"].tolist()[:3])
+        lx, ly, lz = ob["linvel"].tolist()
+        ax, ay, az = ob["angvel"].tolist()
+        r, p, y = _euler_one(*ob["quat"].tolist())
+        obs = np.array([ex, ey, ez, px, py, pz, px - ex, py - ey, pz - ez, half_w, half_w, r, p, y,
+                        lx * dt - gx, ly * dt - gy, lz * dt - gz, ax * dt, ay * dt, az * dt, gx, gy, gz,
+                        half_v, half_v])
+        return {"observation": obs, "achieved_goal": np.array([px, py, pz]), "desired_goal": goal.copy()}
 
     # -- reward and success ----------------------------------------------------------------------
     def compute_reward(self, achieved_goal, desired_goal, info):
@@ -253,3 +282,20 @@ def quat_to_euler(quat: np.ndarray) -> np.ndarray:
 
 
 _EPS4 = np.finfo(np.float64).eps * 4.0
+
+
+def _euler_one(x, y, z, w):
+    """`quat_to_euler` for one quaternion, in floats."""
+    n = x * x + y * y + z * z + w * w
+    s = 2.0 / (n if n > 1e-300 else 1e-300)
+    m00 = 1.0 - s * (y * y + z * z)
+    m01 = s * (x * y - w * z)
+    m02 = s * (x * z + w * y)
+    m10 = s * (x * y + w * z)
+    m11 = 1.0 - s * (x * x + z * z)
+    m12 = s * (y * z - w * x)
+    m22 = 1.0 - s * (x * x + y * y)
+    cy = math.sqrt(m22 * m22 + m12 * m12)
+    if cy > _EPS4:
+        return -math.atan2(m12, m22), -math.atan2(-m02, cy), -math.atan2(m01, m00)
+    return 0.0, -math.atan2(-m02, cy), -math.atan2(-m10, m11)

@@ -44,7 +44,9 @@ ARMATURE = 0.05  # reflected rotor inertia (kg·m²): keeps the light wrist stab
 PAD_HALF = (0.03, 0.006, 0.012)  # along the gripper's x (approach), y (closing), z
 PAD_X = -0.01
 
-ROBOT, WORLD = 'contype="2" conaffinity="0"', 'contype="1" conaffinity="3"'
+# Contact: the robot touches the table and the objects (not itself, nor the floor it never reaches
+# inside the workspace: a quarter of a physics step's cost); objects touch everything.
+ROBOT, WORLD, FLOOR = 'contype="2" conaffinity="0"', 'contype="1" conaffinity="3"', 'contype="1" conaffinity="1"'
 VISUAL = 'contype="0" conaffinity="0" group="1"'
 
 
@@ -109,7 +111,7 @@ def robot_xml(desc: RobotDescription = FETCH, wrist_camera: bool = True) -> str:
     out.append(f'<geom type="box" size="0.015 0.065 0.03" pos="-0.055 0 0" mass="{GRIPPER_MASS}" {ROBOT} '
                'rgba="0.25 0.25 0.3 1"/>')
     if wrist_camera:
-        out.append(f'<camera name="wrist" pos="-0.06 0 0.05" xyaxes="0 -1 0 1 0 0" fovy="70"/>')
+        out.append('<camera name="wrist" pos="-0.06 0 0.05" xyaxes="0 -1 0 1 0 0" fovy="70"/>')
     half = grip.upper / 2
     for side, sign in (("l", 1), ("r", -1)):
         out.append(f'<body name="{side}_gripper_finger_link" gravcomp="1">')
@@ -157,7 +159,7 @@ def actuators_xml(desc: RobotDescription = FETCH) -> str:
 def scene_xml(scene: Scene, ready_xy) -> str:
     """The floor, the scene's table and its free objects (each placed at the table's centre: a reset
     puts them where the episode wants them), and the fixed external camera."""
-    out = [f'<geom name="floor" type="plane" size="6 6 0.1" {WORLD} rgba="0.55 0.6 0.65 1"/>']
+    out = [f'<geom name="floor" type="plane" size="6 6 0.1" {FLOOR} rgba="0.55 0.6 0.65 1"/>']
     cx, cy = scene.table_center(ready_xy)
     if scene.table_half[0] > 0:
         hz = TABLE_TOP / 2
