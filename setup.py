@@ -29,7 +29,8 @@ setup(
                  # tests/test_tasks.py: Gymnasium-Robotics' rotations in-process. It imports next to any
                  # mujoco (4.0 too); only its envs' gym.make needs mujoco<3.12, and those tests run in the
                  # anchor venv (`robot-env anchor-env`, built once by tests/conftest.py).
-                 "gymnasium-robotics>=1.4"],
+                 "gymnasium-robotics>=1.4",
+                 "moviepy>=1.0"],  # tests/test_frames.py: Gymnasium's RecordVideo writes mp4 with it
         # `robot-env record/replay`, Recorder, RecordEpisodes: MCAP files (zstd chunks: mcap pulls zstandard)
         "record": ["mcap>=1.6"],
         # `robot-env plot`

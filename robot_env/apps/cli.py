@@ -89,6 +89,9 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.cameras:
+        from .bench_cameras import run_bench_cameras
+        return run_bench_cameras(steps=args.camera_steps, out=args.json)
     if args.vector:
         from .bench_vector import run_bench_vector
         return run_bench_vector(num_envs=args.vector, steps=args.vector_steps, singles=args.singles, out=args.json,
@@ -409,6 +412,9 @@ def main(argv=None) -> int:
                    help="instead: robot-steps/s of N robots on one batched server vs N single-env servers")
     p.add_argument("--vector-steps", type=int, default=1000, help="--vector: timed vector steps per row")
     p.add_argument("--singles", type=int, help="--vector: single-env servers in the comparison row (default N)")
+    p.add_argument("--cameras", action="store_true",
+                   help="instead: what one camera frame adds to a MuJoCo step (84, 128, 480 px; shadows, antialias)")
+    p.add_argument("--camera-steps", type=int, default=300, help="--cameras: steps with and without a frame per row")
     p.add_argument("--seed", type=int, default=0, help="--train: training seed (both sides)")
     p.add_argument("--anchor-python", help="a Python with gymnasium-robotics and mujoco<3.12 for the anchor "
                    "(default: this one if it has them, else the venv `robot-env anchor-env` builds)")
