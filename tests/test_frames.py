@@ -355,9 +355,15 @@ def test_env_depth_camera_space():
     try:
         space = env.observation_space["external_depth"]
         assert space.dtype == np.float32 and space.shape == (84, 84, 1) and space.low.min() == 0
+        far = env.unwrapped._session.info["spec"]["cameras"]["external_depth"]["max"]
+        assert np.isfinite(far) and space.high.max() == pytest.approx(far)  # bounded by the far plane
         obs, _ = env.reset(seed=0)
         assert obs in env.observation_space and 0.5 < float(np.median(obs["external_depth"])) < 5
         assert env.render() is None  # no render mode
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_env(env.unwrapped)
+        assert [str(w.message) for w in caught] == []  # finite bounds: no "infinity" warning
     finally:
         env.close()
 

@@ -7,7 +7,7 @@ command channels and the state to an observation, reward and success. One robot:
 float paths, which give the same numbers as its batch functions (what the vector env runs).
 
 Cameras: `cameras=["head", ...]` adds an image per camera to the Dict observation (`Box(0, 255,
-(h, w, 3), uint8)`, depth `Box(0, inf, (h, w, 1), float32)` in metres), from the frames every step
+(h, w, 3), uint8)`, depth `Box(0, far, (h, w, 1), float32)` in metres), from the frames every step
 and reset request asks the server for (none without it: a state-only env pays nothing).
 `render_mode="rgb_array"` makes `render()` return the external camera's RGB frame of the last step
 (or the first RGB camera's), which is what Gymnasium's `RecordVideo` records. Images are read-only
@@ -33,7 +33,8 @@ def camera_space(cam: dict) -> gym.spaces.Box:
     shape = (cam["height"], cam["width"], cam["channels"])
     if cam["dtype"] == "uint8":
         return gym.spaces.Box(0, 255, shape, np.uint8)
-    return gym.spaces.Box(0.0, np.inf, shape, np.dtype(cam["dtype"]).type)
+    top = cam.get("max")  # depth: the far plane the server announces (finite bounds keep check_env quiet)
+    return gym.spaces.Box(0.0, np.inf if top is None else float(top), shape, np.dtype(cam["dtype"]).type)
 
 
 def camera_names(cameras) -> tuple:
