@@ -252,3 +252,31 @@ def test_periods_that_are_not_whole_substeps_keep_physics_on_the_trajectorys_clo
     assert a.plant.datas[0].time == pytest.approx(a.plant.t_phys, abs=1e-9)
     b.advance(t)  # the same span in whole control periods reaches the same pose
     assert np.abs(a.state()["q"] - b.state()["q"]).max() < 2e-3
+
+
+def test_camera_frames_are_recorded_as_foxglove_images_and_read_back(tmp_path):
+    import gymnasium as gym
+    from mcap.reader import make_reader
+
+    from robot_env.envs import RecordEpisodes
+    from robot_env.recording import read_recording
+
+    path = tmp_path / "cams.mcap"
+    env = RecordEpisodes(gym.make("robot_env/FetchPush-v0", cameras=["external"]), record=path, flush_interval=0.0)
+    obs, _ = env.reset(seed=0)
+    shown = [obs["external"].copy()]
+    for _ in range(5):
+        obs, *_ = env.step(env.action_space.sample())
+        shown.append(obs["external"].copy())
+    env.close()
+    with open(path, "rb") as f:  # what Foxglove reads: the channel's schema is foxglove.RawImage
+        schemas = {ch.topic: s.name for s, ch, _ in make_reader(f).iter_messages(topics=["/camera/external"])}
+    assert schemas == {"/camera/external": "foxglove.RawImage"}
+    rec = read_recording(path)
+    assert rec.cameras == ["external"]
+    times, frames = rec.frames("external")
+    assert frames.shape == (6, 84, 84, 3) and frames.dtype == np.uint8
+    assert np.array_equal(frames, np.stack(shown)) and (np.diff(times) >= 0).all()
+    # a damaged frame is left out, not decoded into garbage
+    rec.events["/camera/external"][2]["data"] = rec.events["/camera/external"][2]["data"][:-8]
+    assert rec.frames("external")[1].shape[0] == 5 and any("did not decode" in p for p in rec.problems)
