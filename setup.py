@@ -25,7 +25,12 @@ setup(
         # dynamixel-sdk: the official ROBOTIS SDK, an oracle for the bus emulator and the codec
         "test": ["pytest>=8", "pytest-timeout>=2.2", "pytest-benchmark>=4", "dynamixel-sdk==4.1.0",
                  "mcap>=1.6", "matplotlib>=3.7",  # tests/test_recording.py: the record and plot extras
-                 "hypothesis>=6"],  # tests/test_fuzz.py: the structured fuzzer
+                 "hypothesis>=6",  # tests/test_fuzz.py: the structured fuzzer
+                 # tests/test_tasks.py: Gymnasium-Robotics' rotations in-process. It imports next to any
+                 # mujoco (4.0 too); only its envs' gym.make needs mujoco<3.12, and those tests run in the
+                 # anchor venv (`robot-env anchor-env`, built once by tests/conftest.py).
+                 "gymnasium-robotics>=1.4",
+                 "moviepy>=1.0"],  # tests/test_frames.py: Gymnasium's RecordVideo writes mp4 with it
         # `robot-env record/replay`, Recorder, RecordEpisodes: MCAP files (zstd chunks: mcap pulls zstandard)
         "record": ["mcap>=1.6"],
         # `robot-env plot`
@@ -35,7 +40,11 @@ setup(
         "train": ["stable-baselines3>=2.3", "tqdm>=4", "matplotlib>=3.7"],  # matplotlib: learning_curve.png
         # `robot-env train --ray`: simulator servers as Ray actors across a cluster (with the train extra)
         "ray": ["ray>=2.9"],
-        # The comparison anchor for `robot-env bench`: Gymnasium-Robotics' Fetch envs assert on mujoco>=3.12.
+        # robot-env's own MuJoCo backend (simulators/mujoco_sim): current MuJoCo, 3.x or 4.x.
+        "mujoco": ["mujoco>=3.3"],
+        # The comparison anchor of `robot-env bench`, for the anchor's interpreter only (it conflicts with the
+        # mujoco extra): Gymnasium-Robotics' Fetch envs fail at gym.make on mujoco>=3.12 (from 3.12 an mjtJoint
+        # no longer equals the np.int32 it is compared with). `robot-env anchor-env` builds such a venv.
         "anchor": ["gymnasium-robotics>=1.4", "mujoco<3.12"],
     },
     entry_points={"console_scripts": ["robot-env=robot_env.apps.cli:main"]},

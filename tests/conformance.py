@@ -134,7 +134,7 @@ class BackendConformance:
             st = c.step(wild)
             q, dq = np.atleast_2d(st["q"]), np.atleast_2d(st["dq"])
             assert (q >= lower - 2e-3).all() and (q <= upper + 2e-3).all()
-            assert (np.abs(dq) <= VEL * 1.05 + 1e-3).all()
+            assert (np.abs(dq) <= VEL * 1.05 + 1e-3).all(), (st["time"], np.round(np.abs(dq) / VEL, 3))
         target = np.atleast_2d(st["target"])
         assert (target >= lower - 1e-9).all() and (target <= upper + 1e-9).all()
 

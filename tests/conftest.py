@@ -39,6 +39,43 @@ def no_leftover_servers():
     assert not servers() - before, "a spawned server outlived its env"
 
 
+def _anchor_venv(train: bool) -> str:
+    """The anchor venv's python, built at its default place once (later runs reuse it in a fraction of a
+    second). A build that fails fails the tests that need it, with pip's reason: never a silent skip."""
+    from robot_env.apps import anchor_env
+    try:
+        return anchor_env.ensure(train=train)
+    except anchor_env.AnchorEnvError as exc:
+        why = str(exc)
+    pytest.fail(f"the Gymnasium-Robotics anchor venv (`robot-env anchor-env{' --train' if train else ''}`) could "
+                f"not be built, and this test needs it:\n{why}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def anchor_python():
+    """A Python with gymnasium-robotics and mujoco<3.12 (`robot-env anchor-env`), where Gymnasium-Robotics'
+    Fetch envs run (they fail at gym.make on mujoco>=3.12, which the test interpreter may have)."""
+    return _anchor_venv(train=False)
+
+
+@pytest.fixture(scope="session")
+def anchor_python_train(anchor_python):
+    """The same venv with torch and Stable-Baselines3 too (`robot-env anchor-env --train`), for bench --train."""
+    return _anchor_venv(train=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """A test marked `anchor` gets the anchor venv; one that asks for the venv is marked `anchor` (so `-m 'not
+    anchor'` leaves out every test that needs it)."""
+    for item in items:
+        uses = {"anchor_python", "anchor_python_train"} & set(item.fixturenames)
+        if item.get_closest_marker("anchor") is None and uses:
+            item.add_marker(pytest.mark.anchor)
+        elif item.get_closest_marker("anchor") is not None and not uses:
+            item.fixturenames.insert(0, "anchor_python")
+
+
 @pytest.fixture(scope="module")
 def ctx():
     """A private ZeroMQ context per test module, terminated after it."""

@@ -40,3 +40,12 @@ def test_a_wheel_install_works_outside_the_checkout(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "ok (10,)", run.stderr[-3000:]
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    """.ci/run runs the README's test command as written (the mujoco extra, not the anchor one: the anchor has
+    its own venv), torch first."""
+    readme = (ROOT / "README.md").read_text()
+    command = readme.split("Run the tests:\n\n```bash\n", 1)[1].split("\n```", 1)[0]
+    assert command == 'pip install torch==2.13.0 && pip install -e ".[test,mujoco,train,ray]" && python -m pytest'
+    assert command in (ROOT / ".ci" / "run").read_text().splitlines()

@@ -143,6 +143,24 @@ def test_short_sac_her_training_on_the_ray_servers(cluster, tmp_path, no_leftove
     assert cli.main(["run", "--policy", out, "--episodes", "2"]) in (0, 1)
 
 
+def test_mujoco_servers_host_the_tasks_scene_on_ray(cluster, tmp_path, no_leftover_servers):
+    """Slide on Ray: the actors host mujoco servers with the task's own scene (slide_table), and the
+    object tasks' hyper-parameters apply."""
+    out = str(tmp_path / "slide")
+    started = []
+
+    def on_start(p):
+        started.extend(p.servers)
+        cluster["actor_pids"].update(s["pid"] for s in p.servers)
+        assert {s["backend"] for s in p.servers} == {"mujoco"}
+
+    meta = train_on_ray(1, None, steps=300, out=out, seed=0, eval_every=300, eval_episodes=1, learning_starts=200,
+                        on_start=on_start, log=False, env_id="robot_env/FetchSlide-v0", insecure=True)
+    assert meta["env_id"] == "robot_env/FetchSlide-v0" and meta["config"] == "mujoco"
+    assert meta["training"]["hyperparams"]["tau"] == 0.05  # the object tasks' settings
+    assert wait_for(lambda: not any(alive(s["pid"]) for s in started), timeout=10)
+
+
 def test_cli_insecure_flag_on_the_cluster(cluster, tmp_path, capsys):
     """`robot-env train --ray ADDRESS --insecure`: servers without keys, the warning in the output."""
     out = str(tmp_path / "cli")

@@ -1,6 +1,7 @@
 """Tasks as data (robot_env.tasks): the presets against Gymnasium-Robotics' own envs, the batch functions
 against the one-robot fast paths, object observations and goals, and an env refusing a server that
 lacks what its task needs before anything moves."""
+import json
 import subprocess
 import sys
 
@@ -31,31 +32,57 @@ def _state(rng, n, objects=False):
     return st
 
 
-@pytest.mark.anchor
-@pytest.mark.parametrize("task,gr_id", [(REACH, "FetchReach-v4"), (PUSH, "FetchPush-v4"), (SLIDE, "FetchSlide-v4"),
-                                        (PICK_AND_PLACE, "FetchPickAndPlace-v4")])
-def test_the_presets_are_gymnasium_robotics_arguments(task, gr_id):
-    gr = pytest.importorskip("gymnasium_robotics")
-    gym.register_envs(gr)
+ARGS = ("has_object", "block_gripper", "target_in_the_air", "obj_range", "target_range", "distance_threshold",
+        "gripper_extra_height", "reward_type", "target_offset")
+# Gymnasium-Robotics' constructor arguments of its Fetch envs, read in the anchor venv: its envs' gym.make needs
+# mujoco<3.12, which this interpreter need not have (robot-env's MuJoCo backend uses the current one).
+GR_ARGS = """
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+import gymnasium as gym, gymnasium_robotics
+gym.register_envs(gymnasium_robotics)
+out = {}
+for gr_id in sys.argv[2:]:
     env = gym.make(gr_id)
-    try:
-        u = env.unwrapped
-        for name in ("has_object", "block_gripper", "target_in_the_air", "obj_range", "target_range",
-                     "distance_threshold", "gripper_extra_height", "reward_type"):
-            assert getattr(task, name) == getattr(u, name), (gr_id, name)
-        np.testing.assert_allclose(task.target_offset, u.target_offset)
-        if task.has_object:  # longer on purpose: a joint-driven arm, not a mocap weld (tasks/fetch.py)
-            assert task.max_episode_steps > env.spec.max_episode_steps
-        else:
-            assert task.max_episode_steps == env.spec.max_episode_steps
-        assert env.observation_space["observation"].shape == (25 if task.has_object else 10,)
-    finally:
-        env.close()
+    u = env.unwrapped
+    plain = lambda v: v.tolist() if hasattr(v, "tolist") else v
+    out[gr_id] = {name: plain(getattr(u, name)) for name in sys.argv[1].split(",")}
+    out[gr_id]["max_episode_steps"] = env.spec.max_episode_steps
+    out[gr_id]["observation_shape"] = list(env.observation_space["observation"].shape)
+    env.close()
+print(json.dumps(out))
+"""
+PRESETS = [(REACH, "FetchReach-v4"), (PUSH, "FetchPush-v4"), (SLIDE, "FetchSlide-v4"),
+           (PICK_AND_PLACE, "FetchPickAndPlace-v4")]
+
+
+@pytest.fixture(scope="module")
+def gymnasium_robotics_args(anchor_python):
+    from robot_env.apps.anchor_env import child_env
+    proc = subprocess.run([anchor_python, "-c", GR_ARGS, ",".join(ARGS), *(gr_id for _, gr_id in PRESETS)],
+                          capture_output=True, text=True, timeout=180, env=child_env(anchor_python), check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.anchor
+@pytest.mark.parametrize("task,gr_id", PRESETS)
+def test_the_presets_are_gymnasium_robotics_arguments(task, gr_id, gymnasium_robotics_args):
+    u = gymnasium_robotics_args[gr_id]
+    for name in ARGS[:-1]:
+        assert getattr(task, name) == u[name], (gr_id, name)
+    np.testing.assert_allclose(task.target_offset, u["target_offset"])
+    if task.has_object:  # longer on purpose: a joint-driven arm, not a mocap weld (tasks/fetch.py)
+        assert task.max_episode_steps > u["max_episode_steps"]
+    else:
+        assert task.max_episode_steps == u["max_episode_steps"]
+    assert u["observation_shape"] == [25 if task.has_object else 10]
+
+
 def test_object_euler_angles_are_gymnasium_robotics_mat2euler():
-    rotations = pytest.importorskip("gymnasium_robotics.utils.rotations")
+    # In-process: Gymnasium-Robotics (the test extra) imports next to any mujoco, 4.0 included; only its
+    # envs need mujoco<3.12.
+    from gymnasium_robotics.utils import rotations
     rng = np.random.default_rng(0)
     q = rng.normal(size=(500, 4))
     q[:5] = [[0, 0, 0, 1], [1, 0, 0, 0], [0, 0.7071068, 0, 0.7071068], [0, 1, 0, 0], [0, 0, 1, 0]]  # edge cases

@@ -3,6 +3,7 @@ keep a wrong policy off the robot, and the same policy on the hardware driver ov
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -147,11 +148,11 @@ def test_policy_trained_on_the_simulator_succeeds_on_the_driver_over_the_emulate
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_bench_train_times_both_sides_to_95_percent(tmp_path, capsys):
-    pytest.importorskip("gymnasium_robotics")
+def test_bench_train_times_both_sides_to_95_percent(tmp_path, capsys, anchor_python_train):
     out = tmp_path / "bench.json"
-    assert cli.main(["bench", "--train", "--json", str(out)]) == 0
+    assert cli.main(["bench", "--train", "--json", str(out)]) == 0  # finds the anchor as a user's run would
     res = json.loads(out.read_text())
+    assert res["anchor_python"] in (sys.executable, anchor_python_train), res["anchor_note"]
     assert res["ours"]["reached_threshold"] and res["anchor"]["reached_threshold"], res.get("anchor_note")
     assert res["ratio"]["wall"] > 0
     assert "ours / anchor wall-clock time to 95%" in capsys.readouterr().out
@@ -194,3 +195,19 @@ def test_a_policy_file_carrying_code_is_refused_not_run(bundle_dir, tmp_path):
             fh.write('{"clip_obs": 10}')
         with pytest.raises(BundleError, match="normalization.json is corrupt"):
             load_bundle(q)
+
+
+def test_train_and_run_push_on_the_mujoco_backend_by_its_env_id(tmp_path, capsys, no_leftover_servers):
+    """`train --env robot_env/FetchPush-v0` needs no --config (the id's is mujoco), takes the object
+    tasks' settings, and `run` replays the bundle on the same backend."""
+    out = tmp_path / "push"
+    assert cli.main(["train", "--env", "robot_env/FetchPush-v0", "--steps", "1100", "--eval-every", "1100",
+                     "--eval-episodes", "1", "--threshold", "0", "--out", str(out)]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["env_id"] == "robot_env/FetchPush-v0" and meta["config"] == "mujoco"
+    assert meta["training"]["hyperparams"]["tau"] == 0.05 and meta["policy_kwargs"]["n_critics"] == 2
+    capsys.readouterr()
+    rc = cli.main(["run", "--policy", str(out), "--episodes", "1"])
+    text = capsys.readouterr().out
+    assert "success rate" in text and "over 1 episodes" in text
+    assert rc == (0 if "success rate   100.0%" in text else 1)  # the exit status: success rate >= 90 %

@@ -12,8 +12,11 @@ sequence: nothing is hard-coded. Rows:
 - bare zmq round trip: a DEALER in this process and a ROUTER in a child process on an abstract ipc
   endpoint, exchanging messages of the sizes a step request and its reply have. No msgpack, no
   simulator: the floor the transport puts under every step.
-- FetchReach-v4 in-process: Gymnasium-Robotics' MuJoCo task in a child Python (``--anchor-python``
-  or this one), same actions, same warm-up, same reset-on-truncation.
+- FetchReach-v4 in-process (the anchor): Gymnasium-Robotics' MuJoCo env of the same task (`anchor_id`:
+  FetchPush-v4 for a FetchPush env, ...) in a child Python, same actions, same warm-up, same
+  reset-on-truncation. The child Python is `--anchor-python`, else this one if it can run the anchor,
+  else the venv `robot-env anchor-env` builds (`anchor_env.pick`): Gymnasium-Robotics' Fetch envs need
+  mujoco<3.12, which robot-env's own MuJoCo backend does not use.
 """
 from __future__ import annotations
 
@@ -31,12 +34,18 @@ import time
 
 import numpy as np
 
-from . import bench_children
+from . import anchor_env, bench_children
 
 WARMUP = 300
 SEED = 0
-ANCHOR_HINT = ('pip install "gymnasium-robotics" "mujoco<3.12"  (or pass --anchor-python PATH '
-               'to a Python that has them)')
+ANCHOR_HINT = anchor_env.HINT
+ANCHOR_VERSION = "v4"  # Gymnasium-Robotics' Fetch envs: FetchReach-v4, FetchPush-v4, FetchSlide-v4, ...
+
+
+def anchor_id(env_id: str) -> str:
+    """Gymnasium-Robotics' env of the task our `env_id` runs: the task's name and ANCHOR_VERSION."""
+    from ..envs.registration import entry
+    return f"{entry(env_id).task.name}-{ANCHOR_VERSION}"
 
 
 def _actions(steps: int) -> np.ndarray:
@@ -96,10 +105,21 @@ def _free_tcp_pair(host: str = "127.0.0.1", tries: int = 50) -> int:
     raise RuntimeError("could not find two adjacent free tcp ports on 127.0.0.1")
 
 
+def _config_name(env_id: str) -> str:
+    """The config an env id runs on (the object tasks': mujoco)."""
+    from ..envs.registration import entry
+    return entry(env_id).config or "sim"
+
+
+def _backend_name(env_id: str) -> str:
+    from .. import config as config_mod
+    return config_mod.load(_config_name(env_id))["server"]["backend"]
+
+
 def _bench_ipc(actions, env_id: str) -> tuple[dict, tuple[int, int]]:
     import gymnasium as gym
 
-    env = gym.make(env_id, config="sim")
+    env = gym.make(env_id, config=_config_name(env_id))
     try:
         res = _time_env(env, actions)
         res["endpoint"] = env.unwrapped._session.client.endpoint
@@ -116,7 +136,7 @@ def _bench_tcp(actions, env_id: str) -> dict:
     from ..bridge.spawn import ServerProcess
 
     endpoint = f"tcp://127.0.0.1:{_free_tcp_pair()}"
-    cfg = config_mod.load("sim")
+    cfg = config_mod.load(_config_name(env_id))
     cfg["server"]["endpoint"] = endpoint
     env = gym.make(env_id, config=cfg)
     server = None
@@ -129,7 +149,7 @@ def _bench_tcp(actions, env_id: str) -> dict:
         note = (f"the env spawned its server on {used} despite [server] endpoint = {endpoint!r}; "
                 "bench started the tcp server itself")
         server = ServerProcess(cfg, endpoint=endpoint)
-        client_cfg = config_mod.load("sim")
+        client_cfg = config_mod.load(_config_name(env_id))
         client_cfg["client"]["endpoint"] = server.endpoint
         env = gym.make(env_id, config=client_cfg)
     try:
@@ -174,9 +194,12 @@ def _bench_noop(actions, env_id: str) -> dict:
 
     from ..bridge.endpoints import private_ipc
 
+    from ..envs.registration import entry
+
     endpoint, stream = private_ipc("noop")
-    with _child("noop_server", [endpoint, stream], "no-op robot server"):
-        env = gym.make(env_id, config="sim", overrides={"client": {"endpoint": endpoint}})
+    cfg = _config_name(env_id)
+    with _child("noop_server", [endpoint, stream, cfg, entry(env_id).task.needs.scene or ""], "no-op robot server"):
+        env = gym.make(env_id, config=cfg, overrides={"client": {"endpoint": endpoint}})
         try:
             res = _time_env(env, actions)
             res["endpoint"] = endpoint
@@ -235,18 +258,19 @@ def _bench_zmq_echo(steps: int, request_size: int, reply_size: int) -> dict:
             "rtt": hist.summary(), "p50_us": 1e6 * hist.percentile(50)}
 
 
-def _bench_anchor(steps: int, python: str, anchor_id: str = "FetchReach-v4") -> tuple[dict | None, str | None]:
-    """FetchReach-v4 in a child Python; (result, None) or (None, why it did not run)."""
+def _bench_anchor(steps: int, python: str, gr_id: str = "FetchReach-v4") -> tuple[dict | None, str | None]:
+    """Gymnasium-Robotics' `gr_id` in a child Python; (result, None) or (None, why it did not run)."""
     timeout = 120.0 + 0.05 * (steps + WARMUP)
     with tempfile.TemporaryFile() as err:
         try:
-            proc = subprocess.run([python, bench_children.path("anchor_fetch"), anchor_id, str(steps), str(WARMUP),
+            proc = subprocess.run([python, bench_children.path("anchor_fetch"), gr_id, str(steps), str(WARMUP),
                                    str(SEED)],
-                                  stdout=subprocess.PIPE, stderr=err, timeout=timeout)
+                                  stdout=subprocess.PIPE, stderr=err, timeout=timeout,
+                                  env=anchor_env.child_env(python), check=False)
         except FileNotFoundError:
             return None, f"{python!r} does not exist"
         except subprocess.TimeoutExpired:
-            return None, f"FetchReach-v4 did not finish within {timeout:.0f} s"
+            return None, f"{gr_id} did not finish within {timeout:.0f} s"
         err.seek(0)
         stderr = err.read().decode(errors="replace").strip()
     result = None
@@ -261,12 +285,12 @@ def _bench_anchor(steps: int, python: str, anchor_id: str = "FetchReach-v4") -> 
         return result, None
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     tail = "\n".join("    " + ln for ln in lines[-6:]) or "    (no error output)"
-    why = f"FetchReach-v4 failed in {python} (exit {proc.returncode}):\n{tail}"
+    why = f"{gr_id} failed in {python} (exit {proc.returncode}):\n{tail}"
     missing = re.search(r"No module named '([\w.]+)'", stderr)
     if missing:
-        why = f"module {missing.group(1)!r} is not installed in {python}, so FetchReach-v4 cannot run there"
+        why = f"module {missing.group(1)!r} is not installed in {python}, so {gr_id} cannot run there"
     elif "AssertionError" in stderr and "mujoco" in stderr.lower():
-        why = (f"FetchReach-v4 failed in {python} with an assertion inside mujoco "
+        why = (f"{gr_id} failed in {python} with an assertion inside mujoco "
                f"(gymnasium-robotics needs mujoco<3.12):\n{tail}")
     return None, why
 
@@ -306,10 +330,11 @@ def _rows(res: dict) -> list[list[str]]:
     rows.append([f"bare zmq round trip (ipc, {z['request_bytes']} B → {z['reply_bytes']} B)",
                  f"{z['round_trips_per_s']:,.0f}", ratio(z["round_trips_per_s"]),
                  f"{_ms(z['rtt']['p50_ms'])} / {_ms(z['rtt']['p99_ms'])}", "—"])
+    label = f"{res.get('anchor_id', 'FetchReach-v4')} in-process (anchor)"
     if anchor:
-        rows.append(["FetchReach-v4 in-process (anchor)", f"{a_rate:,.0f}", "1.00×", "—", "—"])
+        rows.append([label, f"{a_rate:,.0f}", "1.00×", "—", "—"])
     else:
-        rows.append(["FetchReach-v4 in-process (anchor)", "not run", "—", "—", "—"])
+        rows.append([label, "not run", "—", "—", "—"])
     return rows
 
 
@@ -335,10 +360,6 @@ def _markdown_table(rows, header=HEADER) -> str:
 
 
 # -- entry point -------------------------------------------------------------------------------
-# our env id -> Gymnasium-Robotics' in-process env of the same task (the anchor of the comparison)
-ANCHORS = {"robot_env/FetchReach-v0": "FetchReach-v4"}
-
-
 def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool = True, out=None,
               env_id: str = "robot_env/FetchReach-v0") -> int:
     import gymnasium
@@ -356,10 +377,9 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
     res: dict = {"steps": steps, "warmup": WARMUP, "seed": SEED,
                  "python": platform.python_version(), "platform": platform.platform(),
                  "cpus": os.cpu_count(), "gymnasium": gymnasium.__version__,
-                 "robot_env": robot_env.__version__, "backend": "kinematic (embedded sim, lockstep)"}
+                 "robot_env": robot_env.__version__, "backend": f"{_backend_name(env_id)} (spawned, lockstep)"}
     print("  robot-env over ipc ...", flush=True)
-    from ..envs.registration import entry
-    entry(env_id)  # a clear error for an unknown id, before anything starts
+    res["env"], res["anchor_id"] = env_id, anchor_id(env_id)  # a clear error for an unknown id, before anything starts
     res["ipc"], (req_bytes, rep_bytes) = _bench_ipc(actions, env_id)
     print("  robot-env over tcp ...", flush=True)
     res["tcp"] = _bench_tcp(actions, env_id)
@@ -370,10 +390,13 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
 
     res["anchor"] = None
     res["anchor_note"] = None
+    res["anchor_python"] = None
     if anchor:
-        python = anchor_python or sys.executable
-        print(f"  FetchReach-v4 in-process ({python}) ...", flush=True)
-        res["anchor"], res["anchor_note"] = _bench_anchor(steps, python, ANCHORS[env_id])
+        python, res["anchor_note"] = anchor_env.pick(anchor_python)
+        res["anchor_python"] = python
+        if python:
+            print(f"  {res['anchor_id']} in-process ({python}) ...", flush=True)
+            res["anchor"], res["anchor_note"] = _bench_anchor(steps, python, res["anchor_id"])
     else:
         res["anchor_note"] = "skipped (--no-anchor)"
 
@@ -393,7 +416,7 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
     print(f"transport floor: a bare zmq round trip takes {floor:.0f} µs p50, "
           f"{floor / ipc_rtt:.0%} of the {ipc_rtt:.0f} µs p50 round trip of an ipc env step.")
     noop, ipc = res["noop"]["steps_per_s"], res["ipc"]["steps_per_s"]
-    print(f"Python ceiling: with a backend that does nothing the env steps {noop:,.0f}/s; the kinematic "
+    print(f"Python ceiling: with a backend that does nothing the env steps {noop:,.0f}/s; the {res['backend'].split()[0]} "
           f"simulator adds {1e6 / ipc - 1e6 / noop:.0f} µs per step to the {1e6 / noop:.0f} µs the bridge "
           "itself costs.")
     if "note" in res["tcp"]:

@@ -16,7 +16,10 @@ import subprocess
 import sys
 import tempfile
 
-from .bench import ANCHOR_HINT
+from . import anchor_env
+from .bench import anchor_id
+
+ENV_ID = "robot_env/FetchReach-v0"
 
 
 def _ours(steps: int, seed: int) -> dict:
@@ -38,7 +41,8 @@ def _ours(steps: int, seed: int) -> dict:
 def _anchor(steps: int, seed: int, python: str) -> tuple[dict | None, str | None]:
     from ..training import sac_her
     script = os.path.abspath(sac_her.__file__)
-    args = json.dumps({"env": "FetchReach-v4", "steps": steps, "seed": seed, "normalize": True,
+    gr_id = anchor_id(ENV_ID)
+    args = json.dumps({"env": gr_id, "steps": steps, "seed": seed, "normalize": True,
                        "time_feature": True})
     with tempfile.TemporaryFile() as err:
         try:
@@ -46,11 +50,11 @@ def _anchor(steps: int, seed: int, python: str) -> tuple[dict | None, str | None
             # running it with -c from its source instead of by path.
             src = open(script).read()
             proc = subprocess.run([python, "-c", src, args], stdout=subprocess.PIPE, stderr=err,
-                                  timeout=60 + 0.1 * steps)
+                                  timeout=60 + 0.1 * steps, env=anchor_env.child_env(python), check=False)
         except FileNotFoundError:
             return None, f"{python!r} does not exist"
         except subprocess.TimeoutExpired:
-            return None, "FetchReach-v4 training timed out"
+            return None, f"{gr_id} training timed out"
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     for line in stderr.splitlines():
@@ -60,7 +64,7 @@ def _anchor(steps: int, seed: int, python: str) -> tuple[dict | None, str | None
         if line.startswith("{"):
             return json.loads(line), None
     tail = "\n".join("    " + ln for ln in stderr.strip().splitlines()[-6:])
-    return None, f"FetchReach-v4 training failed in {python} (exit {proc.returncode}):\n{tail}"
+    return None, f"{gr_id} training failed in {python} (exit {proc.returncode}):\n{tail}"
 
 
 def _fmt(r: dict | None) -> tuple[str, str, str]:
@@ -79,10 +83,16 @@ def run_bench_train(steps: int = 30_000, seed: int = 0, anchor_python: str | Non
           f"at most {steps} steps per side; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
           "one torch thread", flush=True)
     res = {"seed": seed, "max_steps": steps, "cpus": os.cpu_count(), "platform": platform.platform()}
-    res["ours"] = _ours(steps, seed)
-    res["anchor"], res["anchor_note"] = (None, "skipped (--no-anchor)")
+    res["anchor"], res["anchor_note"], res["anchor_python"] = (None, "skipped (--no-anchor)", None)
     if anchor:
-        res["anchor"], res["anchor_note"] = _anchor(steps, seed, anchor_python or sys.executable)
+        # the anchor Python is picked first: a missing one is said before minutes of training
+        python, res["anchor_note"] = anchor_env.pick(anchor_python, train=True)
+        res["anchor_python"] = python
+        print(f"  anchor {anchor_id(ENV_ID)} in {python}" if python else
+              f"  note: the anchor will not run: {res['anchor_note']}", flush=True)
+    res["ours"] = _ours(steps, seed)
+    if anchor and res["anchor_python"]:
+        res["anchor"], res["anchor_note"] = _anchor(steps, seed, res["anchor_python"])
     o, a = res["ours"], res["anchor"]
     rows = [("robot_env/FetchReach-v0 (embedded sim over ipc)",) + _fmt(o),
             ("FetchReach-v4 in-process (rl-zoo settings, anchor)",) + _fmt(a)]
@@ -100,7 +110,9 @@ def run_bench_train(steps: int = 30_000, seed: int = 0, anchor_python: str | Non
               f"wall time per step ratio {per_step:.2f}")
         res["ratio"] = {"wall": ratio, "steps": steps_ratio, "per_step": per_step}
     elif not a:
-        print(f"\nnote: anchor not run: {res['anchor_note']}\n  to include it: {ANCHOR_HINT}")
+        note = res["anchor_note"]
+        hint = "" if "anchor-env" in note or "--no-anchor" in note else f"\n  to include it: {anchor_env.hint(train=True)}"
+        print(f"\nnote: anchor not run: {note}{hint}")
     if out:
         with open(out, "w") as fh:
             json.dump(res, fh, indent=2)

@@ -1,5 +1,5 @@
-"""The `robot-env` command: serve, keys, demo, train, run, bench, emulate-bus, calibrate, setup-servos,
-teleop, record, replay, plot."""
+"""The `robot-env` command: serve, keys, demo, train, run, bench, anchor-env, emulate-bus, calibrate,
+setup-servos, teleop, record, replay, plot."""
 from __future__ import annotations
 
 import argparse
@@ -76,6 +76,13 @@ def _keys(args) -> int:
     return 0
 
 
+def _env_config(args) -> None:
+    """No --config: the config the env id is registered with (the object tasks' is `mujoco`)."""
+    if getattr(args, "config", "") is None and getattr(args, "env", None):
+        from ..envs.registration import entry
+        args.config = entry(args.env).config
+
+
 def _demo(args) -> int:
     if args.lengths:
         from .demo import run_lengths
@@ -85,6 +92,9 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.cameras:
+        from .bench_cameras import run_bench_cameras
+        return run_bench_cameras(steps=args.camera_steps, out=args.json)
     if args.vector:
         from .bench_vector import run_bench_vector
         return run_bench_vector(num_envs=args.vector, steps=args.vector_steps, singles=args.singles, out=args.json,
@@ -96,6 +106,11 @@ def _bench(args) -> int:
     from .bench import run_bench
     return run_bench(steps=args.steps, anchor_python=args.anchor_python, anchor=not args.no_anchor,
                      out=args.json, env_id=args.env)
+
+
+def _anchor_env(args) -> int:
+    from .anchor_env import run_anchor_env_cli
+    return run_anchor_env_cli(args)
 
 
 def _train(args) -> int:
@@ -403,11 +418,28 @@ def main(argv=None) -> int:
                    help="instead: robot-steps/s of N robots on one batched server vs N single-env servers")
     p.add_argument("--vector-steps", type=int, default=1000, help="--vector: timed vector steps per row")
     p.add_argument("--singles", type=int, help="--vector: single-env servers in the comparison row (default N)")
+    p.add_argument("--cameras", action="store_true",
+                   help="instead: what one camera frame adds to a MuJoCo step (84, 128, 480 px; shadows, antialias)")
+    p.add_argument("--camera-steps", type=int, default=300, help="--cameras: steps with and without a frame per row")
     p.add_argument("--seed", type=int, default=0, help="--train: training seed (both sides)")
-    p.add_argument("--anchor-python", help="a Python with gymnasium-robotics and mujoco<3.12 for the anchor")
+    p.add_argument("--anchor-python", help="a Python with gymnasium-robotics and mujoco<3.12 for the anchor "
+                   "(default: this one if it has them, else the venv `robot-env anchor-env` builds)")
     p.add_argument("--no-anchor", action="store_true", help="skip the Gymnasium-Robotics anchor")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("anchor-env", help="build (or reuse) the venv the benchmarks' Gymnasium-Robotics anchor runs "
+                       "in (gymnasium-robotics, mujoco<3.12); prints its python",
+                       description="Gymnasium-Robotics' Fetch envs fail on mujoco>=3.12, robot-env's MuJoCo backend "
+                       "uses the current MuJoCo: the anchor of `robot-env bench` runs in a venv of its own. This "
+                       "builds it, or reuses it when it already has what it needs, and prints its python (the "
+                       "only line on stdout). `robot-env bench` finds it at the default place by itself.")
+    p.add_argument("--dir", help="where the venv goes (default ~/.cache/robot-env/anchor-py<major>.<minor>, "
+                   "$XDG_CACHE_HOME if set)")
+    p.add_argument("--train", action="store_true", help="also torch and Stable-Baselines3 for `bench --train`, "
+                   "pinned to the versions this Python has")
+    p.add_argument("--python", help="the interpreter to build the venv from (default: this one)")
+    p.set_defaults(func=_anchor_env)
 
     p = sub.add_parser("emulate-bus", help="serve an emulated Dynamixel servo bus on a pty (prints its path)")
     p.add_argument("--config", required=True,
@@ -487,6 +519,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     try:
+        _env_config(args)
         return args.func(args)
     except Exception as exc:
         from ..errors import RobotEnvError

@@ -43,6 +43,15 @@ class Backend(abc.ABC):
     backend, whose own loop moves the servos on the wall clock, just checks for faults).
     `reset`, `reset_faults` and `park` may return an `Operation` instead of finishing at once: the
     server must never block for longer than a control period.
+
+    Optional: ``render(cameras, robots=None) -> {name: ndarray (n, height, width, channels)}``, the
+    frames of the named cameras (names from ``spec.cameras``; the server has checked them) for
+    robots `robots` (None: all, n = num_robots), each array exactly its `CameraSpec`'s shape and
+    dtype (uint8 RGB, float32 depth in metres), C-contiguous and not reused afterwards (the server
+    hands it to ZeroMQ without a copy). The server calls it after the step, on requests that ask
+    for `frames`. A backend without it announces no cameras (an empty ``spec.cameras``), and
+    frame requests to it are refused; one that announces cameras must have it. It is not defined
+    here on purpose: the server looks for it on the backend's class.
     """
 
     kind: str = "abstract"

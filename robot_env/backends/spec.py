@@ -17,15 +17,20 @@ OBJECT_FIELDS = {"pos": 3, "quat": 4, "linvel": 3, "angvel": 3}
 
 @dataclass(frozen=True)
 class CameraSpec:
-    """One camera's frames: `channels` 3 (RGB, uint8) or 1 (depth, float32 metres)."""
+    """One camera's frames: `channels` 3 (RGB, uint8) or 1 (depth, float32 metres, at most `max_value`:
+    the far clipping plane, where the renderer puts everything beyond it)."""
 
     height: int
     width: int
     channels: int = 3
     dtype: str = "uint8"
+    max_value: float | None = None
 
     def to_wire(self) -> dict:
-        return {"height": self.height, "width": self.width, "channels": self.channels, "dtype": self.dtype}
+        out = {"height": self.height, "width": self.width, "channels": self.channels, "dtype": self.dtype}
+        if self.max_value is not None:
+            out["max"] = self.max_value
+        return out
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ CurveZMQ: pass `keys` (a `security.ClientKeys`) to talk to a server that require
 
 Replies' states arrive packed (`protocol.pack_state`); `request` returns them with named
 float64 views (`st["q"]`, `st["ee"]`, ...), see `protocol.unpack_state`.
+
+Camera frames: `step(cmd, frames=["head"])` (and `reset`, `state`) asks for them; the returned state
+then holds ``st["frames"] = {name: (n, h, w, c) ndarray}``, read-only views of the reply's extra
+message parts (received without a copy), checked against the cameras the server's `hello`
+announced (`frames.decode_frames`): a reply whose frames do not add up raises ServerError
+``malformed``.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import time
 import zmq
 
 from ..errors import RequestError, ServerError, ServerTimeout
+from .frames import decode_frames
 from .latency import LatencyStats
 from .protocol import IDEMPOTENT_OPS, VERSION, decode, encode, unpack_state
 
@@ -55,6 +62,9 @@ class RobotClient:
         self.seq = 0
         self.latency = LatencyStats()
         self.info: dict | None = None
+        self._cameras = None  # the hello's spec cameras and robots: what frames are checked against
+        self._robots = None
+        self._parts = None  # the extra message parts (camera frames) of the last reply
         self.sock = None
         self._connect()
 
@@ -71,6 +81,10 @@ class RobotClient:
 
     # -- generic request ---------------------------------------------------------------------
     def request(self, op: str, **fields) -> dict:
+        asked = fields.get("frames")
+        if asked is not None and self.info is not None and "frames" not in self.info:
+            raise ServerError("unsupported", f"the server at {self.endpoint} predates camera frames (its hello "
+                                             "announces no 'frames'); nothing was sent", op)
         attempts = self.retries + 1 if op in IDEMPOTENT_OPS else 1
         wait = self.timeout / attempts
         for _ in range(attempts):
@@ -94,6 +108,8 @@ class RobotClient:
                     err = reply.get("error") or {}
                     raise ServerError(err.get("code", "unknown"), err.get("message", "error"), op)
                 self.latency.record(op, t_send, t_recv, reply)
+                if self._parts is not None or asked is not None:
+                    self._frames(reply, asked, op)
                 st = reply.get("state")
                 if st is not None:
                     try:
@@ -108,12 +124,33 @@ class RobotClient:
         raise ServerTimeout(f"no reply from the robot server at {self.endpoint} to {op!r} within "
                             f"{self.timeout:g} s{hint}")
 
+    def _frames(self, reply: dict, asked, op: str) -> None:
+        """The reply's camera frames -> reply["frames"] = {name: ndarray}, views of the parts."""
+        parts, self._parts = self._parts or [], None
+        meta = reply.get("frames")
+        if meta is None and not parts and not asked:
+            return
+        if meta is None:
+            meta = {}
+        try:
+            reply["frames"] = decode_frames(meta, parts, self._cameras, self._robots, asked or ())
+        except ValueError as exc:
+            raise ServerError("malformed", f"bad camera frames in the reply: {exc}", op) from None
+
     def _wait(self, seq: int, deadline: float):
         sock = self.sock
+        get = sock.get
         spin_until = _mono() + self.spin
         while True:
             try:
                 data = sock.recv(zmq.NOBLOCK)
+                parts = None
+                if get(zmq.RCVMORE):  # camera frames: the parts as ZeroMQ holds them, no copy
+                    parts = []
+                    while True:
+                        parts.append(sock.recv(zmq.NOBLOCK, copy=False))
+                        if not get(zmq.RCVMORE):
+                            break
             except zmq.Again:
                 now = _mono()
                 if now < spin_until:
@@ -131,20 +168,36 @@ class RobotClient:
                                                    "message limit", "reply") from None
                 continue  # garbage on our own socket: ignore, keep waiting
             if isinstance(reply, dict) and reply.get("seq") == seq:
+                self._parts = parts
                 return reply
             # a stale reply to an earlier, timed-out request: drop it
 
     # -- operations --------------------------------------------------------------------------
     def hello(self) -> dict:
         self.info = self.request("hello")
+        spec = self.info.get("spec") or {}
+        self._cameras = spec.get("cameras") or {}
+        self._robots = self.info.get("num_robots")
         return self.info
 
-    def reset(self, seed=None, options=None) -> dict:
+    @staticmethod
+    def _with_frames(reply: dict) -> dict:
+        st = reply["state"]
+        st["frames"] = reply.get("frames", {})
+        return st
+
+    def reset(self, seed=None, options=None, frames=None) -> dict:
+        """`frames`: camera names whose frames the returned state carries in ``st["frames"]``."""
         self._may_hold = True
+        if frames:
+            return self._with_frames(self.request("reset", seed=seed, options=options or {}, frames=list(frames)))
         return self.request("reset", seed=seed, options=options or {})["state"]
 
-    def step(self, cmd: dict) -> dict:
+    def step(self, cmd: dict, frames=None) -> dict:
+        """`frames`: camera names whose frames the returned state carries in ``st["frames"]``."""
         self._may_hold = True
+        if frames:
+            return self._with_frames(self.request("step", cmd=cmd, frames=list(frames)))
         return self.request("step", cmd=cmd)["state"]
 
     def command(self, cmd: dict) -> dict:
@@ -163,7 +216,9 @@ class RobotClient:
         self._may_hold = False
         return reply["released"]
 
-    def state(self) -> dict:
+    def state(self, frames=None) -> dict:
+        if frames:
+            return self._with_frames(self.request("state", frames=list(frames)))
         return self.request("state")["state"]
 
     def estop(self) -> dict:

@@ -17,7 +17,13 @@ when it is over. An e-stop cancels it.
 Memory per peer is bounded in bytes: the send queues' high-water marks are sized from the size of
 one reply and one state (`PEER_REPLY_BYTES`, `PEER_STREAM_BYTES`); a peer that does not read its
 replies loses the ones beyond that (counted in `stats["dropped_replies"]`), and a stalled
-subscriber loses states (it sees the gaps in the stream's numbering).
+subscriber loses states (it sees the gaps in the stream's numbering). A server whose backend renders
+counts its largest possible frames in each queued reply (see `frames`), so camera frames keep the
+bound too: fewer replies queue per peer.
+
+Camera frames (`frames`): a `step`, `state` or `reset` may ask for frames of cameras the spec
+announces; the names are checked before anything moves, the frames rendered after the step and
+sent as extra message parts after the msgpack reply, without a copy into msgpack.
 
 On the lockstep clock the loop spins briefly (yielding the CPU each turn, `spin` seconds) for the
 next request before sleeping in poll, but only while requests keep arriving within that window:
@@ -40,6 +46,7 @@ from ..errors import RequestError
 from . import protocol
 from .clock import Clock
 from .estop_latch import EstopLatch
+from .frames import FRAME_OPS, MAX_FRAME_BYTES, MAX_FRAME_NAMES, frame_bytes, parse_frames, reply_parts
 from .lease import Lease, check_token
 from .protocol import VERSION, encode, error_reply, pack_state, parse_request
 
@@ -67,6 +74,13 @@ class RobotServer:
         # it, and `hello` announces it. With N robots, commands and reset options carry a robot axis.
         self.spec = backend.spec
         self.num_robots = self.spec.num_robots
+        # The cameras requests may ask frames of: the spec's, from a backend that renders (`render` is
+        # optional in the interface; one without it announces no cameras).
+        renders = getattr(type(backend), "render", None) is not None
+        if self.spec.cameras and not renders:
+            raise TypeError(f"the {self.spec.kind} backend announces cameras but has no render method")
+        self.cameras = dict(self.spec.cameras) if renders else {}
+        self._rendered: set = set()  # cameras rendered once already (their renderers exist)
         self.spin = spin
         self.clock = "realtime" if self.spec.realtime_only else clock
         self.period = control_period
@@ -108,7 +122,9 @@ class RobotServer:
         # High-water marks from the sizes of one reply and one state (set before bind: they apply
         # to the pipes of peers that connect afterwards).
         state_bytes = len(encode(pack_state(dict(backend.state(), mode="watchdog", seq=0, ts=0.0))))
-        self.reply_hwm = max(2, PEER_REPLY_BYTES // (state_bytes + 256))
+        # A reply may carry frames: the largest a request can ask for counts in every queued reply.
+        frames_max = min(MAX_FRAME_BYTES, sum(frame_bytes(c, self.num_robots) for c in self.cameras.values()))
+        self.reply_hwm = max(2, PEER_REPLY_BYTES // (state_bytes + 256 + frames_max))
         self.stream_hwm = max(2, PEER_STREAM_BYTES // (state_bytes + 64))
         self.router.setsockopt(zmq.SNDHWM, self.reply_hwm)
         self.pub.setsockopt(zmq.SNDHWM, self.stream_hwm)
@@ -280,13 +296,22 @@ class RobotServer:
                 self.ctx.term()
 
     # -- replies -----------------------------------------------------------------------------
-    def _send(self, head: list, payload: bytes) -> None:
-        """One reply; a peer whose queue is full (it does not read) or that is gone loses it, counted."""
+    def _send(self, head: list, payload: bytes, parts=None) -> None:
+        """One reply; a peer whose queue is full (it does not read) or that is gone loses it, counted.
+
+        `parts`: camera frames (arrays) sent after the msgpack part, each as its own message part,
+        handed to ZeroMQ without a copy (it holds the array until the bytes are out)."""
         router = self.router
         try:
             for frame in head:  # send_multipart, without its per-call overhead
                 router.send(frame, zmq.SNDMORE | zmq.NOBLOCK)
-            router.send(payload, zmq.NOBLOCK)
+            if parts is None:
+                router.send(payload, zmq.NOBLOCK)
+            else:  # once the first part is queued, ZeroMQ takes the rest of the message whole
+                router.send(payload, zmq.SNDMORE | zmq.NOBLOCK)
+                last = len(parts) - 1
+                for i, part in enumerate(parts):
+                    router.send(part, (zmq.SNDMORE if i < last else 0) | zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self._dropped("dropped_replies", "a client does not read its replies")
         except zmq.ZMQError as exc:
@@ -323,6 +348,9 @@ class RobotServer:
         try:
             req = parse_request(payload)
             seq, t = req["seq"], req.get("t")
+            if "frames" in req and req["op"] not in FRAME_OPS:
+                raise RequestError("bad_frames", f"{req['op']} does not serve frames; ask on "
+                                                 f"{', '.join(sorted(FRAME_OPS))}")
             reply = self._handlers[req["op"]](req, tr)
         except RequestError as exc:
             self.stats["errors"] += 1
@@ -346,8 +374,32 @@ class RobotServer:
         reply["ok"] = True
         reply["t"] = t
         reply["tr"] = tr
+        parts = reply.pop("_parts", None)
         reply["tx"] = _wall()
-        self._send(head, encode(reply))
+        self._send(head, encode(reply), parts)
+
+    # -- camera frames (`frames`) ------------------------------------------------------------
+    def _frames_of(self, names) -> tuple | None:
+        """A request's `frames` -> the camera names, checked against the spec before anything moves
+        (None: no frames). The first request for a camera renders it once here, so a renderer that
+        cannot start (no OpenGL context) refuses the request instead of failing after the step."""
+        names = parse_frames(names, self.cameras, self.num_robots, self.spec.kind)
+        if names is not None and not self._rendered.issuperset(names):
+            self._render(names)
+            self._rendered.update(names)
+        return names
+
+    def _render(self, names: tuple) -> tuple[dict, list]:
+        """The reply's `frames` map and its extra parts: every robot's frames of these cameras, now."""
+        return reply_parts(self.backend.render(list(names)), names, self.cameras, self.num_robots)
+
+    def _add_frames(self, reply: dict, names: tuple) -> dict:
+        try:
+            reply["frames"], reply["_parts"] = self._render(names)
+        except RequestError as exc:  # the request was applied already: say so
+            raise RequestError(exc.code, f"{exc.message} (rendering the frames, after the request was "
+                                         "applied)") from None
+        return reply
 
     def _sample(self) -> dict:
         """The backend's state with the server's view on top: mode, stream number, sample time.
@@ -407,6 +459,8 @@ class RobotServer:
             "num_robots": spec.num_robots,
             "max_ee_step": spec.safety.max_ee_step,
             "state_layout": pack_state(self.backend.state()).get("layout"),
+            # camera frames on request (`frames`): which ops serve them, and one reply's limits
+            "frames": {"ops": sorted(FRAME_OPS), "max_names": MAX_FRAME_NAMES, "max_bytes": MAX_FRAME_BYTES},
             "pid": os.getpid(),
         }
 
@@ -416,6 +470,9 @@ class RobotServer:
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise RequestError("bad_request", "reset 'seed' must be a non-negative integer or nil")
         options, robots = parse_reset_options(req.get("options"), self.spec.reset_options, self.num_robots)
+        names = req.get("frames")
+        if names is not None:
+            names = self._frames_of(names)
         lease = self.lease
         snapshot = lease.snapshot()
         if req.get("token") != lease.controller:
@@ -441,7 +498,8 @@ class RobotServer:
             self.pending = [op, None, req, tr, "reset", _mono()]
             return _LATER
         self.clk.restart(_mono())
-        return {"ta": _wall(), "state": self._sample()}
+        reply = {"ta": _wall(), "state": self._sample()}
+        return reply if names is None else self._add_frames(reply, names)
 
     def _apply(self, req, op):
         self._guard_motion(op)
@@ -478,11 +536,15 @@ class RobotServer:
             pass
 
     def _step(self, req, tr):
+        names = req.get("frames")
+        if names is not None:  # checked before anything moves
+            names = self._frames_of(names)
         ta = self._apply(req, "step")
         if self.clock == "lockstep":
             self.backend.advance(self.period)
-            return {"ta": ta, "state": self._sample()}
-        self.clk.defer(_mono(), [None, req.get("seq"), req.get("t"), tr, ta])
+            reply = {"ta": ta, "state": self._sample()}
+            return reply if names is None else self._add_frames(reply, names)
+        self.clk.defer(_mono(), [None, req.get("seq"), req.get("t"), tr, ta, names])
         return None
 
     def _command(self, req, tr):
@@ -490,9 +552,13 @@ class RobotServer:
         return {"ta": ta, "state": self._sample()}
 
     def _state(self, req, tr):
+        names = req.get("frames")
+        if names is not None:
+            names = self._frames_of(names)
         if self.clock == "realtime":
             self._advance_to(_mono())
-        return {"state": self._sample()}
+        reply = {"state": self._sample()}
+        return reply if names is None else self._add_frames(reply, names)
 
     def _estop(self, req, tr):
         self.estopped = True
@@ -580,8 +646,25 @@ class RobotServer:
         reply = dict(extra or {})
         reply.update({"v": VERSION, "seq": req.get("seq"), "ok": True, "t": req.get("t"), "tr": tr,
                       "ta": _wall(), "state": self._sample()})
+        parts = None
+        if req.get("frames"):  # checked when the request came
+            try:
+                reply["frames"], parts = self._render(tuple(req["frames"]))
+            except Exception as exc:
+                self._frames_failed(head, req.get("seq"), req.get("t"), exc)
+                return
         reply["tx"] = _wall()
-        self._send(head, encode(reply))
+        self._send(head, encode(reply), parts)
+
+    def _frames_failed(self, head, seq, t, exc) -> None:
+        """Rendering failed after the request was applied (a checked camera): say so, keep serving."""
+        self.stats["errors"] += 1
+        if isinstance(exc, RequestError):
+            code, msg = exc.code, exc.message
+        else:
+            log.exception("rendering failed")
+            code, msg = "internal", f"{type(exc).__name__}: {exc}"
+        self._send(head, error_reply(seq, code, f"{msg} (rendering the frames, after the request was applied)", t))
 
     # -- control lease (`lease.Lease`) --------------------------------------------------------
     def _acquire(self, req, tr):
@@ -625,13 +708,20 @@ class RobotServer:
 
     def _finish_deferred(self, now: float) -> None:
         self._advance_to(now)
-        for overrun, (head, seq, t, tr, ta) in self.clk.due_steps(now):
+        for overrun, (head, seq, t, tr, ta, names) in self.clk.due_steps(now):
             if overrun > 0.25 * self.period:
                 self.stats["overruns"] += 1
             reply = {"v": VERSION, "seq": seq, "ok": True, "t": t, "tr": tr, "ta": ta,
                      "state": self._sample(), "overrun": overrun}
+            parts = None
+            if names is not None:
+                try:
+                    reply["frames"], parts = self._render(names)
+                except Exception as exc:
+                    self._frames_failed(head, seq, t, exc)
+                    continue
             reply["tx"] = _wall()
-            self._send(head, encode(reply))
+            self._send(head, encode(reply), parts)
 
     def _on_subscription(self) -> None:
         while True:

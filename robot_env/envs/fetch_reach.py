@@ -43,5 +43,5 @@ class FetchReachEnv(FetchReachArgs, BridgeGoalEnv):
     """
 
     def __init__(self, config=None, reward_type: str = "sparse", control: str = "ee_delta",
-                 block_gripper: bool = True, overrides: dict | None = None, render_mode=None):
-        super().__init__(reach_task(reward_type, control, block_gripper), config, overrides, render_mode)
+                 block_gripper: bool = True, overrides: dict | None = None, render_mode=None, cameras=None):
+        super().__init__(reach_task(reward_type, control, block_gripper), config, overrides, render_mode, cameras)

@@ -17,6 +17,6 @@ class FetchReachVectorEnv(FetchReachArgs, BridgeVectorEnv):
 
     def __init__(self, num_envs: int = 1, config=None, reward_type: str = "sparse", control: str = "ee_delta",
                  block_gripper: bool = True, overrides: dict | None = None, max_episode_steps: int = 50,
-                 autoreset_mode=AutoresetMode.NEXT_STEP, render_mode=None):
+                 autoreset_mode=AutoresetMode.NEXT_STEP, render_mode=None, cameras=None):
         super().__init__(reach_task(reward_type, control, block_gripper), num_envs, config, overrides,
-                         max_episode_steps, autoreset_mode, render_mode)
+                         max_episode_steps, autoreset_mode, render_mode, cameras)

@@ -3,7 +3,8 @@
 Every id makes the one goal env (`goal_env.BridgeGoalEnv`) and, with `gymnasium.make_vec`, the one
 vector env (`vector_env.BridgeVectorEnv`) for its task; keyword arguments of `gymnasium.make` that
 are the task's (`reward_type`, `control`, `block_gripper`, ...) change the task, the others (`config`,
-`overrides`) choose the robot. FetchReach keeps its own class names (`FetchReachEnv`,
+`overrides`) choose the robot, and `cameras` / `render_mode` what the env shows of it (images in the
+observation, `render()`). FetchReach keeps its own class names (`FetchReachEnv`,
 `FetchReachVectorEnv`), which are these envs with its task.
 """
 from __future__ import annotations
@@ -51,7 +52,8 @@ def task_for(env_id: str, **task_args) -> FetchTask:
 
 def _split(env_id: str, kwargs: dict) -> tuple[FetchTask, dict]:
     task_args = {k: kwargs.pop(k) for k in list(kwargs) if k in _TASK_ARGS}
-    kwargs.setdefault("config", entry(env_id).config)
+    if kwargs.get("config") is None:  # None too: the config the id runs on
+        kwargs["config"] = entry(env_id).config
     return task_for(env_id, **task_args), kwargs
 
 

@@ -9,16 +9,20 @@ Autoreset follows Gymnasium: NEXT_STEP by default (the step after an episode end
 robot; its reward is 0), SAME_STEP on request (the reset happens in the same step; the last
 observation is in ``info["final_obs"]``, as `SyncVectorEnv` puts it), which is what SB3's `VecEnv`
 semantics need (`robot_env.envs.sb3_vec_env`).
+
+`cameras=[...]` and `render_mode="rgb_array"` as in the goal env: image keys are (N, h, w, c), the
+frames of the last request of a step (every robot's); `render()` returns one frame per robot.
 """
 from __future__ import annotations
 
 import numpy as np
+from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ..tasks.base import Task
-from .goal_env import BridgeEnvMixin, option_array, reset_options
+from .goal_env import RENDER_MODES, BridgeEnvMixin, camera_names, option_array, reset_options
 
 
 class BridgeVectorEnv(BridgeEnvMixin, VectorEnv):
@@ -29,9 +33,11 @@ class BridgeVectorEnv(BridgeEnvMixin, VectorEnv):
     `latency` counts one sample per request (all N robots)."""
 
     def __init__(self, task: Task, num_envs: int = 1, config=None, overrides: dict | None = None,
-                 max_episode_steps: int | None = None, autoreset_mode=AutoresetMode.NEXT_STEP, render_mode=None):
-        if render_mode is not None:
-            raise ValueError(f"{type(self).__name__} has no render modes")
+                 max_episode_steps: int | None = None, autoreset_mode=AutoresetMode.NEXT_STEP, render_mode=None,
+                 cameras=None):
+        if render_mode is not None and render_mode not in RENDER_MODES:
+            raise ValueError(f"render_mode must be None or one of {RENDER_MODES}, got {render_mode!r}")
+        camera_names(cameras)  # a bad argument fails before a server starts
         autoreset_mode = AutoresetMode(autoreset_mode)
         if autoreset_mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
             raise ValueError(f"autoreset_mode must be NEXT_STEP or SAME_STEP, got {autoreset_mode}")
@@ -39,14 +45,21 @@ class BridgeVectorEnv(BridgeEnvMixin, VectorEnv):
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         self.num_envs = num_envs
         self.max_episode_steps = int(max_episode_steps or task.max_episode_steps)
-        self.metadata = {"render_modes": [], "autoreset_mode": autoreset_mode}
+        self.metadata = {"render_modes": RENDER_MODES, "render_fps": 25, "autoreset_mode": autoreset_mode}
         self.render_mode = None
         self._open(task, config, overrides, num_robots=num_envs)
+        try:
+            images = self._open_cameras(cameras, render_mode)
+        except BaseException:
+            self.close()
+            raise
         # A batched step takes the server a few hundred µs: spin (yielding) that long for the reply
         # rather than sleep in poll and pay the wake-up on every step.
         self._client.spin = max(self._client.spin, 0.005)
         self.single_action_space = self.bound.action_space
         self.single_observation_space = self.bound.observation_space
+        if images:
+            self.single_observation_space = spaces.Dict({**self.single_observation_space.spaces, **images})
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.goal = np.zeros((num_envs, 3))
@@ -83,8 +96,8 @@ class BridgeVectorEnv(BridgeEnvMixin, VectorEnv):
         if seed is not None:
             self._np_random, self._np_random_seed = seeding.np_random(seed)
         srv_seed = int(self.np_random.integers(2**31)) if seed is not None else None
-        st = self._reset_robots(idx, srv_seed, srv_opts, goal)
-        obs = self.bound.observe(st, self.goal)
+        st = self._reset_robots(idx, srv_seed, srv_opts, goal, frames=True)
+        obs = self._observe(st)
         return obs, {"is_success": self.bound.is_success(obs["achieved_goal"], self.goal),
                      "_is_success": np.ones(self.num_envs, bool)}
 
@@ -99,14 +112,18 @@ class BridgeVectorEnv(BridgeEnvMixin, VectorEnv):
         resetting = self._autoreset.copy() if self.metadata["autoreset_mode"] is AutoresetMode.NEXT_STEP \
             else np.zeros(self.num_envs, bool)
         live = ~resetting
+        # Frames come with the last request of the step only: they show every robot after it.
+        frames = self._frame_names
         if resetting.any():
-            st = self._reset_robots(np.flatnonzero(resetting), None, {}, None)
+            st = self._reset_robots(np.flatnonzero(resetting), None, {}, None, frames=not live.any())
             if live.any():
-                st = self._client.step(self._command(a, np.flatnonzero(live)))
+                st = self._client.step(self._command(a, np.flatnonzero(live)), frames)
         else:
-            st = self._client.step(self._command(a, None))
+            st = self._client.step(self._command(a, None), frames)
+        if frames:
+            self._take_frames(st)
         self._state = st
-        obs = self.bound.observe(st, self.goal)
+        obs = self._observe(st)
         achieved = obs["achieved_goal"]
         reward = self.compute_reward(achieved, self.goal, None).astype(np.float64)
         success = self.bound.is_success(achieved, self.goal)
@@ -124,8 +141,8 @@ class BridgeVectorEnv(BridgeEnvMixin, VectorEnv):
             info["final_obs"], info["_final_obs"] = final, done.copy()
             info["final_info"] = {"is_success": success.copy(), "_is_success": done.copy()}
             info["_final_info"] = done.copy()
-            st = self._reset_robots(idx, None, {}, None)
-            obs = self.bound.observe(st, self.goal)
+            st = self._reset_robots(idx, None, {}, None, frames=True)
+            obs = self._observe(st)
             info["is_success"] = self.bound.is_success(obs["achieved_goal"], self.goal)
         self._autoreset = done
         return obs, reward, terminated, truncated, info
@@ -134,13 +151,30 @@ class BridgeVectorEnv(BridgeEnvMixin, VectorEnv):
         """Vectorized over leading dims, the task's own (HER relabels with it)."""
         return self.bound.compute_reward(achieved_goal, desired_goal, info)
 
+    def render(self):
+        """`render_mode="rgb_array"`: one RGB frame (h, w, 3) per robot, of the last step or reset."""
+        if self.render_camera is None:
+            return None
+        frames = self._frames
+        if frames is None or self.render_camera not in frames:
+            st = self._client.state(frames=[self.render_camera])
+            frames = self._frames = st.pop("frames")
+        return tuple(frames[self.render_camera])
+
     # -- internals ---------------------------------------------------------------------------
-    def _reset_robots(self, idx: np.ndarray, srv_seed, srv_opts: dict, goal) -> dict:
+    def _observe(self, st: dict) -> dict:
+        obs = self.bound.observe(st, self.goal)
+        for c in self.cameras:
+            obs[c] = self._frames[c]
+        return obs
+
+    def _reset_robots(self, idx: np.ndarray, srv_seed, srv_opts: dict, goal, frames: bool = False) -> dict:
         opts = dict(srv_opts)
         opts.update(self.bound.reset_options(self.np_random, idx.size))
         if idx.size != self.num_envs:
             opts["robots"] = idx
-        st = self._client.reset(seed=srv_seed, options=opts)
+        st = self._client.reset(seed=srv_seed, options=opts, frames=self._frame_names if frames else None)
+        self._take_frames(st)
         self._state = st
         self.initial_gripper_xpos[idx] = np.array(st["ee"][idx, :3])
         if goal is None:

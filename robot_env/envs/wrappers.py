@@ -28,7 +28,8 @@ class LatencyInfo(gym.Wrapper):
 class RecordEpisodes(gym.Wrapper):
     """Records the env's robot to an MCAP file: every state and applied command off the server's
     stream (`robot_env.recording.Recorder`), plus one ``/env/episode`` message per reset (episode
-    number, seed, goal) and per episode end (length, return, success).
+    number, seed, goal) and per episode end (length, return, success), and the frames of the cameras
+    the env observes (`cameras=`) as images on ``/camera/<name>`` (Foxglove's RawImage).
 
     ``env = RecordEpisodes(gym.make("robot_env/FetchReach-v0"), record="run.mcap")``; the file is
     closed by ``env.close()`` (before the env's server stops). `stats` then holds the counts and gaps.
@@ -43,6 +44,7 @@ class RecordEpisodes(gym.Wrapper):
         self.recorder = Recorder(env.unwrapped, self.path, flush_interval=flush_interval).start()
         self.stats = None
         self.episode = -1
+        self._cameras = tuple(getattr(env.unwrapped, "cameras", ()) or ())
         self._return = 0.0
         self._length = 0
 
@@ -55,10 +57,19 @@ class RecordEpisodes(gym.Wrapper):
             msg["goal"] = np.asarray(obs["desired_goal"]).tolist()
             msg["start"] = np.asarray(obs["achieved_goal"]).tolist()
         self.recorder.log("/env/episode", msg)
+        self._frames(obs)
         return obs, info
+
+    def _frames(self, obs) -> None:
+        """The camera images of an observation (an env made with `cameras=`), one message each."""
+        for name in self._cameras:
+            img = obs.get(name) if isinstance(obs, dict) else None
+            if img is not None:
+                self.recorder.log_frame(name, np.asarray(img))
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
+        self._frames(obs)
         self._return += float(reward)
         self._length += 1
         if terminated or truncated:

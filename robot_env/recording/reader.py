@@ -24,7 +24,16 @@ from .format import (
     SeqCounter,
     _need_mcap,
 )
-from .schema import INFO_SCHEMA, MAX_SEQ, SUMMARY_SCHEMA, Invalid, check_metadata, check_record, shape_of
+from .schema import (
+    INFO_SCHEMA,
+    MAX_SEQ,
+    SUMMARY_SCHEMA,
+    Invalid,
+    check_metadata,
+    check_record,
+    known_reset_options,
+    shape_of,
+)
 
 
 @dataclass
@@ -58,6 +67,38 @@ class Recording:
     @property
     def n_skipped(self) -> int:
         return sum(self.skipped.values())
+
+    @property
+    def cameras(self) -> list[str]:
+        """The cameras whose frames were recorded (``/camera/<name>`` topics)."""
+        from .images import CAMERA_TOPIC
+        return sorted(t[len(CAMERA_TOPIC):] for t in self.events if t.startswith(CAMERA_TOPIC))
+
+    def frames(self, camera: str) -> tuple[np.ndarray, np.ndarray]:
+        """A camera's recorded frames as (times (k,), frames (k, h, w, c)); frames that do not decode
+        or differ in shape from the first are left out (and said in `problems`)."""
+        from .images import CAMERA_TOPIC, decode_frame
+        msgs = self.events.get(CAMERA_TOPIC + camera)
+        if msgs is None:
+            raise KeyError(f"no frames of camera {camera!r} in {self.path} (it has {', '.join(self.cameras) or 'none'})")
+        times, out, bad = [], [], 0
+        for m in msgs:
+            try:
+                f = decode_frame(m)
+            except ValueError:
+                bad += 1
+                continue
+            if out and f.shape != out[0].shape:
+                bad += 1
+                continue
+            ts = m.get("timestamp") or {}
+            times.append(float(ts.get("sec", 0)) + float(ts.get("nsec", 0)) * 1e-9)
+            out.append(f)
+        if bad:
+            self.problems.append(f"{bad} frame(s) of camera {camera!r} did not decode and were left out")
+        if not out:
+            return np.zeros(0), np.zeros((0, 0, 0, 0), np.uint8)
+        return np.array(times), np.stack(out)
 
     def skip_summary(self, reasons: int = 2) -> str:
         """One line: how many records were skipped, and the commonest reasons."""
@@ -378,8 +419,9 @@ def _dims(info: dict, states: list) -> dict:
     elif shapes:
         shape = shapes[0]
     else:  # no state to learn from: a batched server's commands still need its size
-        return {"joints": None, "robots": robots if robots > 1 else None}
-    return {"joints": shape[-1], "robots": shape[0] if len(shape) == 2 else None}
+        return {"joints": None, "robots": robots if robots > 1 else None, "reset_options": known_reset_options(info)}
+    return {"joints": shape[-1], "robots": shape[0] if len(shape) == 2 else None,
+            "reset_options": known_reset_options(info)}
 
 
 def read_recording(path) -> Recording:

@@ -147,6 +147,7 @@ class Recorder:
         self._stop = threading.Event()
         self._live = threading.Event()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._schemas: dict = {}  # topic -> its schema, for topics logged with one (camera frames)
         self._started = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -246,6 +247,15 @@ class Recorder:
             raise ValueError(f"log to your own topic starting with '/', not {topic!r}")
         self._queue.put((topic, _plain(data), _now() if t is None else float(t)))
 
+    def log_frame(self, camera: str, frame, t: float | None = None) -> None:
+        """Write one camera frame ((h, w, c): RGB uint8 or depth float32) on ``/camera/<camera>`` as a
+        ``foxglove.RawImage`` (Foxglove shows it as an image)."""
+        from .images import CAMERA_TOPIC, RAW_IMAGE_SCHEMA, encode_frame
+        t = _now() if t is None else float(t)
+        topic = CAMERA_TOPIC + camera
+        self._schemas.setdefault(topic, RAW_IMAGE_SCHEMA)
+        self._queue.put((topic, encode_frame(frame, t, camera), t))
+
     # -- internals ---------------------------------------------------------------------------
     def _info_metadata(self) -> dict:
         from .. import __version__
@@ -253,6 +263,7 @@ class Recorder:
         keys = ("backend", "clock", "control_period", "watchdog_timeout", "joint_names", "channels",
                 "description_hash", "description", "state_layout", "max_ee_step", "protocol", "num_robots")
         meta = {k: json.dumps(_plain(info.get(k))) for k in keys}
+        meta["reset_options"] = json.dumps(_plain((info.get("spec") or {}).get("reset_options")))
         meta.update(format=FORMAT, format_version=str(FORMAT_VERSION), robot_env=__version__,
                     endpoint=self.endpoint, stream_endpoint=str(info.get("stream_endpoint")),
                     started=repr(_now()), host=os.uname().nodename, pid=str(os.getpid()))
@@ -313,6 +324,8 @@ class Recorder:
                         topic, data, t = self._queue.get_nowait()
                     except queue.Empty:
                         break
+                    if topic in self._schemas:
+                        sink.channel(topic, self._schemas[topic])
                     sink.write(topic, _dumps(data), _ns(t), _ns(t))
                     self.events += 1
                 if stopping and not ready:

@@ -12,7 +12,7 @@ from ..errors import ServerError
 from .format import DEFAULT_MAX_WAIT, RecordingError, RecordingStats, _now
 from .reader import Recording, read_recording
 from .recorder import Recorder
-from .schema import Invalid, command_request
+from .schema import Invalid, command_request, known_reset_options
 
 
 @dataclass
@@ -162,7 +162,8 @@ def replay(path, config=None, *, speed: float = 1.0, reset: bool = True, record=
     for p in result.problems:
         echo(f"warning: {p}")
     try:  # what each command re-sends, by the server's own rules: all of it before anything is sent
-        requests = [command_request(e, rec.batch) if e["op"] != "estop" else None for e in events]
+        known = known_reset_options(rec.info)
+        requests = [command_request(e, rec.batch, known) if e["op"] != "estop" else None for e in events]
     except Invalid as exc:  # a Recording built by hand, not read: the reader skips these
         raise RecordingError(f"{path}: a recorded command would be refused: {exc}; nothing was replayed") from None
     used = sorted({ch for e in events if e["op"] in ("step", "command") for ch in e.get("cmd", {})})

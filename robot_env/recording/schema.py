@@ -88,6 +88,8 @@ INFO_SCHEMA = {
         "channels": {"type": ["array", "null"], "items": {"type": "string"}},
         "description_hash": {"type": ["string", "null"]},
         "num_robots": {"type": ["integer", "null"], "minimum": 1, "maximum": 1 << 16},
+        # the backend's reset options ({name: shape}): a recording of objects placed by reset replays
+        "reset_options": {"type": ["object", "null"]},
     },
 }
 _COUNT = {"type": "integer", "minimum": 0}
@@ -261,10 +263,25 @@ def check_record(kind: str, msg, dims: dict | None) -> None:
     rules. Raises `Invalid`."""
     validate(RECORD_SCHEMAS[kind], msg, dims)
     if kind == "command":
-        command_request(msg, dims.get("robots") if dims else None)
+        command_request(msg, dims.get("robots") if dims else None, dims.get("reset_options") if dims else None)
 
 
-def command_request(msg: dict, robots: int | None) -> dict:
+def known_reset_options(info: dict) -> dict | None:
+    """The recorded backend's reset options as {name: shape}, or None (the default ones) when the
+    metadata has none or they are not names of small shapes."""
+    raw = info.get("reset_options")
+    if not isinstance(raw, dict) or not raw:
+        return None
+    out = {}
+    for name, shape in raw.items():
+        if not (isinstance(name, str) and isinstance(shape, list) and len(shape) <= 2
+                and all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 64 for n in shape)):
+            return None
+        out[name] = tuple(shape)
+    return out
+
+
+def command_request(msg: dict, robots: int | None, known: dict | None = None) -> dict:
     """What re-sending a recorded command takes: ``{"cmd": ...}`` for `step`/`command`, ``{"seed": ...,
     "options": ...}`` for `reset`, validated and converted by the server's own parsers (`robots`: the
     batched server's size, None for a one-robot server). Raises `Invalid` where the server would refuse."""
@@ -285,10 +302,10 @@ def command_request(msg: dict, robots: int | None) -> dict:
         if robots is None:
             if rows is not None:
                 raise RequestError("bad_options", "'robots' is only for a batched server's recording")
-            return {"seed": msg.get("seed"), "options": parse_reset_options(options)[0]}
+            return {"seed": msg.get("seed"), "options": parse_reset_options(options, known)[0]}
         if options is not None and not isinstance(options, dict):
             raise RequestError("bad_options", f"reset options must be a map, got {type(options).__name__}")
-        parsed, idx = parse_reset_options({**(options or {}), "robots": rows}, None, robots)
+        parsed, idx = parse_reset_options({**(options or {}), "robots": rows}, known, robots)
         return {"seed": msg.get("seed"), "options": parsed if idx is None else {**parsed, "robots": idx.tolist()}}
     except RequestError as exc:
         what = "'cmd'" if op in ("step", "command") else "'options'"

@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
-from gymnasium import spaces
 
 from ..model.description import ARM, GRIPPER, READY_TORSO
 from .base import BoundTask, Task, TaskNeeds
@@ -99,6 +98,8 @@ class BoundFetchTask(BoundTask):
     gripper's start, around which objects are placed."""
 
     def __init__(self, task: FetchTask, info: dict):
+        # imported here: importing gymnasium registers robot-env's envs, which import this module
+        from gymnasium import spaces
         self.task = task
         self.dt = float(info["control_period"])
         spec = info.get("spec") or {}

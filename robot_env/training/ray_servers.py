@@ -290,7 +290,7 @@ class ServerPool:
 def train_on_servers(train_configs: list, eval_config, steps: int = 30_000, out: str = "policy", seed: int = 0,
                      eval_every: int = 1000, eval_episodes: int = 20, normalize: bool | None = None,
                      time_feature: bool | None = None, threshold: float = 0.95, vec_env: str = "dummy",
-                     log=None, extra_meta: dict | None = None, **hyper) -> dict:
+                     log=None, extra_meta: dict | None = None, env_id: str | None = None, **hyper) -> dict:
     """SAC + HER (`sac_her.train_loop`, as `robot-env train`) with one env worker per running server in
     `train_configs` and evaluation on `eval_config`'s server; writes a policy bundle to `out` and returns
     its metadata. `vec_env`: "dummy" steps the workers in turn in this process, "subproc" in a process
@@ -300,6 +300,12 @@ def train_on_servers(train_configs: list, eval_config, steps: int = 30_000, out:
     tr._require_sb3()
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
+    from ..envs.registration import entry
+    from .sac_her import OBJECT_HYPERPARAMS
+    env_id = env_id or tr.ENV_ID
+    if entry(env_id).task.has_object:  # the object tasks' settings, under what the caller chose
+        hyper = {**OBJECT_HYPERPARAMS, **hyper}
+
     normalize = tr.DEFAULT_NORMALIZE if normalize is None else normalize
     time_feature = tr.DEFAULT_TIME_FEATURE if time_feature is None else time_feature
     log = tr._progress if log is None else (log or None)
@@ -307,10 +313,11 @@ def train_on_servers(train_configs: list, eval_config, steps: int = 30_000, out:
         raise ValueError(f"vec_env must be 'dummy' or 'subproc', got {vec_env!r}")
 
     def make_venv():
-        fns = [lambda c=c: tr.make_env(c, time_feature=time_feature) for c in train_configs]
+        fns = [lambda c=c: tr.make_env(c, time_feature=time_feature, env_id=env_id) for c in train_configs]
         return SubprocVecEnv(fns) if vec_env == "subproc" else DummyVecEnv(fns)
 
-    return tr.train_bundle(lambda: tr.make_env(eval_config, time_feature=time_feature), make_venv, out, steps,
+    return tr.train_bundle(lambda: tr.make_env(eval_config, time_feature=time_feature, env_id=env_id), make_venv,
+                           out, steps,
                            seed=seed, eval_every=eval_every, eval_episodes=eval_episodes, threshold=threshold,
                            normalize=normalize, time_feature=time_feature, log=log,
                            meta_extra={"num_envs": len(train_configs), "vec_env": vec_env, **(extra_meta or {})},
@@ -318,12 +325,22 @@ def train_on_servers(train_configs: list, eval_config, steps: int = 30_000, out:
 
 
 def train_on_ray(n_envs: int = 2, config=None, steps: int = 30_000, out: str = "policy", *, insecure: bool = False,
-                 num_cpus: float = 1, sim2real: bool = False, log=None, on_start=None, **kwargs) -> dict:
+                 num_cpus: float = 1, sim2real: bool = False, log=None, on_start=None, env_id: str | None = None,
+                 **kwargs) -> dict:
     """Start `n_envs` + 1 simulator servers on the connected Ray cluster (one per env worker, one for
-    evaluation), train SAC + HER on them (`train_on_servers`), stop them. `on_start(pool)` is called
-    once they run. Returns the bundle's metadata."""
-    from .train import sim2real_overrides
+    evaluation), train SAC + HER on env `env_id` (default FetchReach) on them (`train_on_servers`), stop
+    them. `on_start(pool)` is called once they run. Returns the bundle's metadata."""
+    from .. import config as config_mod
+    from ..backends.registry import settings_of
+    from ..envs.registration import entry
+    from .train import ENV_ID, sim2real_overrides
+    env_id = env_id or ENV_ID
+    config = config if config is not None else entry(env_id).config
     overrides = sim2real_overrides(config, sim2real)
+    scene = entry(env_id).task.needs.scene
+    backend = config_mod.load(config)["server"]["backend"]
+    if scene is not None and "scene" in settings_of(backend):  # the servers host the task's scene
+        overrides.setdefault(f"server.{backend}", {})["scene"] = scene
     with ServerPool(n_envs + 1, config, insecure=insecure, num_cpus=num_cpus, overrides=overrides) as pool:
         if on_start is not None:
             on_start(pool)
@@ -332,7 +349,7 @@ def train_on_ray(n_envs: int = 2, config=None, steps: int = 30_000, out: str = "
                                      for s in pool.servers],
                          "eval_server": pool.servers[-1]["endpoint"], "insecure": insecure}}
         return train_on_servers(pool.client_configs[:-1], pool.client_configs[-1], steps=steps, out=out,
-                                log=log, extra_meta=extra, **kwargs)
+                                log=log, extra_meta=extra, env_id=env_id, **kwargs)
 
 
 # -- CLI --------------------------------------------------------------------------------------
@@ -355,7 +372,8 @@ def run_ray_train_cli(args) -> int:
             ray.init(address=args.ray)
     try:
         nodes = [node for node in ray.nodes() if node.get("Alive")]
-        print(f"robot-env train on Ray: SAC+HER on {ENV_ID}, {n} env worker(s) + 1 evaluation "
+        env_id = getattr(args, "env", None) or ENV_ID
+        print(f"robot-env train on Ray: SAC+HER on {env_id}, {n} env worker(s) + 1 evaluation "
               f"server on a cluster of {len(nodes)} node(s), up to {args.steps} steps, "
               f"{'INSECURE (no CurveZMQ)' if args.insecure else 'CurveZMQ (fresh keys for this run)'}",
               flush=True)
@@ -365,7 +383,8 @@ def run_ray_train_cli(args) -> int:
 
         meta = train_on_ray(n, args.config, steps=args.steps, out=args.out, insecure=args.insecure,
                             num_cpus=1.0 if args.ray_cpus is None else args.ray_cpus,
-                            sim2real=args.sim2real, on_start=started, seed=args.seed, eval_every=args.eval_every,
+                            sim2real=args.sim2real, on_start=started, env_id=env_id, seed=args.seed,
+                            eval_every=args.eval_every,
                             eval_episodes=args.eval_episodes, normalize=args.normalize,
                             time_feature=args.time_feature, threshold=args.threshold, vec_env=args.vec_env or "dummy")
     finally:

@@ -109,6 +109,10 @@ def train(config=None, steps: int = 30_000, out: str = "policy", seed: int = 0, 
     `num_envs` > 1: N robots behind one simulator server (`envs.sb3_vec_env.BridgeVecEnv`).
     """
     _require_sb3()
+    from ..envs.registration import entry
+    from .sac_her import OBJECT_HYPERPARAMS
+    if entry(env_id).task.has_object:  # the object tasks' settings, under what the caller chose
+        hyper = {**OBJECT_HYPERPARAMS, **hyper}
     overrides = sim2real_overrides(config, sim2real)
     if num_envs > 1 and time_feature:
         raise RobotEnvError("--time-feature is not available with --num-envs > 1")

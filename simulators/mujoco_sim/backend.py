@@ -28,7 +28,7 @@ from .scenes import SCENES
 
 MAX_ROBOTS = 64
 # Where the head looks at a reset: pan 0, tilted down so the head camera sees the table.
-HEAD_AT_TABLE = (0.0, 0.75)
+HEAD_AT_TABLE = (0.0, 0.95)
 _num = (int, float)
 
 
@@ -175,7 +175,9 @@ class MujocoSim(Backend):
                    shadows=shadows, antialias=antialias)
         self.xml = xml
         self.plant = Plant(xml, num_robots, control_period, threads=threads, description=description)
-        self.cameras = Cameras(self.plant, camera_specs(list(cameras), camera_height, camera_width, depth))
+        m = self.plant.model
+        far = float(m.vis.map.zfar * m.stat.extent)  # where MuJoCo's depth buffer ends, in metres
+        self.cameras = Cameras(self.plant, camera_specs(list(cameras), camera_height, camera_width, depth, far))
         kernel = PhysicsOne if num_robots == 1 else PhysicsRobots
         kw = {} if num_robots == 1 else {"num_robots": num_robots}
         self.kernel = kernel(self.plant, self.scene, self.ready_xy, safety=safety, **kw,

@@ -36,8 +36,8 @@ class Plant:
         self.a_pos = np.array([act[names[i]] for i in _ACTUATED])
         self.a_vel = np.array([act[names[i] + "_vel"] for i in _ACTUATED])
         self.a_ff = np.array([act[names[i] + "_ff"] for i in _ACTUATED])
-        self._acc = np.zeros(m.nv)
-        self._tau = np.zeros(m.nv)
+        self._unit = np.zeros(m.nv)
+        self._col = np.zeros(m.nv)
         self.a_fing = np.array([act[f"{s}_gripper_finger"] for s in "lr"])
         self.site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "grip")
         self.objects = {}  # name -> (qpos adr, dof adr) of its free joint
@@ -48,6 +48,18 @@ class Plant:
         self.threads = max(1, min(int(threads), num_robots))
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self._bases = {}
+        self.t_ctrl = self.t_phys = 0.0  # the trajectory's clock and the physics' (whole substeps)
+        self._base_set = [None] * num_robots
+        # sensor reads: the actuated joints then the two fingers, mapped to description order by one product
+        self.qread = np.concatenate([self.qadr, self.fq])
+        self.vread = np.concatenate([self.vadr, self.fv])
+        k = len(_ACTUATED)
+        self._gather_q = np.zeros((k + 2, NJ))
+        self._gather_q[np.arange(k), _ACTUATED] = 1.0
+        self._gather_q[k:, GRIPPER] = 1.0
+        self._gather_e = self._gather_q.copy()
+        self._gather_e[k:, GRIPPER] = 0.5
+        self._gather_v = self._gather_q
         # joint targets (description order) -> actuator controls: the servo's position, its velocity
         # feed-forward, and each finger's half of the width
         self.map_q = np.zeros((NJ, m.nu))
@@ -66,9 +78,12 @@ class Plant:
         """Put robots `rows` at joint positions q (len(rows), NJ), at rest, with the base at the origin;
         `objects`: name -> (len(rows), 7) poses (x, y, z, qw, qx, qy, qz) in the world (= base) frame."""
         m = self.model
+        if len(rows) == self.n:  # every robot starts over: so do the clocks
+            self.t_ctrl = self.t_phys = 0.0
         for k, i in enumerate(rows):
             d = self.datas[i]
             mujoco.mj_resetData(m, d)
+            self._base_set[i] = (0.0, 0.0, 0.0)
             d.qpos[self.qadr] = q[k, _ACTUATED]
             d.qpos[self.fq] = 0.5 * q[k, GRIPPER]
             for name, poses in objects.items():
@@ -87,30 +102,44 @@ class Plant:
 
     # -- stepping --------------------------------------------------------------------------------
     def _basis(self, h: float):
-        """(Bq, Bv): substep targets = Bq @ X and velocities = Bv @ X for X = [q0, h·v0, q1, h·v1]."""
-        b = self._bases.get(h)
+        """(Bq, Bv, Ba) for the substeps that end within this control period: targets = Bq @ X,
+        velocities = Bv @ X and accelerations = Ba @ X for X = [q0, h·v0, q1, h·v1]. Physics runs whole substeps and keeps its
+        own clock, so a period that is not a multiple of the timestep (the realtime clock's) is
+        sampled where the substeps fall, and any remainder carries into the next period."""
+        ts = self.model.opt.timestep
+        lag = self.t_ctrl - self.t_phys  # physics time behind the trajectory's start, in [0, ts)
+        n = int((h + lag) / ts + 1e-9)
+        key = (n, h, round(lag / ts, 6))
+        b = self._bases.get(key)
         if b is None:
-            n = max(1, round(h / self.model.opt.timestep))
-            s = np.arange(1, n + 1) / n  # the target at the end of each substep
+            s = (np.arange(1, n + 1) * ts - lag) / h  # where each substep ends, as a fraction of the period
             bq = np.stack([2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s, -2 * s**3 + 3 * s**2, s**3 - s**2], 1)
             bv = np.stack([6 * s**2 - 6 * s, 3 * s**2 - 4 * s + 1, -6 * s**2 + 6 * s, 3 * s**2 - 2 * s], 1) / h
-            b = self._bases[h] = (bq, bv)
+            ba = np.stack([12 * s - 6, 6 * s - 4, 6 - 12 * s, 6 * s - 2], 1) / (h * h)
+            if len(self._bases) > 256:  # realtime periods vary: keep the cache small
+                self._bases.clear()
+            b = self._bases[key] = (bq, bv, ba)
+        self.t_ctrl += h
+        self.t_phys += n * ts
         return b
 
     def step(self, q0, v0, q1, v1, h: float, base: np.ndarray) -> None:
         """Advance every robot by h along its trajectory (rows of (N, NJ) arrays); `base` (N, 5) is
         where the odometry put each robot."""
-        bq, bv = self._basis(h)
+        bq, bv, ba = self._basis(h)
         x = np.stack([q0, h * v0, q1, h * v1], axis=-2)  # (N, 4, NJ)
         ctrl = np.matmul(np.matmul(bq, x), self.map_q) + np.matmul(np.matmul(bv, x), self.map_v)  # (N, n, nu)
-        acc = (v1 - v0) / h  # the trajectory's mean acceleration over the period
+        moving = (v0 != v1).any(axis=1)  # accelerating somewhere in the period (else no inertia term)
         for i, d in enumerate(self.datas):
-            self._acc[self.vadr] = acc[i, _ACTUATED]
-            mujoco.mj_mulM(self.model, d, self._tau, self._acc)
-            ctrl[i, :, self.a_ff] = self._tau[self.vadr, None]
+            if moving[i]:  # inertia feed-forward M(q)·q̈ along the trajectory, substep by substep
+                acc = np.matmul(ba, x[i][:, _ACTUATED])  # (n, k) joint accelerations
+                ctrl[i][:, self.a_ff] = acc @ self._mass_of(d)
             row = base[i]
-            d.mocap_pos[0] = (row[0], row[1], 0.0)
-            d.mocap_quat[0] = (math.cos(0.5 * row[2]), 0.0, 0.0, math.sin(0.5 * row[2]))
+            pose = (row[0], row[1], row[2])
+            if pose != self._base_set[i]:  # the mocap base only where the odometry moved it
+                self._base_set[i] = pose
+                d.mocap_pos[0] = (row[0], row[1], 0.0)
+                d.mocap_quat[0] = (math.cos(0.5 * row[2]), 0.0, 0.0, math.sin(0.5 * row[2]))
         if self.pool is None:
             self._run(range(self.n), ctrl)
         else:
@@ -118,6 +147,18 @@ class Plant:
             for f in [self.pool.submit(self._run, c, ctrl) for c in chunks]:
                 f.result()
         self._read(range(self.n))
+
+    def _mass_of(self, d) -> np.ndarray:
+        """The joint-space inertia among the actuated joints (k, k), at d's last step (M·eⱼ column by
+        column: mj_mulM is in every MuJoCo version, the dense layout's name is not)."""
+        k = len(self.vadr)
+        out = np.empty((k, k))
+        for j, dof in enumerate(self.vadr):
+            self._unit[dof] = 1.0
+            mujoco.mj_mulM(self.model, d, self._col, self._unit)
+            self._unit[dof] = 0.0
+            out[j] = self._col[self.vadr]
+        return out
 
     def _run(self, rows, ctrl) -> None:
         m, step = self.model, mujoco.mj_step
@@ -129,14 +170,15 @@ class Plant:
                 step(m, d)
 
     def _read(self, rows) -> None:
+        """Sensors, in description order: joints, the finger width (their sum), efforts (a finger's
+        force: the squeeze)."""
+        gq, gv, ge = self._gather_q, self._gather_v, self._gather_e
         for i in rows:
             d = self.datas[i]
-            self.q[i, _ACTUATED] = d.qpos[self.qadr]
-            self.q[i, GRIPPER] = d.qpos[self.fq].sum()
-            self.dq[i, _ACTUATED] = d.qvel[self.vadr]
-            self.dq[i, GRIPPER] = d.qvel[self.fv].sum()
-            self.effort[i, _ACTUATED] = d.qfrc_actuator[self.vadr]
-            self.effort[i, GRIPPER] = d.qfrc_actuator[self.fv].mean()  # the force each finger squeezes with
+            self.q[i] = d.qpos[self.qread] @ gq
+            qv = d.qvel[self.vread]
+            self.dq[i] = qv @ gq
+            self.effort[i] = d.qfrc_actuator[self.vread] @ ge
 
     # -- objects ---------------------------------------------------------------------------------
     def object_state_one(self, base) -> dict:

@@ -18,12 +18,13 @@ GL_HINT = ("MuJoCo could not open an OpenGL context for rendering ({err}). Headl
            "(Mesa's EGL) or MUJOCO_GL=osmesa (apt-get install libosmesa6) before the server starts")
 
 
-def camera_specs(names, height: int, width: int, depth: bool) -> dict:
+def camera_specs(names, height: int, width: int, depth: bool, far: float | None = None) -> dict:
+    """`far`: the depth renderer's far plane (m), the most a depth pixel holds."""
     out = {}
     for n in names:
         out[n] = CameraSpec(height, width, 3, "uint8")
         if depth:
-            out[f"{n}_depth"] = CameraSpec(height, width, 1, "float32")
+            out[f"{n}_depth"] = CameraSpec(height, width, 1, "float32", far)
     return out
 
 

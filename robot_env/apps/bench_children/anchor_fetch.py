@@ -1,6 +1,7 @@
-"""A Gymnasium-Robotics Fetch env in-process (FetchReach-v4, ...), timed as `robot-env bench` times ours
-(same random actions, warm-up, reset on truncation). Runs in whatever Python has gymnasium-robotics
-and mujoco<3.12 (`--anchor-python`), so it imports nothing of robot_env.
+"""A Gymnasium-Robotics Fetch env in-process (FetchReach-v4, FetchPush-v4, FetchSlide-v4,
+FetchPickAndPlace-v4), timed as `robot-env bench` times ours (the same random 4-d actions, warm-up, reset
+on truncation). Runs in whatever Python has gymnasium-robotics and mujoco<3.12 (`--anchor-python`, or the
+venv of `robot-env anchor-env`), so it imports nothing of robot_env.
 Usage: anchor_fetch.py ENV_ID STEPS WARMUP SEED; prints one JSON line."""
 import json
 import platform
@@ -18,6 +19,9 @@ def main(env_id: str, steps: int, warmup: int, seed: int) -> None:
     gym.register_envs(gymnasium_robotics)
     actions = np.random.default_rng(seed).uniform(-1, 1, (steps, 4)).astype(np.float32)
     env = gym.make(env_id)
+    if env.action_space.shape != actions.shape[1:]:
+        raise SystemExit(f"{env_id} takes actions of shape {env.action_space.shape}; this benchmark's are "
+                         f"{actions.shape[1:]} (a Fetch env's)")
     env.reset(seed=seed)
     for i in range(warmup):
         _, _, term, trunc, _ = env.step(actions[i % steps])
@@ -31,7 +35,7 @@ def main(env_id: str, steps: int, warmup: int, seed: int) -> None:
             env.reset()
     secs = time.perf_counter() - t0
     env.close()
-    print(json.dumps({"steps": steps, "seconds": secs, "steps_per_s": steps / secs,
+    print(json.dumps({"env": env_id, "steps": steps, "seconds": secs, "steps_per_s": steps / secs,
                       "gymnasium": gym.__version__, "gymnasium_robotics": gymnasium_robotics.__version__,
                       "mujoco": mujoco.__version__, "python": platform.python_version(),
                       "executable": sys.executable}))
