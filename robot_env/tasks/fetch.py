@@ -78,9 +78,9 @@ REACH = FetchTask("FetchReach")
 # Chosen as the shortest length at which the scripted agents (robot_env/apps/scripted.py) meet their
 # bar with margin, measured on the mujoco config with `robot-env demo --env ID --episodes 100 --seed S
 # --lengths ...`, seeds 0..99 / 1000..1099 (the README has the whole table):
-#   Push (bar 90 %):           80 steps 92 / 93 %, 85: 92 / 94 %, 90: 95 / 97 %, 100: 96 / 97 %
-#   Slide (a strike; no bar):  50 steps 17 / 16 %, 100: 27 / 36 %, 200: 29 / 36 % (the arm reaches x ≈ 0.85 m)
-#   PickAndPlace (bar 95 %):   50 steps 91 / 92 %, 60: 98 / 98 %, 65: 100 / 100 %
+#   Push (bar 90 %):           80 steps 92 / 92 %, 85: 93 / 93 %, 90: 95 / 95 %, 100: 97 / 98 %
+#   Slide (a strike; no bar):  50 steps 17 / 21 %, 100: 26 / 36 %, 200: 30 / 37 % (the arm reaches x ≈ 0.85 m)
+#   PickAndPlace (bar 95 %):   50 steps 91 / 91 %, 60: 98 / 98 %, 65: 100 / 100 %
 PUSH = FetchTask("FetchPush", has_object=True, block_gripper=True, target_in_the_air=False,
                  gripper_extra_height=0.0, scene="table", start_height=0.025, max_episode_steps=90)
 SLIDE = FetchTask("FetchSlide", has_object=True, block_gripper=True, target_in_the_air=False,
