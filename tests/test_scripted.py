@@ -90,6 +90,22 @@ def test_the_agents_are_batch_friendly_on_a_vector_env(no_leftover_servers):
         envs.close()
 
 
+def test_a_reset_mask_restarts_those_rows_only():
+    """A vector env's autoreset restarts some robots: their rows start over, the others keep their phase."""
+    rng = np.random.default_rng(1)
+    obs = {"observation": np.zeros((2, 25)), "desired_goal": np.zeros((2, 3)), "achieved_goal": np.zeros((2, 3))}
+    obs["observation"][:, 0:3] = [0.6, 0.0, 0.8]
+    obs["observation"][:, 3:6] = [0.7, 0.05, 0.69]
+    obs["desired_goal"][:] = [0.6, -0.1, 0.9]
+    agent = scripted.PickAndPlaceAgent()
+    agent.reset(obs)
+    agent.phase[0] = "carry"
+    agent.reset(obs, mask=np.array([False, True]))
+    assert agent.phase == ["carry", "approach"]
+    agent.reset({k: v[:1] + rng.normal(0, 1e-3, v[:1].shape) for k, v in obs.items()}, mask=np.array([False]))
+    assert agent.phase == ["approach"]  # another batch size: every row starts over
+
+
 def test_the_demo_runs_pick_and_place_from_the_cli(no_leftover_servers):
     out = subprocess.run([sys.executable, "-m", "robot_env", "demo", "--env", PICK, "--episodes", "2"],
                          check=False, capture_output=True, text=True, timeout=120)

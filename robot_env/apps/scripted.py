@@ -54,8 +54,8 @@ class ScriptedAgent:
     def reset(self, obs: dict, mask=None) -> None:
         o, g, _ = _rows(obs)
         n = o.shape[0]
-        if len(self.phase) != n:
-            self.phase, self.memo = [None] * n, [None] * n
+        if len(self.phase) != n:  # a new batch size: every row starts
+            self.phase, self.memo, mask = [None] * n, [None] * n, None
         for i in range(n):
             if mask is None or mask[i]:
                 self.phase[i], self.memo[i] = self._start(o[i], g[i])
