@@ -188,8 +188,8 @@ class SlideAgent(PushAgent):
     toward the point short of the goal by the distance it would slide on if let go (v² / 2·`decel`, μ·g
     of the puck on the table); once that covers what is left, the gripper stops and the puck slides on
     ("slide"). When it has come to rest: again if it is short, or off the line. The arm reaches no
-    farther than about x = 0.85 m (base frame) at the table, and cannot strike faster than it moves
-    (it brakes at about the puck's own 1 m/s²), so goals much beyond 0.9 m are out of reach."""
+    farther than about x = 0.85 m (base frame) at the table, and a strike is about as fast as the arm
+    (0.3-0.5 m/s: the puck slides on 5-13 cm), so goals much beyond 0.9 m are out of reach."""
 
     def __init__(self, decel: float = 0.98, rest: float = 0.02, touch: float = 0.008, **kw):
         kw.setdefault("done", 0.03)  # a puck at rest this near the goal is left there: a nudge slides it past
