@@ -300,3 +300,24 @@ def test_reach_runs_on_the_mujoco_backend_by_config():
         assert wins == 3
     finally:
         env.close()
+
+
+def test_object_tasks_start_elbow_out_with_the_gripper_where_the_ready_pose_puts_it():
+    """The object tasks' start arm keeps the ready gripper (so goals and objects are placed as
+    before) but moves the elbow out of the head camera's view of the table; a caller's own start arm
+    still wins."""
+    import gymnasium as gym
+
+    from robot_env.tasks.fetch import ELBOW_OUT_ARM
+
+    env = gym.make("robot_env/FetchPickAndPlace-v0", cameras=["head"])
+    try:
+        obs, _ = env.reset(seed=0)
+        st = env.unwrapped.robot_state
+        assert np.allclose(st["q"][ARM], ELBOW_OUT_ARM, atol=1e-6)
+        ready = env.unwrapped._session.info["spec"]["ready_ee"]
+        assert np.allclose(st["ee"][:2], ready[:2], atol=5e-4)
+        obs, _ = env.reset(seed=0, options={"initial_arm_position": list(READY_ARM)})
+        assert np.allclose(env.unwrapped.robot_state["q"][ARM], READY_ARM, atol=1e-6)
+    finally:
+        env.close()

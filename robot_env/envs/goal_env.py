@@ -197,7 +197,8 @@ class BridgeGoalEnv(BridgeEnvMixin, gym.Env):
         # The server's RNG (noise, randomization) is seeded from ours so one seed fixes the episode.
         srv_seed = int(self.np_random.integers(2**31)) if seed is not None else None
         task_opts = self.bound.reset_options(self.np_random, 1)
-        srv_opts.update({k: v[0] for k, v in task_opts.items()})
+        for k, v in task_opts.items():  # what the caller asked for wins over the task's start
+            srv_opts.setdefault(k, v[0])
         st = self._client.reset(seed=srv_seed, options=srv_opts, frames=self._frame_names)
         self._take_frames(st)
         self._state = st

@@ -169,8 +169,8 @@ class BridgeVectorEnv(BridgeEnvMixin, VectorEnv):
         return obs
 
     def _reset_robots(self, idx: np.ndarray, srv_seed, srv_opts: dict, goal, frames: bool = False) -> dict:
-        opts = dict(srv_opts)
-        opts.update(self.bound.reset_options(self.np_random, idx.size))
+        opts = dict(self.bound.reset_options(self.np_random, idx.size))
+        opts.update(srv_opts)  # what the caller asked for wins over the task's start
         if idx.size != self.num_envs:
             opts["robots"] = idx
         st = self._client.reset(seed=srv_seed, options=opts, frames=self._frame_names if frames else None)

@@ -42,6 +42,9 @@ class FetchTask(Task):
     # The gripper's height above the scene's table at the start (set with the torso, which moves it
     # straight up or down): Gymnasium-Robotics' start heights, which `gripper_extra_height` gives there.
     start_height: float | None = None
+    # The arm's start joints (None: the backend's ready pose); the gripper must start where the ready
+    # pose puts it, pointing down, so only the elbow's place differs.
+    start_arm: tuple | None = None
 
     def __post_init__(self):
         if self.reward_type not in REWARDS:
@@ -63,6 +66,8 @@ class FetchTask(Task):
         if not self.has_object:
             return TaskNeeds(frozenset(chans))
         opts = {OBJECT_XY, "initial_torso"} if self.start_height is not None else {OBJECT_XY}
+        if self.start_arm is not None:
+            opts.add("initial_arm_position")
         return TaskNeeds(frozenset(chans), objects=("object0",), scene=self.scene, reset_options=frozenset(opts))
 
     def bound(self, info: dict) -> "BoundFetchTask":
@@ -81,13 +86,21 @@ REACH = FetchTask("FetchReach")
 #   Push (bar 90 %):           80 steps 92 / 92 %, 85: 93 / 93 %, 90: 95 / 95 %, 100: 97 / 98 %
 #   Slide (a strike; no bar):  50 steps 17 / 21 %, 100: 26 / 36 %, 200: 30 / 37 % (the arm reaches x ≈ 0.85 m)
 #   PickAndPlace (bar 95 %):   50 steps 91 / 91 %, 60: 98 / 98 %, 65: 100 / 100 %
+# The object tasks' start arm: the ready pose's gripper (same place to 0.2 mm, pointing down) with
+# the elbow 0.25 m out to the side, found numerically. With the ready pose's elbow-up arm the forearm
+# stands between the head camera and the table; out to the side, the head camera sees the table, the
+# gripper and the block (and the scripted Push agent succeeds more often: 60/60 against 57/60).
+ELBOW_OUT_ARM = (0.5796, -0.2888, -1.3074, 1.5824, -1.8665, -1.3148, 2.2155)
 PUSH = FetchTask("FetchPush", has_object=True, block_gripper=True, target_in_the_air=False,
-                 gripper_extra_height=0.0, scene="table", start_height=0.025, max_episode_steps=90)
+                 gripper_extra_height=0.0, scene="table", start_height=0.025, start_arm=ELBOW_OUT_ARM,
+                 max_episode_steps=90)
 SLIDE = FetchTask("FetchSlide", has_object=True, block_gripper=True, target_in_the_air=False,
                   target_offset=(0.4, 0.0, 0.0), obj_range=0.1, target_range=0.3, gripper_extra_height=-0.02,
-                  scene="slide_table", start_height=0.025, max_episode_steps=100)
+                  scene="slide_table", start_height=0.025, start_arm=ELBOW_OUT_ARM,
+                  max_episode_steps=100)
 PICK_AND_PLACE = FetchTask("FetchPickAndPlace", has_object=True, block_gripper=False, target_in_the_air=True,
-                           gripper_extra_height=0.2, scene="table", start_height=0.135, max_episode_steps=65)
+                           gripper_extra_height=0.2, scene="table", start_height=0.135, start_arm=ELBOW_OUT_ARM,
+                           max_episode_steps=65)
 
 
 OBJECT_XY = "object0.xy"  # the reset option that places the object on its table (x, y in the base frame)
@@ -134,9 +147,12 @@ class BoundFetchTask(BoundTask):
             while np.linalg.norm(p - self.ready_xy) < 0.1:
                 p = self.ready_xy + rng.uniform(-self.task.obj_range, self.task.obj_range, size=2)
             xy[i] = p
-        if self.start_torso is None:
-            return {OBJECT_XY: xy}
-        return {OBJECT_XY: xy, "initial_torso": np.full(n, self.start_torso)}
+        out = {OBJECT_XY: xy}
+        if self.start_torso is not None:
+            out["initial_torso"] = np.full(n, self.start_torso)
+        if self.task.start_arm is not None:
+            out["initial_arm_position"] = np.tile(np.asarray(self.task.start_arm, float), (n, 1))
+        return out
 
     def sample_goals(self, rng, state: dict, rows: np.ndarray) -> np.ndarray:
         """Around the gripper's start (± target_range, + target_offset); with an object the goal
