@@ -107,7 +107,7 @@ def robot_xml(desc: RobotDescription = FETCH, wrist_camera: bool = True) -> str:
         out.append(_link_geom(j, nxt))
     # gripper_link: fixed to wrist_roll_link; its origin is the end effector of the forward kinematics
     out.append(f'<body name="gripper_link" pos="{_v(grip.origin)}" gravcomp="1">')
-    out.append('<site name="grip" size="0.008" rgba="0 1 0 0.6"/>')
+    out.append('<site name="grip" size="0.008" rgba="0 1 0 0.6" group="4"/>')  # group 4: not in camera frames
     out.append(f'<geom type="box" size="0.015 0.065 0.03" pos="-0.055 0 0" mass="{GRIPPER_MASS}" {ROBOT} '
                'rgba="0.25 0.25 0.3 1"/>')
     if wrist_camera:
