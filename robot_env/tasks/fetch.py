@@ -82,10 +82,10 @@ REACH = FetchTask("FetchReach")
 # this arm is joint-driven under Fetch's joint speeds and a 5 rad/s² acceleration limit (0.3-0.5 m/s).
 # Chosen as the shortest length at which the scripted agents (robot_env/apps/scripted.py) meet their
 # bar with margin, measured on the mujoco config with `robot-env demo --env ID --episodes 100 --seed S
-# --lengths ...`, seeds 0..99 / 1000..1099 (the README has the whole table):
-#   Push (bar 90 %):           80 steps 92 / 92 %, 85: 93 / 93 %, 90: 95 / 95 %, 100: 97 / 98 %
-#   Slide (a strike; no bar):  50 steps 17 / 21 %, 100: 26 / 36 %, 200: 30 / 37 % (the arm reaches x ≈ 0.85 m)
-#   PickAndPlace (bar 95 %):   50 steps 91 / 91 %, 60: 98 / 98 %, 65: 100 / 100 %
+# --lengths ...`, seeds 0..99 / 1000..1099, from the elbow-out start below (the README has the table):
+#   Push (bar 90 %):           60 steps 90 / 87 %, 65: 95 / 92 %, 70: 97 / 97 %, 80: 98 / 100 %
+#   Slide (a strike; no bar):  50 steps 13 / 24 %, 100: 28 / 36 %, 150: 29 / 36 % (the arm reaches x ≈ 0.85 m)
+#   PickAndPlace (bar 95 %):   50 steps 94 / 94 %, 60: 100 / 99 %, 65: 100 / 99 %
 # The object tasks' start arm: the ready pose's gripper (same place to 0.2 mm, pointing down) with
 # the elbow 0.25 m out to the side, found numerically. With the ready pose's elbow-up arm the forearm
 # stands between the head camera and the table; out to the side, the head camera sees the table, the
@@ -93,14 +93,14 @@ REACH = FetchTask("FetchReach")
 ELBOW_OUT_ARM = (0.5796, -0.2888, -1.3074, 1.5824, -1.8665, -1.3148, 2.2155)
 PUSH = FetchTask("FetchPush", has_object=True, block_gripper=True, target_in_the_air=False,
                  gripper_extra_height=0.0, scene="table", start_height=0.025, start_arm=ELBOW_OUT_ARM,
-                 max_episode_steps=90)
+                 max_episode_steps=70)
 SLIDE = FetchTask("FetchSlide", has_object=True, block_gripper=True, target_in_the_air=False,
                   target_offset=(0.4, 0.0, 0.0), obj_range=0.1, target_range=0.3, gripper_extra_height=-0.02,
                   scene="slide_table", start_height=0.025, start_arm=ELBOW_OUT_ARM,
                   max_episode_steps=100)
 PICK_AND_PLACE = FetchTask("FetchPickAndPlace", has_object=True, block_gripper=False, target_in_the_air=True,
                            gripper_extra_height=0.2, scene="table", start_height=0.135, start_arm=ELBOW_OUT_ARM,
-                           max_episode_steps=65)
+                           max_episode_steps=60)
 
 
 OBJECT_XY = "object0.xy"  # the reset option that places the object on its table (x, y in the base frame)
