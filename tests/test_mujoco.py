@@ -321,3 +321,31 @@ def test_object_tasks_start_elbow_out_with_the_gripper_where_the_ready_pose_puts
         assert np.allclose(env.unwrapped.robot_state["q"][ARM], READY_ARM, atol=1e-6)
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_diverged_simulation_is_a_fault_put_back_at_rest_not_a_silent_teleport(n):
+    """MuJoCo resets a robot's data when its simulation blows up (the arm would jump to all-zero
+    joints): the backend puts it back at rest where it was commanded, holds, and latches a fault."""
+    b = sim(scene="table", num_robots=n)
+    finish(b.reset(0, {}))
+    st = run(b, {"ee_delta": np.tile([0.02, 0.0, 0.0], (n, 1)) if n > 1 else np.array([0.02, 0.0, 0.0])}, 5)
+    before = np.atleast_2d(st["q"])[-1].copy()
+    b.plant.datas[-1].qvel[:] = 1e12  # a blow-up in the last robot
+    st = run(b, {}, 1)
+    faults = st["faults"]
+    assert [f["code"] for f in faults] == ["physics_unstable"] and faults[0]["robots"] == [n - 1]
+    assert b.faults == faults
+    q = np.atleast_2d(st["q"])[-1]
+    assert np.abs(q[ARM] - before[ARM]).max() < 0.05  # where it was, not at the all-zero pose
+    assert np.abs(np.atleast_2d(st["dq"])[-1]).max() < 1.0
+    st = run(b, {}, 10)
+    assert np.isfinite(np.atleast_2d(st["q"])).all() and st["faults"]  # still latched, still at rest
+    b.reset_faults()
+    assert b.state()["faults"] == [] and b.faults == []
+    b.plant.datas[0].qvel[:] = 1e12
+    run(b, {}, 1)
+    assert b.faults
+    finish(b.reset(0, {}))  # a reset of the robot clears it too
+    assert b.state()["faults"] == []
+    b.close()

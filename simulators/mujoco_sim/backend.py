@@ -37,7 +37,19 @@ def _names_ok(v) -> bool:
 
 
 class _Objects:
-    """Where a reset puts each object: the backend checks and hands over the options first."""
+    """Where a reset puts each object (the backend checks and hands over the options first), and the
+    robots whose simulation diverged."""
+
+    def _diverged(self, robots: list) -> None:
+        """MuJoCo reset these robots' data after a NaN or a blow-up: put each back at rest where the
+        safety layer last commanded it (objects where they rest by default), hold it, and latch a
+        `physics_unstable` fault until a reset of that robot or `reset_faults`."""
+        for i in robots:
+            self.unstable.add(int(i))
+        q = np.atleast_2d(self._commanded())
+        rows = sorted(self.unstable)
+        self.plant.reset(rows, q[rows], self._object_poses(len(rows)))
+        self.hold()
 
     def _object_poses(self, n: int) -> dict:
         out = {}
@@ -73,10 +85,17 @@ class PhysicsOne(_Objects, OneRobot):
     def _plant_reset(self, options: dict) -> None:
         self.q[HEAD] = self.head_default
         self.ctl.target[HEAD] = self.head_default
+        self.unstable = set()
         self.plant.reset([0], self.q[None], self._object_poses(1))
 
+    def _commanded(self):
+        self.v = np.zeros_like(self.v)
+        return self.q
+
     def _plant_step(self, q0, v0, h) -> None:
-        self.plant.step(q0[None], v0[None], self.q[None], self.v[None], h, (self.base,))
+        bad = self.plant.step(q0[None], v0[None], self.q[None], self.v[None], h, (self.base,))
+        if bad:
+            self._diverged(bad)
 
     def _sensed(self) -> np.ndarray:
         return self.plant.q[0].copy()
@@ -88,6 +107,7 @@ class PhysicsOne(_Objects, OneRobot):
         st["ee_vel"] = ee_velocity(self.kin, dq)
         st["effort"] = self.plant.effort[0].copy()
         st["objects"] = self.plant.object_state_one(self.base)
+        st["faults"] = _faults(self.unstable)
         return st
 
 
@@ -107,10 +127,18 @@ class PhysicsRobots(_Objects, ManyRobots):
         rows = np.arange(self.num_robots)[idx]
         self.q[idx, HEAD] = self.head_default
         self.target[idx, HEAD] = self.head_default
+        self.unstable = getattr(self, "unstable", set()) - set(rows.tolist())
         self.plant.reset(rows, self.q[idx], self._object_poses(len(rows)))
 
+    def _commanded(self):
+        self.v = self.v.copy()
+        self.v[sorted(self.unstable)] = 0.0
+        return self.q
+
     def _plant_step(self, q0, v0, h) -> None:
-        self.plant.step(q0, v0, self.q, self.v, h, self.base)
+        bad = self.plant.step(q0, v0, self.q, self.v, h, self.base)
+        if bad:
+            self._diverged(bad)
 
     def _sensed(self) -> np.ndarray:
         return self.plant.q
@@ -129,9 +157,18 @@ class PhysicsRobots(_Objects, ManyRobots):
             "ee_vel": ee_vel,
             "base": self.base.copy(),
             "objects": self.plant.object_states(self.base),
-            "faults": [],
+            "faults": _faults(self.unstable),
             "clipped": self._clipped(),
         }
+
+
+def _faults(unstable: set) -> list:
+    if not unstable:
+        return []
+    return [{"code": "physics_unstable", "robots": sorted(unstable),
+             "message": f"the simulation of robot(s) {sorted(unstable)} diverged (MuJoCo reset it: too stiff a "
+                        "contact, a too large timestep or a non-finite value); it was put back at rest where it "
+                        "was commanded and holds: reset it, or send reset_faults"}]
 
 
 class MujocoSim(Backend):
@@ -246,6 +283,14 @@ class MujocoSim(Backend):
 
     def hold(self):
         return self.kernel.hold()
+
+    @property
+    def faults(self) -> list:
+        return _faults(self.kernel.unstable)
+
+    def reset_faults(self, reboot=()):
+        """Clear `physics_unstable`: the robots were already put back at rest, where they hold."""
+        self.kernel.unstable = set()
 
     def render(self, cameras, robots=None) -> dict:
         """name -> (n, h, w, c) frames; names must be in the spec (the server checks them first)."""

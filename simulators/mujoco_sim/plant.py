@@ -15,6 +15,8 @@ import numpy as np
 
 from robot_env.model.description import FETCH, GRIPPER, NJ
 
+_DIVERGED = [int(w) for w in (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQVEL,
+                               mujoco.mjtWarning.mjWARN_BADQPOS)]
 # Joint index (description order) -> its actuator; the gripper is the two fingers.
 _ACTUATED = [i for i in range(NJ) if i != GRIPPER]
 
@@ -48,6 +50,7 @@ class Plant:
         self.threads = max(1, min(int(threads), num_robots))
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self._bases = {}
+        self._warned = [0] * num_robots
         self.t_ctrl = self.t_phys = 0.0  # the trajectory's clock and the physics' (whole substeps)
         self._base_set = [None] * num_robots
         # sensor reads: the actuated joints then the two fingers, mapped to description order by one product
@@ -82,7 +85,8 @@ class Plant:
             self.t_ctrl = self.t_phys = 0.0
         for k, i in enumerate(rows):
             d = self.datas[i]
-            mujoco.mj_resetData(m, d)
+            mujoco.mj_resetData(m, d)  # (clears its warnings too)
+            self._warned[i] = 0
             self._base_set[i] = (0.0, 0.0, 0.0)
             d.qpos[self.qadr] = q[k, _ACTUATED]
             d.qpos[self.fq] = 0.5 * q[k, GRIPPER]
@@ -147,6 +151,18 @@ class Plant:
             for f in [self.pool.submit(self._run, c, ctrl) for c in chunks]:
                 f.result()
         self._read(range(self.n))
+        return self._unstable()
+
+    def _unstable(self) -> list:
+        """Robots whose simulation diverged in this step (MuJoCo warned of a NaN/huge position,
+        velocity or acceleration and reset that robot's data): they are no longer where the state says."""
+        out = []
+        for i, d in enumerate(self.datas):
+            count = sum(int(d.warning[w].number) for w in _DIVERGED)
+            if count != self._warned[i]:
+                self._warned[i] = count
+                out.append(i)
+        return out
 
     def _mass_of(self, d) -> np.ndarray:
         """The joint-space inertia among the actuated joints (k, k), at d's last step (M·eⱼ column by
