@@ -324,9 +324,10 @@ def test_object_tasks_start_elbow_out_with_the_gripper_where_the_ready_pose_puts
 
 
 @pytest.mark.parametrize("n", [1, 3])
-def test_a_diverged_simulation_is_a_fault_put_back_at_rest_not_a_silent_teleport(n):
+def test_a_diverged_simulation_is_a_fault_put_back_at_rest_not_a_silent_teleport(n, tmp_path, monkeypatch):
     """MuJoCo resets a robot's data when its simulation blows up (the arm would jump to all-zero
     joints): the backend puts it back at rest where it was commanded, holds, and latches a fault."""
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs its warning to ./MUJOCO_LOG.TXT
     b = sim(scene="table", num_robots=n)
     finish(b.reset(0, {}))
     st = run(b, {"ee_delta": np.tile([0.02, 0.0, 0.0], (n, 1)) if n > 1 else np.array([0.02, 0.0, 0.0])}, 5)
