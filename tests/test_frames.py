@@ -65,7 +65,9 @@ def test_hello_announces_cameras_and_frames(cam):
     spec = info["spec"]["cameras"]
     assert set(spec) == set(RGB) | {f"{c}_depth" for c in RGB}
     assert spec["head"] == {"height": 84, "width": 84, "channels": 3, "dtype": "uint8"}
-    assert spec["head_depth"] == {"height": 84, "width": 84, "channels": 1, "dtype": "float32"}
+    depth = dict(spec["head_depth"])
+    assert depth.pop("max") > 10  # the far plane (m): what a depth pixel holds at most
+    assert depth == {"height": 84, "width": 84, "channels": 1, "dtype": "float32"}
     assert info["frames"]["ops"] == ["reset", "state", "step"]
 
 
