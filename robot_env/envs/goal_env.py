@@ -91,6 +91,17 @@ class BridgeEnvMixin:
         """The last full state the server returned (joints, mode, faults, clipped flags)."""
         return self._state
 
+    def _render_frames(self):
+        """The render camera's frames (one per robot) of the last step or reset (a `state` request
+        for them when there were none yet); None without a render mode."""
+        if self.render_camera is None:
+            return None
+        frames = self._frames
+        if frames is None or self.render_camera not in frames:
+            st = self._client.state(frames=[self.render_camera])
+            frames = self._frames = st.pop("frames")
+        return frames[self.render_camera]
+
     def _open(self, task: Task, config, overrides, num_robots: int | None = None) -> None:
         """The session (asking a spawned server for the task's robots and scene) and the task bound to
         its server; a server that lacks what the task needs is refused, and closed, before anything moves."""
@@ -239,13 +250,8 @@ class BridgeGoalEnv(BridgeEnvMixin, gym.Env):
     def render(self):
         """`render_mode="rgb_array"`: the render camera's RGB frame (h, w, 3) of the last step or reset
         (a `state` request for one when there was none yet); None without a render mode."""
-        if self.render_camera is None:
-            return None
-        frames = self._frames
-        if frames is None or self.render_camera not in frames:
-            st = self._client.state(frames=[self.render_camera])
-            frames = self._frames = st.pop("frames")
-        return frames[self.render_camera][0]
+        frames = self._render_frames()
+        return None if frames is None else frames[0]
 
     def compute_reward(self, achieved_goal, desired_goal, info):
         """Vectorized over leading dims, as HER relabelling calls it."""

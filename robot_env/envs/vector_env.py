@@ -153,13 +153,8 @@ class BridgeVectorEnv(BridgeEnvMixin, VectorEnv):
 
     def render(self):
         """`render_mode="rgb_array"`: one RGB frame (h, w, 3) per robot, of the last step or reset."""
-        if self.render_camera is None:
-            return None
-        frames = self._frames
-        if frames is None or self.render_camera not in frames:
-            st = self._client.state(frames=[self.render_camera])
-            frames = self._frames = st.pop("frames")
-        return tuple(frames[self.render_camera])
+        frames = self._render_frames()
+        return None if frames is None else tuple(frames)
 
     # -- internals ---------------------------------------------------------------------------
     def _observe(self, st: dict) -> dict:

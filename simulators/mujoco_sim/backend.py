@@ -37,8 +37,17 @@ def _names_ok(v) -> bool:
 
 
 class _Objects:
-    """Where a reset puts each object (the backend checks and hands over the options first), and the
-    robots whose simulation diverged."""
+    """What the two kernels share over a plant: where a reset puts each object (the backend checks
+    and hands over the options first), and the robots whose simulation diverged."""
+
+    def __init__(self, plant: Plant, scene, ready_xy, **kw):
+        self.plant = plant
+        self.scene = scene
+        self.ready_xy = ready_xy
+        self.head_default = HEAD_AT_TABLE if scene.objects else (0.0, 0.0)
+        self._object_opts: dict = {}
+        super().__init__(**kw)  # the kinematic kernel's (OneRobot or ManyRobots)
+
 
     def _diverged(self, robots: list) -> None:
         """MuJoCo reset these robots' data after a NaN or a blow-up: put each back at rest where the
@@ -74,14 +83,6 @@ class _Objects:
 class PhysicsOne(_Objects, OneRobot):
     """`OneRobot` (plain floats) whose joints are a MuJoCo plant's: one robot's fast path."""
 
-    def __init__(self, plant: Plant, scene, ready_xy, **kw):
-        self.plant = plant
-        self.scene = scene
-        self.ready_xy = ready_xy
-        self.head_default = HEAD_AT_TABLE if scene.objects else (0.0, 0.0)
-        self._object_opts: dict = {}
-        super().__init__(**kw)
-
     def _plant_reset(self, options: dict) -> None:
         self.q[HEAD] = self.head_default
         self.ctl.target[HEAD] = self.head_default
@@ -113,14 +114,6 @@ class PhysicsOne(_Objects, OneRobot):
 
 class PhysicsRobots(_Objects, ManyRobots):
     """`ManyRobots` whose joints are a MuJoCo plant's: the limiter's output drives the servos."""
-
-    def __init__(self, plant: Plant, scene, ready_xy, **kw):
-        self.plant = plant
-        self.scene = scene
-        self.ready_xy = ready_xy
-        self.head_default = HEAD_AT_TABLE if scene.objects else (0.0, 0.0)
-        self._object_opts: dict = {}
-        super().__init__(**kw)
 
     # the object options are taken out (and checked) by the backend before the kernel resets
     def _plant_reset(self, idx, options: dict) -> None:
