@@ -7,6 +7,9 @@ import robot_env  # noqa: F401  (registers the envs)
 
 # One torch/BLAS thread per process: the server needs the other core.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Headless MuJoCo rendering, decided before any test module imports mujoco (it picks its GL backend
+# on import): the test modules that import mujoco themselves would otherwise leave it without one.
+os.environ.setdefault("MUJOCO_GL", "egl")
 # Hardware servers persist a latched e-stop under $XDG_STATE_HOME: the tests' own, not the user's
 # (spawned servers inherit it).
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="robot-env-test-state-")

@@ -3,10 +3,9 @@ objects live in the state and start where reset options put them, grasps hold, o
 episode, bad input changes nothing, and N robots on one server equal N servers robot for robot."""
 import math
 
+import mujoco  # the `mujoco` extra is part of the test install: no skip
 import numpy as np
 import pytest
-
-mujoco = pytest.importorskip("mujoco")
 
 from robot_env import config as config_mod  # noqa: E402
 from robot_env.backends.interface import finish  # noqa: E402
