@@ -193,7 +193,6 @@ def _bench_noop(actions, env_id: str) -> dict:
     import gymnasium as gym
 
     from ..bridge.endpoints import private_ipc
-
     from ..envs.registration import entry
 
     endpoint, stream = private_ipc("noop")

@@ -62,7 +62,6 @@ class Plant:
         self._gather_q[k:, GRIPPER] = 1.0
         self._gather_e = self._gather_q.copy()
         self._gather_e[k:, GRIPPER] = 0.5
-        self._gather_v = self._gather_q
         # joint targets (description order) -> actuator controls: the servo's position, its velocity
         # feed-forward, and each finger's half of the width
         self.map_q = np.zeros((NJ, m.nu))
@@ -188,12 +187,11 @@ class Plant:
     def _read(self, rows) -> None:
         """Sensors, in description order: joints, the finger width (their sum), efforts (a finger's
         force: the squeeze)."""
-        gq, gv, ge = self._gather_q, self._gather_v, self._gather_e
+        gq, ge = self._gather_q, self._gather_e
         for i in rows:
             d = self.datas[i]
             self.q[i] = d.qpos[self.qread] @ gq
-            qv = d.qvel[self.vread]
-            self.dq[i] = qv @ gq
+            self.dq[i] = d.qvel[self.vread] @ gq
             self.effort[i] = d.qfrc_actuator[self.vread] @ ge
 
     # -- objects ---------------------------------------------------------------------------------
