@@ -40,6 +40,8 @@ from .protocol import IDEMPOTENT_OPS, VERSION, decode, encode, unpack_state
 
 _wall = time.time  # the request's stamp (latency); never a deadline
 _mono = time.monotonic  # timeouts: a step of the system clock must not stretch or cut them
+_raw_get = zmq.backend.Socket.get  # the int-valued getsockopt, without pyzmq's enum wrapping
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 # Spinning on a reply gives the CPU away on every turn: ZeroMQ's I/O threads (ours and the
 # server's) must run for the reply to arrive at all, and on a machine with few cores a plain
 # busy loop makes them wait for the scheduler to preempt it (measured: p99 round trip ~0.7 ms
@@ -142,6 +144,11 @@ class RobotClient:
         get = sock.get
         spin_until = _mono() + self.spin
         while True:
+            # While spinning, ask for readiness (a plain int) instead of a failing recv: each zmq.Again
+            # costs ~4 µs of the CPU the server needs on a 2-core machine.
+            if _raw_get(sock, _EVENTS) & _POLLIN == 0 and _mono() < spin_until:
+                _yield()
+                continue
             try:
                 data = sock.recv(zmq.NOBLOCK)
                 parts = None

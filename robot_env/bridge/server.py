@@ -63,6 +63,10 @@ REQUEST_QUEUE = 16  # requests queued per peer while the server is busy (each at
 _LATER = object()  # a handler started a long operation: its reply comes when the operation ends
 
 
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+
+
 class RobotServer:
     def __init__(self, backend: Backend, endpoint: str, stream_endpoint: str, *, clock: str = "lockstep",
                  control_period: float = 0.04, watchdog_timeout: float = 0.25,
@@ -198,8 +202,13 @@ class RobotServer:
         spin = 0.0 if realtime else self.spin
         spinning = spin > 0.0
         router_only = {router: zmq.POLLIN}
-        EVENTS, POLLIN, RCVMORE, NOBLOCK = zmq.EVENTS, zmq.POLLIN, zmq.RCVMORE, zmq.NOBLOCK
-        recv, get = router.recv, router.get
+        # plain ints and the int-valued getsockopt: pyzmq's enum wrapping costs ~1 µs a check
+        EVENTS, POLLIN, RCVMORE, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE), int(zmq.NOBLOCK)
+        raw_get = zmq.backend.Socket.get
+        recv = router.recv
+
+        def get(option, _raw=raw_get, _sock=router):
+            return _raw(_sock, option)
         last_full_poll = 0.0
         self.running = True
         clk = self.clk
@@ -304,11 +313,11 @@ class RobotServer:
         router = self.router
         try:
             for frame in head:  # send_multipart, without its per-call overhead
-                router.send(frame, zmq.SNDMORE | zmq.NOBLOCK)
+                router.send(frame, _MORE_NOBLOCK)
             if parts is None:
-                router.send(payload, zmq.NOBLOCK)
+                router.send(payload, _NOBLOCK)
             else:  # once the first part is queued, ZeroMQ takes the rest of the message whole
-                router.send(payload, zmq.SNDMORE | zmq.NOBLOCK)
+                router.send(payload, _MORE_NOBLOCK)
                 last = len(parts) - 1
                 for i, part in enumerate(parts):
                     router.send(part, (zmq.SNDMORE if i < last else 0) | zmq.NOBLOCK, copy=False)
