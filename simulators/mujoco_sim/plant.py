@@ -38,8 +38,9 @@ class Plant:
         self.a_pos = np.array([act[names[i]] for i in _ACTUATED])
         self.a_vel = np.array([act[names[i] + "_vel"] for i in _ACTUATED])
         self.a_ff = np.array([act[names[i] + "_ff"] for i in _ACTUATED])
-        self._unit = np.zeros(m.nv)
-        self._col = np.zeros(m.nv)
+        self._full = np.zeros((m.nv, m.nv))
+        self._ix = np.ix_(self.vadr, self.vadr)
+        self._full_m4 = not hasattr(mujoco.MjData, "qM")
         self.a_fing = np.array([act[f"{s}_gripper_finger"] for s in "lr"])
         self.site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "grip")
         self.objects = {}  # name -> (qpos adr, dof adr) of its free joint
@@ -164,16 +165,14 @@ class Plant:
         return out
 
     def _mass_of(self, d) -> np.ndarray:
-        """The joint-space inertia among the actuated joints (k, k), at d's last step (M·eⱼ column by
-        column: mj_mulM is in every MuJoCo version, the dense layout's name is not)."""
-        k = len(self.vadr)
-        out = np.empty((k, k))
-        for j, dof in enumerate(self.vadr):
-            self._unit[dof] = 1.0
-            mujoco.mj_mulM(self.model, d, self._col, self._unit)
-            self._unit[dof] = 0.0
-            out[j] = self._col[self.vadr]
-        return out
+        """The joint-space inertia among the actuated joints (k, k), at d's last step. mj_fullM's
+        arguments changed in MuJoCo 4 (m, d, dst; before: m, dst, d.qM): whichever this one takes."""
+        full = self._full
+        if self._full_m4:
+            mujoco.mj_fullM(self.model, d, full)
+        else:
+            mujoco.mj_fullM(self.model, full, d.qM)
+        return full[self._ix]
 
     def _run(self, rows, ctrl) -> None:
         m, step = self.model, mujoco.mj_step
