@@ -349,3 +349,44 @@ def test_a_diverged_simulation_is_a_fault_put_back_at_rest_not_a_silent_teleport
     finish(b.reset(0, {}))  # a reset of the robot clears it too
     assert b.state()["faults"] == []
     b.close()
+
+
+def test_asking_for_frames_does_not_change_the_physics():
+    """The same seed and actions with and without a frame each step: the same states, bit for bit."""
+    runs = []
+    for frames in (False, True):
+        b = sim()
+        finish(b.reset(0, {"object0.xy": np.array([0.68, 0.04]), "initial_torso": 0.19}))
+        rng = np.random.default_rng(5)
+        out = []
+        for _ in range(60):
+            b.apply({"ee_delta": rng.uniform(-1, 1, 3) * 0.05})
+            b.advance(0.04)
+            if frames:
+                assert b.render(["external"])["external"].std() > 0
+            st = b.state()
+            out.append(np.concatenate([st["q"], st["dq"], st["objects"]["object0"]["pos"]]))
+        runs.append(np.array(out))
+        b.close()
+    assert np.array_equal(runs[0], runs[1])
+
+
+def test_one_robots_divergence_leaves_the_others_moving_and_holds_only_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs its warning to ./MUJOCO_LOG.TXT
+    b = sim(scene="empty", num_robots=3)
+    finish(b.reset(0, {}))
+    goal = np.array(READY_ARM) + np.array([0.6, 0, 0, 0, 0, 0, 0])
+    b.apply({"arm_position": np.tile(goal, (3, 1))})
+    b.advance(0.08)
+    b.plant.datas[1].qvel[:] = 1e12  # robot 1 blows up mid-move
+    b.advance(0.04)
+    assert b.faults and b.faults[0]["robots"] == [1]
+    held = np.atleast_2d(b.state()["q"])[1, 1]
+    flags = b.apply({"arm_position": np.tile(goal, (3, 1))})  # still commanded: robot 1 is not moved
+    assert flags["physics_unstable.held"] == [1]
+    for _ in range(40):
+        b.advance(0.04)
+    q = np.atleast_2d(b.state()["q"])
+    assert np.abs(q[[0, 2], 1] - goal[0]).max() < 0.01  # the others reached their target
+    assert abs(q[1, 1] - held) < 0.05  # the diverged one held where it was put back
+    b.close()

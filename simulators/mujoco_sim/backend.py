@@ -52,13 +52,13 @@ class _Objects:
     def _diverged(self, robots: list) -> None:
         """MuJoCo reset these robots' data after a NaN or a blow-up: put each back at rest where the
         safety layer last commanded it (objects where they rest by default), hold it, and latch a
-        `physics_unstable` fault until a reset of that robot or `reset_faults`."""
-        for i in robots:
-            self.unstable.add(int(i))
-        q = np.atleast_2d(self._commanded())
-        rows = sorted(self.unstable)
+        `physics_unstable` fault until a reset of that robot or `reset_faults`. Only these robots:
+        the others of an N-robot server go on as they were."""
+        rows = sorted(int(i) for i in robots)
+        self.unstable.update(rows)
+        q = np.atleast_2d(self._commanded(rows))
         self.plant.reset(rows, q[rows], self._object_poses(len(rows)))
-        self.hold()
+        self._hold_rows(rows)
 
     def _object_poses(self, n: int) -> dict:
         out = {}
@@ -89,9 +89,18 @@ class PhysicsOne(_Objects, OneRobot):
         self.unstable = set()
         self.plant.reset([0], self.q[None], self._object_poses(1))
 
-    def _commanded(self):
+    def _commanded(self, rows):
         self.v = np.zeros_like(self.v)
         return self.q
+
+    def _hold_rows(self, rows) -> None:
+        self.hold()
+
+    def apply(self, command, robots=None):
+        """A robot with a latched `physics_unstable` holds: its commands are not applied (flagged)."""
+        if self.unstable:
+            return ["physics_unstable.held"]
+        return OneRobot.apply(self, command, robots)
 
     def _plant_step(self, q0, v0, h) -> None:
         bad = self.plant.step(q0[None], v0[None], self.q[None], self.v[None], h, (self.base,))
@@ -123,10 +132,30 @@ class PhysicsRobots(_Objects, ManyRobots):
         self.unstable = getattr(self, "unstable", set()) - set(rows.tolist())
         self.plant.reset(rows, self.q[idx], self._object_poses(len(rows)))
 
-    def _commanded(self):
+    def _commanded(self, rows):
         self.v = self.v.copy()
-        self.v[sorted(self.unstable)] = 0.0
+        self.v[rows] = 0.0
         return self.q
+
+    def _hold_rows(self, rows) -> None:
+        """`hold` for some robots only (the limiter's stopping targets, velocity commands off)."""
+        self.target[rows] = self.limiter.stopping_target(self.q[rows], self.v[rows], self.period)
+        self.vel_mode[rows] = False
+        self.vel_target[rows] = 0.0
+        self.base_cmd[rows] = 0.0
+
+    def apply(self, command, robots=None):
+        """Robots with a latched `physics_unstable` hold: their rows of a command are not applied (flagged)."""
+        if not self.unstable:
+            return ManyRobots.apply(self, command, robots)
+        held = sorted(self.unstable)
+        keep = {k: np.array(self.target[held]) for k in ("target",)}
+        flags = dict(ManyRobots.apply(self, command, robots))
+        self.target[held] = keep["target"]
+        self._hold_rows(held)
+        flags["physics_unstable.held"] = held
+        self.clipped = flags
+        return flags
 
     def _plant_step(self, q0, v0, h) -> None:
         bad = self.plant.step(q0, v0, self.q, self.v, h, self.base)

@@ -51,6 +51,7 @@ class Plant:
         self.threads = max(1, min(int(threads), num_robots))
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self._bases = {}
+        self._view = None  # the scratch data frames are rendered from
         self._warned = [0] * num_robots
         self.t_ctrl = self.t_phys = 0.0  # the trajectory's clock and the physics' (whole substeps)
         self._base_set = [None] * num_robots
@@ -241,10 +242,19 @@ class Plant:
                          "angvel": _rot_z_inv(ang_world, c, s)}
         return out
 
-    def forward(self, rows) -> None:
-        """Derived quantities (positions of every body) for rendering."""
-        for i in rows:
-            mujoco.mj_forward(self.model, self.datas[i])
+    def view(self, i: int):
+        """Robot i's bodies, cameras and lights posed for rendering, in a scratch `MjData`: the
+        physics' own data is never touched, so asking for frames cannot change the simulation."""
+        v = self._view
+        if v is None:
+            v = self._view = mujoco.MjData(self.model)
+        d = self.datas[i]
+        v.qpos[:] = d.qpos
+        v.mocap_pos[:] = d.mocap_pos
+        v.mocap_quat[:] = d.mocap_quat
+        mujoco.mj_kinematics(self.model, v)
+        mujoco.mj_camlight(self.model, v)
+        return v
 
     def close(self) -> None:
         if self.pool is not None:

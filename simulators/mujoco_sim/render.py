@@ -52,7 +52,6 @@ class Cameras:
     def render(self, names, robots=None) -> dict:
         """name -> (n, h, w, c) frames of robots `robots` (None: all), in request order."""
         rows = range(self.plant.n) if robots is None else [int(i) for i in robots]
-        self.plant.forward(rows)
         out = {}
         for name in names:
             spec = self.specs[name]
@@ -61,7 +60,7 @@ class Cameras:
             r = self._renderer(spec, depth)
             frames = np.empty((len(rows), spec.height, spec.width, spec.channels), np.dtype(spec.dtype))
             for k, i in enumerate(rows):
-                r.update_scene(self.plant.datas[i], camera=cam)
+                r.update_scene(self.plant.view(i), camera=cam)
                 img = r.render()
                 frames[k] = img[..., None] if depth else img
             out[name] = frames
