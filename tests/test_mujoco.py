@@ -111,6 +111,11 @@ def test_objects_start_where_reset_options_put_them_and_are_reported_in_the_base
     ({"object0.xy": np.array([2.0, 0.0])}, "off the table"),
     ({"object0.pose": np.array([0.7, 0.0, 0.69, 0.0, 0.0, 0.0, 2.0])}, "unit"),
     ({"object0.pose": np.array([0.7, 0.0, 0.30, 0.0, 0.0, 0.0, 1.0])}, "into the table"),
+    ({"object0.pose": np.array([0.7, 0.0, 1e11, 0.0, 0.0, 0.0, 1.0])}, "above where"),
+    ({"object0.xy": np.array([np.nan, 0.0])}, "finite"),
+    ({"object0.pose": np.array([0.7, 0.0, np.nan, 0.0, 0.0, 0.0, 1.0])}, "finite"),
+    ({"object0.xy": np.array([0.7, 0.0, 0.1])}, "2 numbers"),
+    ({"object0.xy": np.array([0.7, 0.0]), "object0.pose": np.array([0.7, 0.0, 0.69, 0, 0, 0, 1.0])}, "not both"),
 ])
 def test_a_bad_placement_is_refused_and_changes_nothing(options, what):
     b = sim()

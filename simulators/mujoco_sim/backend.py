@@ -27,6 +27,7 @@ from .render import CAMERAS, Cameras, camera_specs
 from .scenes import SCENES
 
 MAX_ROBOTS = 64
+MAX_DROP = 0.5  # m: the highest above its resting height an object may be placed (it falls from there)
 # Where the head looks at a reset: pan 0, tilted down so the head camera sees the table.
 HEAD_AT_TABLE = (0.0, 0.95)
 _num = (int, float)
@@ -261,9 +262,19 @@ class MujocoSim(Backend):
         rows = self.num_robots if robots is None else len(robots)
         objs = {}
         for o in self.scene.objects:
+            if f"{o.name}.xy" in options and f"{o.name}.pose" in options:
+                raise RequestError("bad_options", f"give {o.name}.xy or {o.name}.pose, not both")
             for key in (f"{o.name}.xy", f"{o.name}.pose"):
-                if key in options:
-                    objs[key] = np.broadcast_to(np.asarray(options[key], float), (rows, self.reset_opts[key][0]))
+                if key in options:  # (the server has checked shapes and finiteness; direct callers too, here)
+                    k = self.reset_opts[key][0]
+                    try:
+                        v = np.broadcast_to(np.asarray(options[key], float), (rows, k))
+                    except (TypeError, ValueError):
+                        raise RequestError("bad_options", f"{key} must be {k} numbers (or one row of {k} per "
+                                                          f"reset robot), got {np.shape(options[key])}") from None
+                    if not np.isfinite(v).all():
+                        raise RequestError("bad_options", f"{key} must be finite numbers")
+                    objs[key] = v
             self._check_placement(o, objs)
         kept = {k: v for k, v in options.items() if k not in objs}
         self.kernel._object_opts = objs
@@ -274,7 +285,8 @@ class MujocoSim(Backend):
 
     def _check_placement(self, o, objs) -> None:
         """An object must start on its table (within its edges) and, given a full pose, with a unit
-        quaternion and not below the table top: else the reset is refused and nothing changes."""
+        quaternion, not below the table top and at most `MAX_DROP` above where it rests (a higher one
+        falls off the table or tunnels into it): else the reset is refused and nothing changes."""
         cx, cy = self.scene.table_center(self.ready_xy)
         hx, hy = self.scene.table_half
         for key in (f"{o.name}.xy", f"{o.name}.pose"):
@@ -290,9 +302,13 @@ class MujocoSim(Backend):
                 norm = np.linalg.norm(v[:, 3:7], axis=1)
                 if (np.abs(norm - 1.0) > 1e-3).any():
                     raise RequestError("bad_options", f"{key}: the quaternion (qx, qy, qz, qw) must be a unit one")
-                if (v[:, 2] < self.scene.rest_height(o) - 0.005).any():
+                rest = self.scene.rest_height(o)
+                if (v[:, 2] < rest - 0.005).any():
                     raise RequestError("bad_options", f"{key}: z puts {o.name} into the table "
-                                                      f"(its centre rests at {self.scene.rest_height(o):.4f} m)")
+                                                      f"(its centre rests at {rest:.4f} m)")
+                if (v[:, 2] > rest + MAX_DROP).any():
+                    raise RequestError("bad_options", f"{key}: z is more than {MAX_DROP} m above where {o.name} "
+                                                      f"rests ({rest:.4f} m): it would not land where placed")
 
     def apply(self, command, robots=None):
         return self.kernel.apply(command, robots)
