@@ -15,6 +15,7 @@ import numpy as np
 
 from robot_env.model.description import FETCH, GRIPPER, NJ
 
+FOLLOWING_MARGIN = 0.016  # s of travel at full speed a goal may lead by (the steady lag is ~3 ms of it)
 _DIVERGED = [int(w) for w in (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQVEL,
                                mujoco.mjtWarning.mjWARN_BADQPOS)]
 # Joint index (description order) -> its actuator; the gripper is the two fingers.
@@ -51,10 +52,13 @@ class Plant:
         self.threads = max(1, min(int(threads), num_robots))
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self._bases = {}
+        self._leads = {}
+        self.vmax = np.array([j.velocity for j in description.joints])
         self._view = None  # the scratch data frames are rendered from
         self._warned = [0] * num_robots
         self.t_ctrl = self.t_phys = 0.0  # the trajectory's clock and the physics' (whole substeps)
         self._base_set = [None] * num_robots
+        self._glide = [None] * num_robots  # a moving base's mocap pose at each substep of this period
         # sensor reads: the actuated joints then the two fingers, mapped to description order by one product
         self.qread = np.concatenate([self.qadr, self.fq])
         self.vread = np.concatenate([self.vadr, self.fv])
@@ -133,7 +137,12 @@ class Plant:
         where the odometry put each robot."""
         bq, bv, ba = self._basis(h)
         x = np.stack([q0, h * v0, q1, h * v1], axis=-2)  # (N, 4, NJ)
-        ctrl = np.matmul(np.matmul(bq, x), self.map_q) + np.matmul(np.matmul(bv, x), self.map_v)  # (N, n, nu)
+        # The servos' profile velocity (Dynamixel's): a goal never leads the measured joint by more than
+        # the joint can travel by then plus a following margin, so a joint held back (pressed on the
+        # table) does not wind up and then snap past its speed limit when let go.
+        lead = self._lead(len(bq), h)
+        qt = np.clip(np.matmul(bq, x), self.q[:, None] - lead, self.q[:, None] + lead)
+        ctrl = np.matmul(qt, self.map_q) + np.matmul(np.matmul(bv, x), self.map_v)  # (N, n, nu)
         moving = (v0 != v1).any(axis=1)  # accelerating somewhere in the period (else no inertia term)
         for i, d in enumerate(self.datas):
             if moving[i]:  # inertia feed-forward M(q)·q̈ along the trajectory, substep by substep
@@ -141,10 +150,16 @@ class Plant:
                 ctrl[i][:, self.a_ff] = acc @ self._mass_of(d)
             row = base[i]
             pose = (row[0], row[1], row[2])
-            if pose != self._base_set[i]:  # the mocap base only where the odometry moved it
+            last = self._base_set[i]
+            if pose != last:  # the base moved: glide it there substep by substep (a jump drags the arm)
                 self._base_set[i] = pose
-                d.mocap_pos[0] = (row[0], row[1], 0.0)
-                d.mocap_quat[0] = (math.cos(0.5 * row[2]), 0.0, 0.0, math.sin(0.5 * row[2]))
+                s = np.arange(1, len(bq) + 1)[:, None] / len(bq)
+                th = last[2] + s[:, 0] * math.remainder(pose[2] - last[2], math.tau)
+                xy = np.asarray(last[:2]) + s * (np.asarray(pose[:2]) - last[:2])
+                self._glide[i] = (np.column_stack([xy, np.zeros(len(s))]),
+                                  np.column_stack([np.cos(0.5 * th), np.zeros((len(s), 2)), np.sin(0.5 * th)]))
+            else:
+                self._glide[i] = None
         if self.pool is None:
             self._run(range(self.n), ctrl)
         else:
@@ -165,6 +180,19 @@ class Plant:
                 out.append(i)
         return out
 
+    def _lead(self, n: int, h: float) -> np.ndarray:
+        """(n, NJ): how far each substep's goal may lead the joint measured at the period's start."""
+        key = (n, h)
+        lead = self._leads.get(key)
+        if lead is None:
+            ts = self.model.opt.timestep
+            t = np.arange(1, n + 1)[:, None] * ts
+            lead = self._leads[key] = self.vmax * (t + FOLLOWING_MARGIN)
+            lead[:, GRIPPER] = np.inf  # the fingers squeeze: their goal may lie inside what they hold
+            if len(self._leads) > 256:
+                self._leads.clear()
+        return lead
+
     def _mass_of(self, d) -> np.ndarray:
         """The joint-space inertia among the actuated joints (k, k), at d's last step. mj_fullM's
         arguments changed in MuJoCo 4 (m, d, dst; before: m, dst, d.qM): whichever this one takes."""
@@ -180,8 +208,17 @@ class Plant:
         for i in rows:
             d = self.datas[i]
             c = d.ctrl
-            for u in ctrl[i]:
+            glide = self._glide[i]
+            if glide is None:
+                for u in ctrl[i]:
+                    c[:] = u
+                    step(m, d)
+                continue
+            mp, mq = d.mocap_pos, d.mocap_quat
+            for u, p, q in zip(ctrl[i], *glide):
                 c[:] = u
+                mp[0] = p
+                mq[0] = q
                 step(m, d)
 
     def _read(self, rows) -> None:
