@@ -219,3 +219,34 @@ def test_a_backward_step_of_the_wall_clock_does_not_stretch_the_watchdog_or_the_
         proc.kill()
         proc.wait()
 
+
+
+def test_a_step_still_waiting_out_its_period_is_answered_when_the_server_closes():
+    """Realtime: a step waits out its control period before its reply; a `close` in that window
+    must answer it (with the state it reached), not leave the client to time out."""
+    import time as _time
+
+    import zmq as _zmq
+
+    from robot_env import config as _config
+    from robot_env.bridge.client import RobotClient as _Client
+    from robot_env.bridge.protocol import VERSION, decode, encode
+    from robot_env.bridge.spawn import ServerProcess as _Server
+
+    srv = _Server(_config.load("sim", {"server": {"clock": "realtime", "control_period": 0.5}}))
+    c = _Client(srv.endpoint, timeout=5.0)
+    owner = _Client(srv.endpoint, timeout=5.0, owner=srv.owner)
+    try:
+        c.reset(seed=0)
+        c.seq += 1
+        c.sock.send(encode({"v": VERSION, "op": "step", "seq": c.seq, "token": c.token, "t": _time.time(),
+                            "cmd": {}}))
+        _time.sleep(0.05)
+        assert owner.request("close", owner=srv.owner)["ok"]
+        assert c.sock.poll(3000, _zmq.POLLIN), "the waiting step got no reply"
+        reply = decode(c.sock.recv())
+        assert reply["ok"] and reply["seq"] == c.seq and "state" in reply
+    finally:
+        owner.sock.close(0)
+        c.sock.close(0)
+        srv.close()

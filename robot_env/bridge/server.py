@@ -294,6 +294,13 @@ class RobotServer:
         if self.router.closed:
             return
         try:
+            if self.clk.deferred:  # realtime steps still waiting out their period: answered, never dropped
+                now = _mono()
+                self.clk.flush(now)
+                try:
+                    self._finish_deferred(now)
+                except Exception:
+                    log.exception("answering the waiting steps at close failed")
             self._cancel_pending("the server is closing")
             self.backend.close()
         finally:
