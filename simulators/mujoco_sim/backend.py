@@ -204,7 +204,7 @@ class MujocoSim(Backend):
         "num_robots": (int, 1, lambda v: 1 <= v <= MAX_ROBOTS, f"between 1 and {MAX_ROBOTS}"),
         "scene": (str, "table", lambda v: v in SCENES, f"one of {', '.join(SCENES)}"),
         "timestep": (_num, 0.002, lambda v: 1e-4 <= v <= 0.01, "between 0.0001 and 0.01 s"),
-        "grip_force": (_num, 60.0, lambda v: 1 <= v <= 500, "between 1 and 500 N per finger"),
+        "grip_force": (_num, 60.0, lambda v: 1 <= v <= 200, "between 1 and 200 N per finger"),
         "cameras": (list, list(CAMERAS), _names_ok, f"a list of distinct names from {', '.join(CAMERAS)}"),
         "camera_height": (int, 84, lambda v: 8 <= v <= 640, "between 8 and 640 pixels"),
         "camera_width": (int, 84, lambda v: 8 <= v <= 640, "between 8 and 640 pixels"),

@@ -38,6 +38,7 @@ LINKS = {
 GRIPPER_MASS = 1.52
 FINGER_MASS = 0.08
 FINGER_KP, FINGER_KV = 3000.0, 60.0
+SQUEEZE = 0.02  # m of a finger's goal past the object at which it pushes with the full grip force
 ARMATURE = 0.05  # reflected rotor inertia (kg·m²): keeps the light wrist stable at a 2 ms step
 
 # Finger pads: the grasp centre is the grip site (the gripper frame's origin); pads reach 2 cm past it.
@@ -138,7 +139,7 @@ def robot_xml(desc: RobotDescription = FETCH, wrist_camera: bool = True) -> str:
     return "\n".join(out)
 
 
-def actuators_xml(desc: RobotDescription = FETCH) -> str:
+def actuators_xml(desc: RobotDescription = FETCH, grip_force: float = 60.0) -> str:
     """Per joint: a position servo (force = kp·(ctrl − q) − kv·q̇), a velocity feed-forward
     (force = kv·ctrl) and an inertia feed-forward (a torque: M(q)·q̈ of the trajectory), so a
     trajectory is tracked without lag, within the joint's effort limit; then the two fingers."""
@@ -151,8 +152,10 @@ def actuators_xml(desc: RobotDescription = FETCH) -> str:
                    f'biastype="affine" biasprm="0 {-g["kp"]:.9g} {-g["kv"]:.9g}"/>')
         vel.append(f'<general name="{j.name}_vel" joint="{j.name}" gainprm="{g["kv"]:.9g}"/>')
         ff.append(f'<motor name="{j.name}_ff" joint="{j.name}"/>')
-    fingers = [f'<general name="{s}_gripper_finger" joint="{s}_gripper_finger_joint" gainprm="{FINGER_KP}" '
-               f'biastype="affine" biasprm="0 {-FINGER_KP} {-FINGER_KV}"/>' for s in ("l", "r")]
+    # stiff enough that the force limit, not the servo, sets the squeeze (else > 70 N could not be reached)
+    kp = max(FINGER_KP, grip_force / SQUEEZE)
+    fingers = [f'<general name="{s}_gripper_finger" joint="{s}_gripper_finger_joint" gainprm="{kp:.9g}" '
+               f'biastype="affine" biasprm="0 {-kp:.9g} {-FINGER_KV}"/>' for s in ("l", "r")]
     return "<actuator>\n" + "\n".join(pos + vel + ff + fingers) + "\n</actuator>"
 
 
@@ -192,6 +195,6 @@ def mjcf(scene: Scene, ready_xy, desc: RobotDescription = FETCH, *, timestep: fl
 {scene_xml(scene, ready_xy)}
 {robot}
 </worldbody>
-{actuators_xml(desc)}
+{actuators_xml(desc, grip_force)}
 </mujoco>
 """
