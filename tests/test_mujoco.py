@@ -395,3 +395,16 @@ def test_one_robots_divergence_leaves_the_others_moving_and_holds_only_it(tmp_pa
     assert np.abs(q[[0, 2], 1] - goal[0]).max() < 0.01  # the others reached their target
     assert abs(q[1, 1] - held) < 0.05  # the diverged one held where it was put back
     b.close()
+
+
+def test_a_joint_forced_past_its_speed_limit_is_flagged():
+    """Free motion never trips it; a joint that contact (or anything) drives past 110 % of its limit
+    is named in `clipped` as `joint.overspeed`, for one robot and N."""
+    for n in (1, 2):
+        b = sim(scene="empty", num_robots=n)
+        finish(b.reset(0, {}))
+        st = run(b, {"arm_position": np.tile(np.array(READY_ARM) + 0.5, (n, 1)) if n > 1 else np.array(READY_ARM) + 0.5}, 20)
+        assert "joint.overspeed" not in st["clipped"]
+        b.plant.dq[-1, 6] = 3.0 * b.plant.vmax[6]  # as a sensor would read a wrist knocked by contact
+        assert b.state()["clipped"]["joint.overspeed"] == [n - 1]
+        b.close()

@@ -119,6 +119,9 @@ class PhysicsOne(_Objects, OneRobot):
         st["effort"] = self.plant.effort[0].copy()
         st["objects"] = self.plant.object_state_one(self.base)
         st["faults"] = _faults(self.unstable)
+        fast = self.plant.overspeed()
+        if fast[0]:  # a joint driven past its speed limit (by contact): said, not hidden
+            st["clipped"] = {**st["clipped"], "joint.overspeed": [0]}
         return st
 
 
@@ -181,8 +184,14 @@ class PhysicsRobots(_Objects, ManyRobots):
             "base": self.base.copy(),
             "objects": self.plant.object_states(self.base),
             "faults": _faults(self.unstable),
-            "clipped": self._clipped(),
+            "clipped": _with_overspeed(self._clipped(), self.plant.overspeed()),
         }
+
+
+def _with_overspeed(clipped: dict, fast: np.ndarray) -> dict:
+    if not fast.any():
+        return clipped
+    return {**clipped, "joint.overspeed": np.flatnonzero(fast).tolist()}
 
 
 def _faults(unstable: set) -> list:

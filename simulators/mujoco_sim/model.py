@@ -96,11 +96,12 @@ def robot_xml(desc: RobotDescription = FETCH, wrist_camera: bool = True) -> str:
     js = desc.joints
     torso, arm, grip, head_pan, head_tilt = js[0], js[1:8], js[GRIPPER], js[9], js[10]
     out = ['<body name="base_link" mocap="true">',
-           # the base and the torso push objects (both are kinematic: they drive through the fixed table)
+           # the base pushes objects (it is kinematic: it drives through the fixed table); the torso column
+           # is visual, else a base driven into the table would shove the torso's joint
            f'<geom type="cylinder" size="0.28 0.18" pos="0 0 0.18" {ROBOT} rgba="0.3 0.3 0.35 1"/>',
            f'<body name="torso_lift_link" pos="{_v(torso.origin)}" gravcomp="1">',
            _joint(torso),
-           f'<geom type="box" size="0.08 0.17 0.3" pos="-0.02 0 0.2" mass="{LINKS[torso.name]["mass"]}" {ROBOT} '
+           f'<geom type="box" size="0.08 0.17 0.3" pos="-0.02 0 0.2" mass="{LINKS[torso.name]["mass"]}" {VISUAL} '
            'rgba="0.9 0.9 0.9 1"/>']
     for i, j in enumerate(arm):
         nxt = arm[i + 1].origin if i + 1 < len(arm) else (grip.origin[0] - 0.07, 0.0, 0.0)

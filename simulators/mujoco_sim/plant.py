@@ -15,6 +15,7 @@ import numpy as np
 
 from robot_env.model.description import FETCH, GRIPPER, NJ
 
+OVERSPEED = 1.1  # x the joint's speed limit: above it the state flags `joint.overspeed`
 FOLLOWING_MARGIN = 0.016  # s of travel at full speed a goal may lead by (the steady lag is ~3 ms of it)
 _DIVERGED = [int(w) for w in (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQVEL,
                                mujoco.mjtWarning.mjWARN_BADQPOS)]
@@ -168,6 +169,11 @@ class Plant:
                 f.result()
         self._read(range(self.n))
         return self._unstable()
+
+    def overspeed(self) -> np.ndarray:
+        """(N,) bool: a joint measured beyond 110 % of its speed limit (contact forced it: servo
+        goals never ask for more), the state's `joint.overspeed` flag."""
+        return (np.abs(self.dq) > OVERSPEED * self.vmax).any(axis=1)
 
     def _unstable(self) -> list:
         """Robots whose simulation diverged in this step (MuJoCo warned of a NaN/huge position,
