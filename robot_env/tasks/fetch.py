@@ -3,8 +3,10 @@
 `REACH` is FetchReach-v4's task (observation layout, goal range, success threshold, rewards, 50
 steps) on whichever robot a server hosts; `PUSH`, `SLIDE` and `PICK_AND_PLACE` add an object
 (`object0`) and need a backend that simulates one. What differs from the reference is the robot:
-the arm moves under Fetch's joint limits through the server's safety layer (no mocap), and the start
-pose is the backend's reset pose (the ready pose), which plays `gripper_extra_height`'s role.
+the arm moves under Fetch's joint limits through the server's safety layer (no mocap), so the object
+tasks' episodes are longer; Reach starts at the backend's reset pose (the ready pose), the object
+tasks at Gymnasium-Robotics' gripper height above the table (`start_height`, set with the torso: what
+`gripper_extra_height` gives there) with the elbow out to the side (`start_arm`).
 """
 from __future__ import annotations
 
