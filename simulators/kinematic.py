@@ -9,19 +9,19 @@ scaling drawn at reset.
 """
 from __future__ import annotations
 
-from robot_env.backends.interface import Backend
 from robot_env.backends.spec import BackendSpec, SafetyParams, ready_gripper
 from robot_env.control.commands import CHANNELS, RESET_OPTIONS
 from robot_env.control.safety import SafetyConfig
 from robot_env.model.description import FETCH
 
+from .kernel_backend import KernelBackend
 from .kinematic_many import MAX_ROBOTS, ManyRobots
 from .kinematic_one import OneRobot
 
 _num = (int, float)
 
 
-class KinematicSim(Backend):
+class KinematicSim(KernelBackend):
     """`KinematicSim(safety, control_period, num_robots=1, **sim-to-real knobs)`."""
 
     kind = "kinematic"
@@ -51,29 +51,4 @@ class KinematicSim(Backend):
         self.spec = BackendSpec(kind=self.kind, num_robots=num_robots, channels=dict(CHANNELS),
                                 reset_options=dict(RESET_OPTIONS), safety=SafetyParams.of(safety),
                                 description=description, ready_ee=ready_gripper())
-        # The kernel's methods, bound once: the server calls them every step, with no layer between
-        # (unless a subclass overrides one).
-        for name in ("reset", "apply", "advance", "state", "hold"):
-            if getattr(type(self), name) is getattr(KinematicSim, name):
-                setattr(self, name, getattr(self.kernel, name))
-
-    # Backend's abstract methods (each instance binds its kernel's over these in __init__)
-    def reset(self, seed, options, robots=None):
-        return self.kernel.reset(seed, options, robots)
-
-    def apply(self, command, robots=None):
-        return self.kernel.apply(command, robots)
-
-    def advance(self, dt):
-        return self.kernel.advance(dt)
-
-    def state(self):
-        return self.kernel.state()
-
-    def hold(self):
-        return self.kernel.hold()
-
-    def __getattr__(self, name):  # the kernel's own state (q, ctl, rng, ...) for tests and tools
-        if name == "kernel":
-            raise AttributeError(name)
-        return getattr(self.kernel, name)
+        self._bind_kernel()

@@ -346,6 +346,7 @@ def test_a_diverged_simulation_is_a_fault_put_back_at_rest_not_a_silent_teleport
     assert np.abs(np.atleast_2d(st["dq"])[-1]).max() < 1.0
     st = run(b, {}, 10)
     assert np.isfinite(np.atleast_2d(st["q"])).all() and st["faults"]  # still latched, still at rest
+    assert list(st["clipped"]["physics_unstable.held"]) == [n - 1]  # its commands are held, and the state says so
     b.reset_faults()
     assert b.state()["faults"] == [] and b.faults == []
     b.plant.datas[0].qvel[:] = 1e12

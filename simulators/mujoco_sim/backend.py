@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from robot_env.backends.interface import Backend
 from robot_env.backends.spec import BackendSpec, SafetyParams, ready_gripper
 from robot_env.control.commands import CHANNELS, RESET_OPTIONS
 from robot_env.control.safety import SafetyConfig
@@ -19,6 +18,7 @@ from robot_env.errors import RequestError
 from robot_env.model.description import ARM, FETCH, HEAD, TORSO
 from robot_env.model.kinematics_batch import rot_to_quat_batch
 
+from ..kernel_backend import KernelBackend
 from ..kinematic_many import ManyRobots
 from ..kinematic_one import OneRobot
 from .model import mjcf
@@ -37,7 +37,7 @@ def _names_ok(v) -> bool:
     return isinstance(v, list) and len(set(v)) == len(v) and all(c in CAMERAS for c in v)
 
 
-class _Objects:
+class _OnPlant:
     """What the two kernels share over a plant: where a reset puts each object (the backend checks
     and hands over the options first), and the robots whose simulation diverged."""
 
@@ -49,7 +49,6 @@ class _Objects:
         self._object_opts: dict = {}
         super().__init__(**kw)  # the kinematic kernel's (OneRobot or ManyRobots)
 
-
     def _diverged(self, robots: list) -> None:
         """MuJoCo reset these robots' data after a NaN or a blow-up: put each back at rest where the
         safety layer last commanded it (objects where they rest by default), hold it, and latch a
@@ -57,7 +56,7 @@ class _Objects:
         the others of an N-robot server go on as they were."""
         rows = sorted(int(i) for i in robots)
         self.unstable.update(rows)
-        q = np.atleast_2d(self._commanded(rows))
+        q = np.atleast_2d(self._stop_trajectory(rows))
         self.plant.reset(rows, q[rows], self._object_poses(len(rows)))
         self._hold_rows(rows)
 
@@ -81,7 +80,7 @@ class _Objects:
         return out
 
 
-class PhysicsOne(_Objects, OneRobot):
+class PhysicsOne(_OnPlant, OneRobot):
     """`OneRobot` (plain floats) whose joints are a MuJoCo plant's: one robot's fast path."""
 
     def _plant_reset(self, options: dict) -> None:
@@ -90,7 +89,8 @@ class PhysicsOne(_Objects, OneRobot):
         self.unstable = set()
         self.plant.reset([0], self.q[None], self._object_poses(1))
 
-    def _commanded(self, rows):
+    def _stop_trajectory(self, rows):
+        """The commanded joints, their trajectory's velocity zeroed (the robot is put back at rest there)."""
         self.v = np.zeros_like(self.v)
         return self.q
 
@@ -100,7 +100,8 @@ class PhysicsOne(_Objects, OneRobot):
     def apply(self, command, robots=None):
         """A robot with a latched `physics_unstable` holds: its commands are not applied (flagged)."""
         if self.unstable:
-            return ["physics_unstable.held"]
+            self.clipped = ["physics_unstable.held"]  # in the state too, as for N robots
+            return self.clipped
         return OneRobot.apply(self, command, robots)
 
     def _plant_step(self, q0, v0, h) -> None:
@@ -125,7 +126,7 @@ class PhysicsOne(_Objects, OneRobot):
         return st
 
 
-class PhysicsRobots(_Objects, ManyRobots):
+class PhysicsRobots(_OnPlant, ManyRobots):
     """`ManyRobots` whose joints are a MuJoCo plant's: the limiter's output drives the servos."""
 
     # the object options are taken out (and checked) by the backend before the kernel resets
@@ -136,7 +137,8 @@ class PhysicsRobots(_Objects, ManyRobots):
         self.unstable = getattr(self, "unstable", set()) - set(rows.tolist())
         self.plant.reset(rows, self.q[idx], self._object_poses(len(rows)))
 
-    def _commanded(self, rows):
+    def _stop_trajectory(self, rows):
+        """The commanded joints, the trajectory's velocity of robots `rows` zeroed (put back at rest there)."""
         self.v = self.v.copy()
         self.v[rows] = 0.0
         return self.q
@@ -153,10 +155,8 @@ class PhysicsRobots(_Objects, ManyRobots):
         if not self.unstable:
             return ManyRobots.apply(self, command, robots)
         held = sorted(self.unstable)
-        keep = {k: np.array(self.target[held]) for k in ("target",)}
         flags = dict(ManyRobots.apply(self, command, robots))
-        self.target[held] = keep["target"]
-        self._hold_rows(held)
+        self._hold_rows(held)  # their targets back to where they stop: the command's rows for them void
         flags["physics_unstable.held"] = held
         self.clipped = flags
         return flags
@@ -203,7 +203,7 @@ def _faults(unstable: set) -> list:
                         "was commanded and holds: reset it, or send reset_faults"}]
 
 
-class MujocoSim(Backend):
+class MujocoSim(KernelBackend):
     """`MujocoSim(safety, control_period, num_robots=1, scene="table", ...)`: see `Settings`."""
 
     kind = "mujoco"
@@ -243,16 +243,14 @@ class MujocoSim(Backend):
         xml = mjcf(self.scene, self.ready_xy, description, timestep=timestep, grip_force=grip_force,
                    shadows=shadows, antialias=antialias)
         self.xml = xml
-        self.plant = Plant(xml, num_robots, control_period, threads=threads, description=description)
+        self.plant = Plant(xml, num_robots, threads=threads, description=description)
         m = self.plant.model
         far = float(m.vis.map.zfar * m.stat.extent)  # where MuJoCo's depth buffer ends, in metres
         self.cameras = Cameras(self.plant, camera_specs(list(cameras), camera_height, camera_width, depth, far))
-        kernel = PhysicsOne if num_robots == 1 else PhysicsRobots
-        kw = {} if num_robots == 1 else {"num_robots": num_robots}
-        self.kernel = kernel(self.plant, self.scene, self.ready_xy, safety=safety, **kw,
-                                    control_period=control_period,
-                                    action_latency_steps=action_latency_steps, observation_noise=observation_noise,
-                                    description=description)
+        knobs = dict(safety=safety, control_period=control_period, action_latency_steps=action_latency_steps,
+                     observation_noise=observation_noise, description=description)
+        self.kernel = PhysicsOne(self.plant, self.scene, self.ready_xy, **knobs) if num_robots == 1 else \
+            PhysicsRobots(self.plant, self.scene, self.ready_xy, num_robots=num_robots, **knobs)
         self.reset_opts = dict(RESET_OPTIONS)
         for o in self.scene.objects:
             self.reset_opts[f"{o.name}.xy"] = (2,)
@@ -263,9 +261,7 @@ class MujocoSim(Backend):
                                 objects={o.name: ("pos", "quat", "linvel", "angvel") for o in self.scene.objects},
                                 cameras=self.cameras.specs, scene=scene, ready_ee=ready,
                                 scene_info=self.scene.info(self.ready_xy))
-        for name in ("apply", "advance", "state", "hold"):
-            if getattr(type(self), name) is getattr(MujocoSim, name):
-                setattr(self, name, getattr(self.kernel, name))
+        self._bind_kernel()
 
     def reset(self, seed, options, robots=None):
         rows = self.num_robots if robots is None else len(robots)
@@ -319,18 +315,6 @@ class MujocoSim(Backend):
                     raise RequestError("bad_options", f"{key}: z is more than {MAX_DROP} m above where {o.name} "
                                                       f"rests ({rest:.4f} m): it would not land where placed")
 
-    def apply(self, command, robots=None):
-        return self.kernel.apply(command, robots)
-
-    def advance(self, dt):
-        return self.kernel.advance(dt)
-
-    def state(self):
-        return self.kernel.state()
-
-    def hold(self):
-        return self.kernel.hold()
-
     @property
     def faults(self) -> list:
         return _faults(self.kernel.unstable)
@@ -350,9 +334,4 @@ class MujocoSim(Backend):
     def close(self) -> None:
         self.cameras.close()
         self.plant.close()
-
-    def __getattr__(self, name):  # the kernel's own state (q, target, ...) for tests and tools
-        if name in ("kernel", "plant"):
-            raise AttributeError(name)
-        return getattr(self.kernel, name)
 

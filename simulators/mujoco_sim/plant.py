@@ -24,11 +24,10 @@ _ACTUATED = [i for i in range(NJ) if i != GRIPPER]
 
 
 class Plant:
-    def __init__(self, xml: str, num_robots: int, control_period: float, threads: int = 2, description=FETCH):
+    def __init__(self, xml: str, num_robots: int, threads: int = 2, description=FETCH):
         self.model = m = mujoco.MjModel.from_xml_string(xml)
         self.datas = [mujoco.MjData(m) for _ in range(num_robots)]
         self.n = num_robots
-        self.substeps = max(1, round(control_period / m.opt.timestep))
         names = description.names
         jid = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, names[i]) for i in _ACTUATED]
         fid = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, f"{s}_gripper_finger_joint") for s in "lr"]
@@ -44,7 +43,6 @@ class Plant:
         self._ix = np.ix_(self.vadr, self.vadr)
         self._full_m4 = not hasattr(mujoco.MjData, "qM")
         self.a_fing = np.array([act[f"{s}_gripper_finger"] for s in "lr"])
-        self.site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "grip")
         self.objects = {}  # name -> (qpos adr, dof adr) of its free joint
         for j in range(m.njnt):
             if int(m.jnt_type[j]) == int(mujoco.mjtJoint.mjJNT_FREE):  # int(): pybind11 3 enums (mujoco >= 3.12)
@@ -99,23 +97,19 @@ class Plant:
             for name, poses in objects.items():
                 a, _ = self.objects[name]
                 d.qpos[a:a + 7] = poses[k]
-            self._set_ctrl(d, q[k], np.zeros(NJ))
+            d.ctrl[self.a_pos] = q[k, _ACTUATED]  # servos hold the pose (mj_resetData zeroed the rest)
+            d.ctrl[self.a_fing] = 0.5 * q[k, GRIPPER]
             d.mocap_pos[0] = (0.0, 0.0, 0.0)
             d.mocap_quat[0] = (1.0, 0.0, 0.0, 0.0)
             mujoco.mj_forward(m, d)
         self._read(rows)
 
-    def _set_ctrl(self, d, q, v) -> None:
-        d.ctrl[self.a_pos] = q[_ACTUATED]
-        d.ctrl[self.a_vel] = v[_ACTUATED]
-        d.ctrl[self.a_fing] = 0.5 * q[GRIPPER]
-
     # -- stepping --------------------------------------------------------------------------------
     def _basis(self, h: float):
         """(Bq, Bv, Ba) for the substeps that end within this control period: targets = Bq @ X,
-        velocities = Bv @ X and accelerations = Ba @ X for X = [q0, h·v0, q1, h·v1]. Physics runs whole substeps and keeps its
-        own clock, so a period that is not a multiple of the timestep (the realtime clock's) is
-        sampled where the substeps fall, and any remainder carries into the next period."""
+        velocities = Bv @ X and accelerations = Ba @ X for X = [q0, h·v0, q1, h·v1]. Physics runs
+        whole substeps and keeps its own clock, so a period that is not a multiple of the timestep
+        (the realtime clock's) is sampled where the substeps fall, and any remainder carries over."""
         ts = self.model.opt.timestep
         lag = self.t_ctrl - self.t_phys  # physics time behind the trajectory's start, in [0, ts)
         n = int((h + lag) / ts + 1e-9)
