@@ -21,9 +21,14 @@ frame k, read as the state's ``target`` at frame k+1 (the last frame: its own): 
 vector, the same joints as the observation, whichever channel (`ee_delta`, `arm_position`,
 teleop's jogs) the command came on.
 
-Holes: a frame whose latest state (or image) is older than `HOLE` × the stream's usual interval
-(at least one frame period) would repeat stale data; the episode ends before it and the rest is
-left out, said in `skipped`.
+An episode's frames start once every stream (the states, each camera) has something to show, and
+end with its last state. The stretch before a recording's first reset is not an episode (the
+recorder joined before the first reset, or the robot idled before it); a recording without
+resets is one. Holes: a frame whose latest sample of a stream (states, or a camera's images) is older than
+`HOLE` × the stream's usual interval (at least one frame period) falls in a hole (lost samples, a
+stalled server) and would repeat stale data; the episode ends before it and the rest is left out,
+said in `skipped`. So one lost sample is held over (a sample one period old, as jitter makes
+them on a realtime server), two are a hole.
 """
 from __future__ import annotations
 
@@ -49,7 +54,6 @@ class Episode:
     action: np.ndarray
     images: dict = field(default_factory=dict)
     messages: dict = field(default_factory=dict)  # camera -> the recording's image messages
-    ended_early: str = ""
 
     @property
     def length(self) -> int:
@@ -71,22 +75,25 @@ def _stamp(msg: dict) -> float:
         return float("nan")
 
 
-def _segments(states: list, commands: list) -> list[tuple[int, int]]:
-    """[start, end) state index ranges of the episodes (see the module doc)."""
+def _segments(states: list, commands: list) -> list[tuple[int, int, str]]:
+    """[start, end) state index ranges of the episodes (see the module doc), and what began each:
+    "start" (the recording's), "reset", "restart" (the server's) or "clock" (it went back)."""
     resets = sorted(c["ta"] for c in commands if c.get("op") == "reset")
-    bounds = [0]
+    bounds, whys = [0], ["start"]
     r = 0
     for i in range(1, len(states)):
         prev, s = states[i - 1], states[i]
-        cut = False
+        reset = False
         while r < len(resets) and resets[r] <= s["ts"]:
-            if resets[r] > prev["ts"]:
-                cut = True
+            reset = reset or resets[r] > prev["ts"]
             r += 1
-        if cut or s["seq"] <= prev["seq"] or s.get("time", 0.0) < prev.get("time", 0.0) - EPS:
+        why = ("reset" if reset else "restart" if s["seq"] <= prev["seq"] else
+               "clock" if s["time"] < prev["time"] - EPS else None)
+        if why:
             bounds.append(i)
+            whys.append(why)
     bounds.append(len(states))
-    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [(a, b, w) for a, b, w in zip(bounds, bounds[1:], whys)]
 
 
 def _usual(dt: np.ndarray) -> float:
@@ -119,9 +126,10 @@ def image_shape(rec, camera: str):
 
 def episodes(rec, fps: int, cameras: dict) -> tuple[list[Episode], list[str], list[str]]:
     """The recording's episodes on a grid of `fps`, with images of `cameras` ({name: (h, w, 3)}: each
-    must be there in every frame, an episode without them is skipped). Returns (episodes, what was
-    skipped and why)."""
+    must be there in every frame: an episode without them is left out). Returns (episodes, what was
+    left out and why, notes on what is not an episode but lost nothing)."""
     skipped: list[str] = []
+    notes: list[str] = []
     if rec.batch is not None:
         return [], [f"{rec.path}: a batched server's recording ({rec.batch} robots per state) is not exported "
                     "(one robot per dataset episode is not implemented yet)"], []
@@ -136,7 +144,7 @@ def episodes(rec, fps: int, cameras: dict) -> tuple[list[Episode], list[str], li
     target = np.array([s["target"] for s in states], dtype=np.float32)
     segs = _segments(states, rec.commands)
     seg_of = np.empty(len(states), dtype=np.int64)
-    for n, (a, b) in enumerate(segs):
+    for n, (a, b, _) in enumerate(segs):
         seg_of[a:b] = n
     # every camera's images: (segment, backend time, message index), in order
     placed: dict[str, list] = {}
@@ -157,70 +165,55 @@ def episodes(rec, fps: int, cameras: dict) -> tuple[list[Episode], list[str], li
                            "left out")
         idx = order[np.where(ok, j, 0)]
         placed[cam] = [(int(seg_of[i]), time[i], m) for i, m, good in zip(idx, range(len(msgs)), ok) if good]
-    out = []
-    short = 0
-    for n, (a, b) in enumerate(segs):
-        where = f"{rec.path} episode {n} (states {states[a]['seq']}..{states[b - 1]['seq']})"
+    out: list[Episode] = []
+    number = -1  # the recording's episodes, counted from 0
+    for n, (a, b, why) in enumerate(segs):
         t = time[a:b]
-        t0, t1 = t[0], t[-1]
-        count = int(np.floor((t1 - t0) * fps + 1e-6)) + 1
-        grid = t0 + np.arange(count) / fps
-        k = np.searchsorted(t, grid + EPS, side="right") - 1  # latest state at or before each frame
-        limit = HOLE * max(1.0 / fps, _usual(np.diff(t)))
-        stale = grid - t[k] > limit + EPS
-        if count < MIN_FRAMES:  # e.g. the recorder's first sample, before the first reset
-            short += 1
+        span = f"states {states[a]['seq']}..{states[b - 1]['seq']}"
+        if why == "start" and len(segs) > 1 and any(w == "reset" for _, _, w in segs):
+            notes.append(f"{rec.path}: the {t[-1] - t[0]:.2f} s ({span}) before the first reset are not an episode")
             continue
-        ended = ""
-        if stale.any():
-            cut = int(np.argmax(stale))
-            ended = (f"{where}: no state for {grid[cut] - t[k[cut]]:.3f} s at t = {grid[cut] - t0:.3f} s "
-                     f"(frame {cut}); the {count - cut} frames from there on are left out")
-            count = cut
-        images = {}
+        number += 1
+        where = f"{rec.path} episode {number} ({span})"
+        mine = {}
         for cam in cameras:
-            mine = [(tt, m) for s, tt, m in placed[cam] if s == n]
-            if not mine:
-                images = None
-                skipped.append(f"{where}: no images of camera {cam!r}; the episode is skipped")
+            got = sorted(((tt, m) for sg, tt, m in placed[cam] if sg == n), key=lambda x: x[0])
+            if not got:
                 break
-            it = np.array([tt for tt, _ in mine])
-            im = np.array([m for _, m in mine])
-            j = np.searchsorted(it, grid[:count] + EPS, side="right") - 1
-            if count and j[0] < 0:
-                first = int(np.argmax(j >= 0)) if (j >= 0).any() else count
-                if first >= count:
-                    images = None
-                    skipped.append(f"{where}: camera {cam!r} has no image before the episode's end; "
-                                   "the episode is skipped")
-                    break
-                # the episode starts with its first image: frames before it have nothing to show
-                skipped.append(f"{where}: camera {cam!r}'s first image comes at t = {it[0] - t0:.3f} s; "
-                               f"{first} frame(s) before it are left out")
-                grid, k, j, count = grid[first:], k[first:], j[first:], count - first
-                for c in images:  # earlier cameras' indices lose the same frames
-                    images[c] = images[c][first:]
-            ilimit = HOLE * max(1.0 / fps, _usual(np.diff(it)))
-            istale = grid[:count] - it[np.maximum(j, 0)] > ilimit + EPS
-            if istale.any():
-                cut = int(np.argmax(istale))
-                ended = (f"{where}: no image of camera {cam!r} for {grid[cut] - it[j[cut]]:.3f} s at "
-                         f"t = {grid[cut] - t0:.3f} s; the {count - cut} frames from there on are left out")
+            mine[cam] = (np.array([tt for tt, _ in got]), np.array([m for _, m in got]))
+        else:
+            cam = None
+        if cam is not None:
+            skipped.append(f"{where}: no images of camera {cam!r}; the episode is left out")
+            continue
+        # the episode starts once every stream has something to show
+        t0 = max([t[0]] + [it[0] for it, _ in mine.values()])
+        if t0 - t[0] > HOLE / fps:
+            late = max(mine, key=lambda c: mine[c][0][0])
+            skipped.append(f"{where}: camera {late!r}'s first image comes {t0 - t[0]:.3f} s after the first state; "
+                           "the episode starts there")
+        count = int(np.floor((t[-1] - t0) * fps + 1e-6)) + 1 if t[-1] >= t0 else 0
+        grid = t0 + np.arange(count) / fps
+        streams = [("state", t)] + [(f"image of camera {c!r}", it) for c, (it, _) in mine.items()]
+        picks = []
+        for what, st in streams:
+            k = np.searchsorted(st, grid + EPS, side="right") - 1  # the latest at or before each frame
+            picks.append(k)
+            limit = HOLE * max(1.0 / fps, _usual(np.diff(st)))
+            kc = k[:count]
+            stale = grid[:count] - st[kc] > limit + EPS  # its latest sample is too old: inside a hole
+            if stale.any():
+                cut = int(np.argmax(stale))
+                nxt = st[kc[cut] + 1] - st[kc[cut]] if kc[cut] + 1 < len(st) else None
+                hole = f"for {nxt:.3f} s" if nxt is not None else "after its last one"
+                skipped.append(f"{where}: no {what} {hole} from t = {st[kc[cut]] - t0:.3f} s (a hole in the "
+                               f"recording); the {count - cut} frames from frame {cut} on are left out")
                 count = cut
-                for c in images:
-                    images[c] = images[c][:count]
-            images[cam] = im[j[:count]]
-        if images is None:
-            continue
-        if ended:
-            skipped.append(ended)
         if count < MIN_FRAMES:
-            short += 1
+            skipped.append(f"{where}: fewer than {MIN_FRAMES} frames; left out")
             continue
-        kk = k[:count] + a
-        nxt = np.append(kk[1:], kk[-1])  # the targets in force at the next frame
-        out.append(Episode(rec.path, n, fps, q[kk], target[nxt], {c: v.tolist() for c, v in images.items()},
-                           messages, ended))
-    notes = [f"{rec.path}: {short} stretch(es) of states shorter than {MIN_FRAMES} frames (e.g. the recorder's "
-             "first sample, before the first reset) are not episodes"] if short else []
+        kk = picks[0][:count] + a
+        nxt = np.append(kk[1:], kk[-1])  # the targets in force at the next frame (the last: its own)
+        images = {c: mine[c][1][picks[i + 1][:count]].tolist() for i, c in enumerate(mine)}
+        out.append(Episode(rec.path, number, fps, q[kk], target[nxt], images, messages))
     return out, skipped, notes

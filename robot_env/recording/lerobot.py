@@ -157,6 +157,14 @@ def _hf_features(features: dict) -> dict:
     return out
 
 
+def _size(path) -> int:
+    """Bytes written so far (an encoder that holds its first packets back has not created the file yet)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
 class _Rolling:
     """Chunk/file indices of a file series that starts a new file once one reaches `limit_mb`."""
 
@@ -189,7 +197,7 @@ class _DataFiles:
         """Append one episode's rows; returns the (chunk, file) they went to."""
         import pyarrow.parquet as pq
         pa = self.pa
-        if self.writer is not None and os.path.getsize(self.path) >= self.roll.limit:
+        if self.writer is not None and _size(self.path) >= self.roll.limit:
             self.close()
             self.roll.next()
         if self.writer is None:
@@ -239,7 +247,7 @@ class _VideoFiles:
 
     def begin_episode(self) -> tuple[int, int, float]:
         """Where the next episode goes: (chunk, file, from_timestamp)."""
-        if self.container is not None and os.path.getsize(self.path) >= self.roll.limit:
+        if self.container is not None and _size(self.path) >= self.roll.limit:
             self.close()
             self.roll.next()
         if self.container is None:

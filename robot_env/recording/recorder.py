@@ -291,6 +291,13 @@ class Recorder:
         self._camera_thread = threading.Thread(target=self._poll_cameras, name="robot-env-recorder-cameras",
                                                daemon=True)
         self._camera_thread.start()
+        # the first frames (a renderer's first frame takes a while): before start() returns, so the
+        # caller's first episode has images from its start
+        deadline = time.monotonic() + max(self.timeout, 10.0)
+        while self.camera_polls == 0 and self._camera_thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if self.camera_polls == 0:
+            raise RecordingError(f"no frames of camera(s) {', '.join(self.cameras)} arrived from {self.endpoint}")
 
     def _stop_cameras(self) -> None:
         self._camera_stop.set()
