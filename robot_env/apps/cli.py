@@ -88,7 +88,8 @@ def _demo(args) -> int:
         from .demo import run_lengths
         return run_lengths(args.env, args.lengths, config=args.config, episodes=args.episodes, seed=args.seed)
     from .demo import run_demo
-    return run_demo(config=args.config, episodes=args.episodes, seed=args.seed, env_id=args.env)
+    return run_demo(config=args.config, episodes=args.episodes, seed=args.seed, env_id=args.env, record=args.record,
+                    cameras=args.camera)
 
 
 def _bench(args) -> int:
@@ -375,6 +376,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lengths", type=lambda v: [int(x) for x in v.split(",")], default=None, metavar="L1,L2,...",
                    help="instead: the success rate at each of these episode lengths (one run of the longest)")
+    p.add_argument("--record", metavar="FILE", help="also record the episodes to this MCAP file (`robot-env export` "
+                   "makes a LeRobot dataset of it)")
+    p.add_argument("--camera", action="append", metavar="NAME", help="with --record: record this camera's frames, "
+                   "one per step (repeatable)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="SAC+HER on the simulator until eval success >= 95%%; writes a policy bundle")

@@ -171,7 +171,8 @@ def episodes(rec, fps: int, cameras: dict) -> tuple[list[Episode], list[str], li
         t = time[a:b]
         span = f"states {states[a]['seq']}..{states[b - 1]['seq']}"
         if why == "start" and len(segs) > 1 and any(w == "reset" for _, _, w in segs):
-            notes.append(f"{rec.path}: the {t[-1] - t[0]:.2f} s ({span}) before the first reset are not an episode")
+            if t[-1] - t[0] >= 1.0 / fps:  # more than the recorder's first sample
+                notes.append(f"{rec.path}: the {t[-1] - t[0]:.2f} s ({span}) before the first reset are not an episode")
             continue
         number += 1
         where = f"{rec.path} episode {number} ({span})"

@@ -14,7 +14,7 @@ What is written (LeRobot v0.6's `datasets/utils.py`, `dataset_writer.py`, `datas
   FFmpeg has it, else H.264; an episode's frames are at [from_timestamp, to_timestamp) of its file.
 - ``meta/info.json`` (codebase_version "v3.0", fps, features with dtype/shape/names, totals,
   chunk and file sizes, path templates), ``meta/tasks.parquet`` (the task strings, indexed by
-  task, with their task_index, as pandas writes it), ``meta/episodes/chunk-000/file-000.parquet``
+  task, with their task_index, as pandas writes it: pandas' schema metadata names the index), ``meta/episodes/chunk-000/file-000.parquet``
   (per episode: index, tasks, length, data and video files and spans, ``stats/<feature>/<stat>``),
   ``meta/stats.json`` (the dataset's statistics: min, max, mean, std, count and the 1/10/50/90/99 %
   quantiles; images per channel in [0, 1], shape (3, 1, 1)). Per-episode quantiles are exact
@@ -49,6 +49,7 @@ DATA_MB = 100  # LeRobot's DEFAULT_DATA_FILE_SIZE_IN_MB
 VIDEO_MB = 200  # LeRobot's DEFAULT_VIDEO_FILE_SIZE_IN_MB
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 IMAGE_STATS_FRAMES = 100  # frames per episode that image statistics are computed from (evenly spaced)
+IMAGE_QUANTILE_PIXELS = 100_000  # pixels per episode and channel that image quantiles are computed from
 # Codecs in LeRobot's order of preference that PyAV can be asked for; the first this FFmpeg encodes wins.
 CODECS = ("libsvtav1", "libaom-av1", "libx264", "h264")
 CODEC_OPTIONS = {"libsvtav1": {"g": "2", "crf": "30", "preset": "12"}, "libaom-av1": {"g": "2", "crf": "30",
@@ -65,7 +66,7 @@ INDEX_FEATURES = {  # LeRobot's DEFAULT_FEATURES, in its order
 
 def _need():
     import importlib.util
-    lack = [m for m in ("pyarrow", "av", "pandas") if importlib.util.find_spec(m) is None]
+    lack = [m for m in ("pyarrow", "av") if importlib.util.find_spec(m) is None]
     if lack:
         raise RecordingError(f"the LeRobot export needs {', '.join(lack)}: pip install 'robot-env[lerobot]'")
 
@@ -121,10 +122,20 @@ def _stats(x: np.ndarray) -> dict:
 
 
 def _image_stats(frames: np.ndarray) -> dict:
-    """(n, h, w, 3) uint8 frames -> per-channel statistics in [0, 1], each of shape (3, 1, 1)."""
-    px = frames.reshape(-1, 3).astype(np.float64) / 255.0
-    s = _stats(px)
-    return {k: (v if k == "count" else v.reshape(3, 1, 1)) for k, v in s.items()} | {"count": np.array([len(frames)])}
+    """(n, h, w, 3) uint8 frames -> per-channel statistics in [0, 1], each of shape (3, 1, 1): min, max,
+    mean and std over every pixel; quantiles over an even sample of `IMAGE_QUANTILE_PIXELS` of them
+    (sorting all is most of an export's time; LeRobot's own are histogram estimates on downsampled frames)."""
+    ch = np.ascontiguousarray(frames.reshape(-1, 3).T)  # (3, pixels) uint8: reductions along rows are fast
+    mean = ch.mean(axis=1, dtype=np.float64)
+    var = np.array([np.square(c, dtype=np.float64).mean() for c in ch])  # E[x²], exact for 8-bit values
+    out = {"min": ch.min(axis=1) / 255.0, "max": ch.max(axis=1) / 255.0, "mean": mean / 255.0,
+           "std": np.sqrt(np.maximum(var - mean ** 2, 0.0)) / 255.0}
+    sample = ch[:, ::max(1, ch.shape[1] // IMAGE_QUANTILE_PIXELS)] / 255.0
+    for q, v in zip(QUANTILES, np.quantile(sample, QUANTILES, axis=1)):
+        out[f"q{int(round(q * 100)):02d}"] = v
+    out = {k: np.asarray(v, dtype=np.float64).reshape(3, 1, 1) for k, v in out.items()}
+    out["count"] = np.array([len(frames)])
+    return out
 
 
 def _aggregate(per_episode: list[dict]) -> dict:
@@ -391,9 +402,25 @@ def export_lerobot(paths, out, *, fps: int | None = None, task: str | None = Non
     return result
 
 
+def _write_tasks(path: Path, tasks: list[str]) -> None:
+    """meta/tasks.parquet as pandas writes a DataFrame indexed by "task" with a task_index column (LeRobot
+    reads it with pandas), without needing pandas: the index is named in pandas' own schema metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    meta = {"index_columns": ["task"], "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode",
+                                                           "numpy_type": "object", "metadata": {"encoding": "UTF-8"}}],
+            "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
+                         "numpy_type": "int64", "metadata": None},
+                        {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
+                         "metadata": None}],
+            "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.3"}
+    schema = pa.schema([pa.field("task_index", pa.int64()), pa.field("task", pa.string())],
+                       metadata={b"pandas": json.dumps(meta).encode()})
+    pq.write_table(pa.table({"task_index": list(range(len(tasks))), "task": tasks}, schema=schema), path)
+
+
 def _write(root: Path, eps, features: dict, shapes: dict, fps: int, codec: str, task: str, robot_type,
            data_mb: float, video_mb: float) -> None:
-    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -445,7 +472,7 @@ def _write(root: Path, eps, features: dict, shapes: dict, fps: int, codec: str, 
     path = root / EPISODES_PATH.format(chunk_index=0, file_index=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path, compression="snappy")
-    pd.DataFrame({"task_index": [0]}, index=pd.Index([task], name="task")).to_parquet(root / "meta/tasks.parquet")
+    _write_tasks(root / "meta/tasks.parquet", [task])
     stats = {feat: _plain(_aggregate([s[feat] for s in all_stats])) for feat in all_stats[0]}
     (root / "meta/stats.json").write_text(json.dumps(stats, indent=4))
     info = {"codebase_version": CODEBASE_VERSION, "robot_type": robot_type, "total_episodes": len(eps),
