@@ -37,30 +37,30 @@ def cli(*args, timeout=300):
                           timeout=timeout)
 
 
-def record_episodes(path, episodes=EPISODES, seed=0):
-    """The scripted agent's PickAndPlace episodes with the head camera, recorded as the env steps."""
-    env = RecordEpisodes(gym.make(ENV_ID, cameras=["head"]), record=path, flush_interval=0.05)
+def record_episodes(path, episodes=EPISODES, flush_interval=0.2):
+    """As `demo --record` does, in-process, with chunks closed every `flush_interval` s."""
+    env = RecordEpisodes(gym.make(ENV_ID, cameras=["head"]), record=path, flush_interval=flush_interval)
     agent = scripted.for_env(env)
-    success = []
     try:
         for ep in range(episodes):
-            obs, _ = env.reset(seed=seed + ep)
+            obs, _ = env.reset(seed=ep)
             agent.reset(obs)
             done = False
             while not done:
-                obs, _, term, trunc, info = env.step(agent.act(obs))
+                obs, _, term, trunc, _ = env.step(agent.act(obs))
                 done = term or trunc
-            success.append(bool(info["is_success"]))
     finally:
         env.close()
-    return success
 
 
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory):
+    """The scripted agent's PickAndPlace episodes with the head camera, recorded as the env steps
+    (`robot-env demo --record --camera`: `RecordEpisodes`, a frame per reset and step)."""
     path = tmp_path_factory.mktemp("rec") / "pick.mcap"
-    success = record_episodes(path)
-    return path, success
+    res = cli("demo", "--env", ENV_ID, "--episodes", EPISODES, "--record", path, "--camera", "head")
+    assert res.returncode in (0, 1) and "recorded " in res.stdout and "success rate" in res.stdout, res.stderr
+    return path, res.stdout
 
 
 @pytest.fixture(scope="module")
@@ -307,9 +307,12 @@ def _zoh_length(times, t0, n_max, fps=25, hole=1.5):
     return n_max
 
 
-def test_a_corrupted_chunk_ends_its_episode_at_the_hole(recording, tmp_path):
+def test_a_corrupted_chunk_ends_its_episode_at_the_hole(tmp_path):
     from mcap.reader import make_reader
 
+    src = tmp_path / "chunky.mcap"
+    record_episodes(src, flush_interval=0.02)  # small chunks: one lost is a hole inside an episode
+    recording = (src,)
     rec = read_recording(recording[0])
     want = expected_episodes(rec)
     resets = [c for c in rec.commands if c["op"] == "reset"]

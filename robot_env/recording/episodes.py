@@ -131,8 +131,9 @@ def episodes(rec, fps: int, cameras: dict) -> tuple[list[Episode], list[str], li
     skipped: list[str] = []
     notes: list[str] = []
     if rec.batch is not None:
-        return [], [f"{rec.path}: a batched server's recording ({rec.batch} robots per state) is not exported "
-                    "(one robot per dataset episode is not implemented yet)"], []
+        why = (f"{rec.path}: a batched server's recording ({rec.batch} robots per state) is not exported "
+               "(one robot per dataset episode is not implemented yet)")
+        return [], [why], []
     states = [s for s in rec.states if isinstance(s.get("time"), (int, float)) and s.get("target") is not None]
     if len(states) < len(rec.states):
         skipped.append(f"{rec.path}: {len(rec.states) - len(states)} states without a clock or targets left out")

@@ -14,12 +14,13 @@ What is written (LeRobot v0.6's `datasets/utils.py`, `dataset_writer.py`, `datas
   FFmpeg has it, else H.264; an episode's frames are at [from_timestamp, to_timestamp) of its file.
 - ``meta/info.json`` (codebase_version "v3.0", fps, features with dtype/shape/names, totals,
   chunk and file sizes, path templates), ``meta/tasks.parquet`` (the task strings, indexed by
-  task, with their task_index, as pandas writes it: pandas' schema metadata names the index), ``meta/episodes/chunk-000/file-000.parquet``
-  (per episode: index, tasks, length, data and video files and spans, ``stats/<feature>/<stat>``),
+  task, with their task_index, as pandas writes it: pandas' schema metadata names the index),
+  ``meta/episodes/chunk-000/file-000.parquet`` (per episode: index, tasks, length, data and video
+  files and spans, ``stats/<feature>/<stat>``),
   ``meta/stats.json`` (the dataset's statistics: min, max, mean, std, count and the 1/10/50/90/99 %
   quantiles; images per channel in [0, 1], shape (3, 1, 1)). Per-episode quantiles are exact
-  (numpy); the dataset's are LeRobot's aggregate (count-weighted means of the episodes'), as its
-  `aggregate_stats` computes them.
+  (numpy; an image's over an even sample of its pixels); the dataset's are LeRobot's aggregate
+  (count-weighted means of the episodes'), as its `aggregate_stats` computes them.
 
 Nothing is written in place: the dataset is built in a sibling directory and renamed to `out` at the
 end, so a failed export leaves nothing behind, and an `out` that exists is refused.
@@ -117,7 +118,7 @@ def _stats(x: np.ndarray) -> dict:
     x = np.asarray(x, dtype=np.float64)
     out = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([len(x)])}
     for q, v in zip(QUANTILES, np.quantile(x, QUANTILES, axis=0)):
-        out[f"q{int(round(q * 100)):02d}"] = v
+        out[f"q{round(q * 100):02d}"] = v
     return out
 
 
@@ -132,7 +133,7 @@ def _image_stats(frames: np.ndarray) -> dict:
            "std": np.sqrt(np.maximum(var - mean ** 2, 0.0)) / 255.0}
     sample = ch[:, ::max(1, ch.shape[1] // IMAGE_QUANTILE_PIXELS)] / 255.0
     for q, v in zip(QUANTILES, np.quantile(sample, QUANTILES, axis=1)):
-        out[f"q{int(round(q * 100)):02d}"] = v
+        out[f"q{round(q * 100):02d}"] = v
     out = {k: np.asarray(v, dtype=np.float64).reshape(3, 1, 1) for k, v in out.items()}
     out["count"] = np.array([len(frames)])
     return out
@@ -350,7 +351,7 @@ def export_lerobot(paths, out, *, fps: int | None = None, task: str | None = Non
     recs = kept
     if fps is None:
         period = recs[0].info.get("control_period")
-        fps = max(1, int(round(1.0 / period))) if isinstance(period, (int, float)) and period > 0 else 25
+        fps = max(1, round(1.0 / period)) if isinstance(period, (int, float)) and period > 0 else 25
     result.fps = fps
     if cameras is None:
         cameras = sorted({c for rec in recs for c in rec.cameras if image_shape(rec, c) is not None})
@@ -390,8 +391,8 @@ def export_lerobot(paths, out, *, fps: int | None = None, task: str | None = Non
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _write(tmp, eps, features, shapes, fps, codec, task, robot_type or recs[0].info.get("backend"), data_mb,
-               video_mb)
+        robot_type = robot_type or f"robot-env/{recs[0].info.get('backend')}"
+        _write(tmp, eps, features, shapes, fps, codec, task, robot_type, data_mb, video_mb)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
