@@ -218,6 +218,24 @@ def test_statistics_are_those_of_the_data(dataset):
     np.testing.assert_allclose(np.array(img["mean"]).reshape(3), video_mean, atol=0.02)
 
 
+def test_files_roll_over_at_their_size_limit(recording, tmp_path):
+    """With tiny file limits every episode starts new data and video files (as LeRobot's writer does past
+    100 / 200 MB): each episode's rows and frames are where its metadata says."""
+    out = tmp_path / "rolled"
+    res = export_lerobot([recording[0]], out, data_mb=1e-6, video_mb=1e-6)
+    eps = pq.read_table(out / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert res.episodes == len(eps) == EPISODES
+    for e, ep in enumerate(eps):
+        assert (ep["data/chunk_index"], ep["data/file_index"]) == (0, e)
+        assert (ep[f"videos/{HEAD}/chunk_index"], ep[f"videos/{HEAD}/file_index"]) == (0, e)
+        assert ep[f"videos/{HEAD}/from_timestamp"] == 0.0
+        rows = table(out / f"data/chunk-000/file-{e:03d}.parquet")
+        assert rows["episode_index"] == [e] * ep["length"]
+        assert rows["index"] == list(range(ep["dataset_from_index"], ep["dataset_to_index"]))
+        frames, _ = read_frames(out / f"videos/{HEAD}/chunk-000/file-{e:03d}.mp4")
+        assert len(frames) == ep["length"]
+
+
 # -- bad and partial recordings -------------------------------------------------------------------------
 def _copy_without(src, dst, drop):
     """A copy of an MCAP recording without the messages `drop(topic, log_time)` picks."""
@@ -406,7 +424,7 @@ def test_a_realtime_server_recorded_with_its_camera_exports(tmp_path):
 
 # -- LeRobot's own loader --------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_lerobots_own_loader_reads_the_dataset(dataset, recording):
+def test_lerobots_own_loader_reads_the_dataset(dataset, recording, tmp_path):
     sys.path.insert(0, str(TESTS))
     import lerobot_venv
     py = lerobot_venv.ensure()  # built once (minutes); reused later
@@ -429,6 +447,18 @@ def test_lerobots_own_loader_reads_the_dataset(dataset, recording):
         if row[HEAD]["pixels"] is not None:
             src = decode_frame(images[i]).astype(int)
             assert np.abs(np.array(row[HEAD]["pixels"]) - src).mean() < 5
+    # files rolled over (a data and a video file per episode): LeRobot finds each episode's rows and frames
+    rolled = tmp_path / "rolled"
+    export_lerobot([recording[0]], rolled, task="pick up the block and place it at the goal", data_mb=1e-6,
+                   video_mb=1e-6)
+    res = subprocess.run([str(py), str(TESTS / "lerobot_load_check.py"), str(rolled)], capture_output=True,
+                         text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = json.loads(res.stdout)
+    assert again["num_frames"] == got["num_frames"]
+    for a, b in zip(again["frames"], got["frames"]):
+        assert a["state"] == b["state"] and a["episode_index"] == b["episode_index"]
+        assert np.abs(np.array(a[HEAD]["mean_rgb"]) - b[HEAD]["mean_rgb"]).max() < 0.01
 
 
 def test_the_commands_end_to_end_on_a_running_server(tmp_path):
