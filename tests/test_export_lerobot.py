@@ -395,6 +395,9 @@ def test_a_realtime_server_recorded_with_its_camera_exports(tmp_path):
     env = gym.make(ENV_ID, config="mujoco", overrides={"server": {"clock": "realtime"}})
     try:
         u = env.unwrapped
+        with pytest.raises(RecordingError, match="camera\\(s\\) elbow asked for"):
+            Recorder(u, tmp_path / "no.mcap", cameras=["elbow"]).start()
+        assert not (tmp_path / "no.mcap").exists()  # refused before anything was recorded
         path = tmp_path / "rt.mcap"
         agent = scripted.for_env(env)
         with Recorder(u, path, cameras=["head"]) as rec:

@@ -174,6 +174,8 @@ class Recorder:
         self._client = RobotClient(self.endpoint, timeout=min(self.timeout, 2.0), retries=1, **extra)
         try:
             self.info = self._client.hello()
+            if self.cameras:
+                self._check_cameras()  # before the file exists: a refused camera leaves nothing
             stream = self.info.get("stream_endpoint")
             if not stream:
                 raise RecordingError(f"the server at {self.endpoint} announces no state stream endpoint")
@@ -274,7 +276,7 @@ class Recorder:
         self._queue.put((topic, encode_frame(frame, t, camera), t))
 
     # -- camera frames (`cameras`) -------------------------------------------------------------
-    def _start_cameras(self) -> None:
+    def _check_cameras(self) -> None:
         offered = (self.info.get("spec") or {}).get("cameras") or {}
         lack = [c for c in self.cameras if c not in offered]
         if lack:
@@ -288,6 +290,8 @@ class Recorder:
             self.camera_rate = 1.0 / period
         if not self.camera_rate > 0:
             raise RecordingError(f"camera_rate must be > 0 frames/s, got {self.camera_rate}")
+
+    def _start_cameras(self) -> None:
         self._camera_thread = threading.Thread(target=self._poll_cameras, name="robot-env-recorder-cameras",
                                                daemon=True)
         self._camera_thread.start()
