@@ -128,9 +128,11 @@ def test_the_layout_and_info_are_lerobots_v3(dataset, recording):
     assert vinfo["video.fps"] == 25 and vinfo["video.height"] == 84 and vinfo["video.codec"] in ("av1", "h264")
     for key in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
         assert feats[key]["shape"] == [1] and feats[key]["dtype"] == ("float32" if key == "timestamp" else "int64")
-    tasks = pq.read_table(out / "meta/tasks.parquet").to_pandas()
-    assert tasks.index.name == "task" and list(tasks.index) == ["pick up the block and place it at the goal"]
-    assert tasks["task_index"].tolist() == [0]
+    tasks = pq.read_table(out / "meta/tasks.parquet")
+    # LeRobot reads it with pandas, whose schema metadata must name the task column as the index
+    pandas_meta = json.loads(tasks.schema.metadata[b"pandas"])
+    assert pandas_meta["index_columns"] == ["task"]
+    assert tasks.to_pydict() == {"task_index": [0], "task": ["pick up the block and place it at the goal"]}
     assert "wrote 3 episode(s)" in res.stdout and "frames/s" in res.stdout
 
 
