@@ -121,10 +121,13 @@ class Recorder:
     before it was called, then closes the file and returns `RecordingStats`. The recorder talks to
     the server through its own client (``hello`` and ``state`` requests: it observes, never holds
     control, moves nothing), with the source's CurveZMQ keys when it has some (or `keys`).
+
+    `cameras`: camera names whose frames are recorded too, asked of the server `camera_rate` times
+    a second (`frame_poller.FramePoller`; the stream carries no frames); `frame_stats` counts them.
     """
 
     def __init__(self, source, path, *, flush_interval: float = 0.2, timeout: float = 5.0,
-                 rcvhwm: int = 100_000, keys=None):
+                 rcvhwm: int = 100_000, keys=None, cameras=(), camera_rate: float = 25.0):
         self.endpoint, source_keys = _endpoint_of(source)
         self.keys = keys if keys is not None else source_keys
         self.path = str(path)
@@ -149,6 +152,10 @@ class Recorder:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._schemas: dict = {}  # topic -> its schema, for topics logged with one (camera frames)
         self._started = 0.0
+        self._poller = None
+        if cameras:
+            from .frame_poller import FramePoller
+            self._poller = FramePoller(self, cameras, camera_rate, keys=self.keys, timeout=min(self.timeout, 2.0))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "Recorder":
@@ -160,6 +167,8 @@ class Recorder:
         self._client = RobotClient(self.endpoint, timeout=min(self.timeout, 2.0), retries=1, **extra)
         try:
             self.info = self._client.hello()
+            if self._poller is not None:
+                self._poller.check(self.info)
             stream = self.info.get("stream_endpoint")
             if not stream:
                 raise RecordingError(f"the server at {self.endpoint} announces no state stream endpoint")
@@ -185,6 +194,8 @@ class Recorder:
                                          + (f": {self.error}" if self.error else ""))
                 self._client.state()
                 self._live.wait(0.02)
+            if self._poller is not None:
+                self._poller.start()
         except BaseException:
             self._abort()
             raise
@@ -197,6 +208,11 @@ class Recorder:
             return self.stats
         if self._thread is None:
             raise RecordingError("this recorder was never started")
+        if self._poller is not None:
+            self._poller.stop()
+            from .frame_poller import TOPIC_FRAME_STATS
+            self.log(TOPIC_FRAME_STATS, {"rate": self._poller.rate,
+                                         "cameras": {n: s.as_dict() for n, s in self.frame_stats.items()}})
         if sync and self._thread.is_alive():
             self._sync()
         self._stop.set()
@@ -228,6 +244,15 @@ class Recorder:
     @property
     def commands(self) -> int:
         return self.command_seq.count
+
+    @property
+    def frame_stats(self) -> dict:
+        """camera -> `FrameStats` (frames recorded, ticks, dropped by cause); {} without cameras."""
+        return self._poller.stats if self._poller is not None else {}
+
+    def pending(self) -> int:
+        """Messages logged but not yet written (the writer thread's backlog)."""
+        return self._queue.qsize()
 
     @property
     def running(self) -> bool:
@@ -387,6 +412,8 @@ class Recorder:
 
     def _abort(self) -> None:
         """start() failed: leave no half-made file behind (nothing was recorded yet)."""
+        if self._poller is not None:
+            self._poller.stop()
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
