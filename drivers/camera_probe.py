@@ -22,19 +22,6 @@ def camera_tables(cfg: dict) -> dict:
     return tables
 
 
-def _claimed(settings) -> tuple[float | None, str | None]:
-    """The rate the device (or file) claims and the OpenCV backend that opens it."""
-    cv2 = need_cv2()
-    cap = cv2.VideoCapture(settings.device)
-    try:
-        if not cap.isOpened():
-            return None, None
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        return (float(fps) if fps and fps > 0 else None), cap.getBackendName()
-    finally:
-        cap.release()
-
-
 def probe(config_name, seconds: float = 2.0) -> list[dict]:
     """One row per camera: name, device, status, asked (w, h, fps), delivered size, measured fps,
     claimed fps, backend, frames, error."""
@@ -59,10 +46,9 @@ def probe(config_name, seconds: float = 2.0) -> list[dict]:
             s, st = cam.settings, cam.status()
             times = tuple(cam._times)  # the last 64 capture times
             measured = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
-            claimed, backend = (None, None) if st["status"] == "failed" else _claimed(s)
             rows.append({"name": s.name, "device": describe(s.device), "status": st["status"],
                          "asked": [s.width, s.height, s.fps], "delivered": st["size"], "fps": measured,
-                         "claimed_fps": claimed, "backend": backend, "frames": st["frames"],
+                         "claimed_fps": cam.claimed_fps, "backend": cam.backend, "frames": st["frames"],
                          "error": st.get("error", "")})
         return rows
     finally:

@@ -137,6 +137,8 @@ class Camera:
         self.latest: Frame | None = None
         self.delivered: tuple | None = None  # (width, height) the device delivers, before resizing
         self.loops = 0  # times a file started over
+        self.claimed_fps: float | None = None  # the rate the opened device (or file) claims
+        self.backend: str | None = None  # the OpenCV backend that opened it
         self._state = "opening"  # opening | open | failed | ended (what the thread last knew)
         self._error = ""
         self._times: collections.deque = collections.deque(maxlen=64)
@@ -203,6 +205,12 @@ class Camera:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, s.width)
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, s.height)
             cap.set(cv2.CAP_PROP_FPS, s.fps)
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.claimed_fps = float(fps) if fps and fps > 0 else None
+        try:
+            self.backend = cap.getBackendName()
+        except cv2.error:
+            self.backend = None
         return cap
 
     def _convert(self, cv2, img) -> np.ndarray:
