@@ -8,7 +8,7 @@ import time
 from robot_env import config
 from robot_env.errors import ConfigError
 
-from .cameras import Camera, camera_settings, describe, need_cv2
+from .cameras import Camera, camera_settings, describe, setup_cv2
 
 
 def camera_tables(cfg: dict) -> dict:
@@ -29,7 +29,7 @@ def probe(config_name, seconds: float = 2.0) -> list[dict]:
     settings = camera_settings(camera_tables(cfg))
     cams = [Camera(s) for s in settings]
     if cams:
-        need_cv2().setNumThreads(1)
+        setup_cv2()
     for cam in cams:
         cam.start()
     t0 = time.monotonic()
@@ -64,5 +64,6 @@ def table(rows: list[dict]) -> str:
         meas = f"{r['fps']:.1f}" if r["fps"] else "-"
         claim = f"{r['claimed_fps']:.1f}" if r["claimed_fps"] else "-"
         tail = r["device"] + (f" ({r['backend']})" if r["backend"] else "") + (f": {r['error']}" if r["error"] else "")
-        lines.append(f"{r['name']:<12} {r['status']:<9} {f'{w}x{h} @{fps:g}':<16} {got:<11} {meas:>6} {claim:>7}  {tail}")
+        asked = f"{w}x{h} @{fps:g}"
+        lines.append(f"{r['name']:<12} {r['status']:<9} {asked:<16} {got:<11} {meas:>6} {claim:>7}  {tail}")
     return "\n".join(lines)

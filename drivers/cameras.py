@@ -121,6 +121,19 @@ def need_cv2():
     return cv2
 
 
+def setup_cv2():
+    """OpenCV for capture threads: one thread of its own (resize and convert run on the capture
+    thread, so the servo loop keeps a core), and quiet (it warns on stderr at each failed open,
+    every second while a device is away; the camera's status says so instead)."""
+    cv2 = need_cv2()
+    cv2.setNumThreads(1)
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:
+        pass
+    return cv2
+
+
 @dataclass(frozen=True)
 class Frame:
     image: np.ndarray  # (height, width, 3) uint8 RGB, never written after it is made
@@ -303,8 +316,7 @@ class Cameras:
         self.settings = camera_settings(tables or {})
         self.cams: dict[str, Camera] = {s.name: Camera(s) for s in self.settings}
         if self.cams:
-            cv2 = need_cv2()
-            cv2.setNumThreads(1)  # resize/convert on the capture thread only: the servo loop keeps a core
+            setup_cv2()
 
     def __bool__(self) -> bool:
         return bool(self.cams)

@@ -41,7 +41,8 @@ def _endpoint(bind: bool):
 
 
 # table -> key -> (type(s), default, check or None, what the check wants[, "path": resolved against
-# the config file's folder, or a function (value, folder) -> value that resolves a structured value's paths]). Backends declare their own table in the same form (`Settings`).
+# the config file's folder, or a function (value, folder) -> value that resolves a structured value's
+# paths]). Backends declare their own table in the same form (`Settings`).
 SCHEMA: dict[str, dict[str, tuple]] = {
     "server": {
         "backend": (str, "kinematic", lambda v: v in BACKENDS, "one of " + ", ".join(map(repr, BACKENDS))),
