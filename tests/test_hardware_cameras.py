@@ -41,9 +41,10 @@ def write_video(path, colors, size=(160, 120), fps=30.0) -> str:
 def write_config(path, port, cameras: dict, **dynamixel) -> str:
     """A hardware config: the shipped calibration, the emulator's pty, these cameras (device paths
     relative to the config file, as a user writes them). The loop's own faults (a slow loop, the
-    servos' bus watchdog) are off: test_hardware.py tests them, and here they would only make the
-    camera tests depend on a machine with a core to spare."""
-    dynamixel = {"rest_pose": "none", "min_loop_fraction": 0, "bus_watchdog": 0, **dynamixel}
+    servos' bus watchdog) are off and late replies are waited for longer: test_hardware.py tests
+    those, and here they would only make the camera tests depend on a machine with a core to spare."""
+    dynamixel = {"rest_pose": "none", "min_loop_fraction": 0, "bus_watchdog": 0, "reply_slack": 0.1, "retries": 5,
+                 **dynamixel}
     lines = ["[server]", 'backend = "dynamixel"', 'clock = "realtime"', 'estop_file = ""', "",
              "[server.dynamixel]", f'serial_port = "{port}"', f'calibration = "{CALIBRATION}"']
     lines += [f"{k} = {json.dumps(v)}" for k, v in dynamixel.items()]
@@ -279,10 +280,11 @@ def _loop_rate(client, seconds: float = 3.0) -> float:
     return (b["diagnostics"]["cycles"] - a["diagnostics"]["cycles"]) / (b["time"] - a["time"])
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_the_servo_loop_keeps_its_rate_with_a_camera_running(tmp_path):
     """The driver's 200 Hz loop, measured over the same emulator with no camera and with a 640x480
-    camera at 30 frames/s (decoded, converted and resized on its own thread), alternately."""
+    camera at 30 frames/s (decoded, converted on its own thread), alternately. Other work on the
+    machine moves both rates (the loop waits for a CPU), so the best window of each is compared."""
     write_video(tmp_path / "vga.avi", PALETTE, size=(640, 480))
     emu = EmulatorProcess("fetch_dynamixel", link=str(tmp_path / "ttyDXL"))
     rates: dict = {"none": [], "camera": []}
@@ -290,12 +292,12 @@ def test_the_servo_loop_keeps_its_rate_with_a_camera_running(tmp_path):
         configs = {"none": write_config(tmp_path / "none.toml", emu.path, {}),
                    "camera": write_config(tmp_path / "cam.toml", emu.path,
                                           {"head": {"device": "vga.avi", "width": 640, "height": 480, "fps": 30}})}
-        for _ in range(2):
+        for _ in range(3):
             for kind, cfg in configs.items():
                 session = Session(cfg)
                 try:
                     time.sleep(0.5)  # past start-up
-                    rates[kind].append(_loop_rate(session.client))
+                    rates[kind].append(round(_loop_rate(session.client, 2.0), 1))
                     if kind == "camera":
                         cam = session.client.state()["cameras"]["head"]
                         assert cam["status"] == "ok" and cam["frames"] > 30
@@ -303,7 +305,7 @@ def test_the_servo_loop_keeps_its_rate_with_a_camera_running(tmp_path):
                     session.close()
     finally:
         emu.close()
-    none, cam = np.mean(rates["none"]), np.mean(rates["camera"])
-    print(f"\ndriver loop rate: {none:.1f} Hz without a camera {rates['none']}, {cam:.1f} Hz with a 640x480 "
-          f"camera at 30 fps {rates['camera']} (ratio {cam / none:.3f})")
-    assert cam / none > 0.7
+    none, cam = max(rates["none"]), max(rates["camera"])
+    print(f"\ndriver loop rate, best of 3 windows of 2 s: {none:.1f} Hz without a camera {rates['none']}, "
+          f"{cam:.1f} Hz with a 640x480 camera at 30 fps {rates['camera']} (ratio {cam / none:.3f})")
+    assert cam / none > 0.8
