@@ -3,6 +3,7 @@ it (the same capture thread), without the servos: its native resolution, the fra
 a short watch, the rate the device claims, the OpenCV backend, or why it cannot be opened."""
 from __future__ import annotations
 
+import logging
 import time
 
 from robot_env import config
@@ -28,6 +29,7 @@ def probe(config_name, seconds: float = 2.0) -> list[dict]:
     cfg = config.load(config_name)
     settings = camera_settings(camera_tables(cfg))
     cams = [Camera(s) for s in settings]
+    logging.getLogger("drivers.cameras").setLevel(logging.CRITICAL)  # each row says what failed
     if cams:
         setup_cv2()
     for cam in cams:

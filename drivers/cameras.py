@@ -100,7 +100,7 @@ def resolve_camera_paths(tables: dict, base) -> dict:
         table = dict(table)
         dev = table.get("device")
         if isinstance(dev, str) and not os.path.isabs(os.path.expanduser(dev)):
-            table["device"] = os.path.normpath(os.path.join(str(base), dev))
+            table["device"] = os.path.abspath(os.path.join(str(base), os.path.expanduser(dev)))
         elif isinstance(dev, str):
             table["device"] = os.path.expanduser(dev)
         out[name] = table
