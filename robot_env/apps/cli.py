@@ -403,6 +403,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="do not normalize observations (default: VecNormalize, stats saved in the bundle)")
     p.add_argument("--time-feature", action="store_true", help="append the remaining-time feature (rl-zoo)")
+    p.add_argument("--demos", type=int, default=0, metavar="N",
+                   help="seed the replay buffer with N episodes of the task's scripted agent (robot-env demo)")
     p.add_argument("--num-envs", type=int, default=1,
                    help="robots trained on at once, all behind one batched simulator server (default 1)")
     p.add_argument("--ray", metavar="ADDRESS", help="scale out: simulator servers as Ray actors on this cluster "
