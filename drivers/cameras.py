@@ -29,6 +29,8 @@ import numpy as np
 
 from robot_env.errors import ConfigError, RequestError
 
+from .loop_health import name_thread
+
 log = logging.getLogger("drivers.cameras")
 
 REOPEN_INTERVAL = 1.0  # s between attempts to (re)open a device that failed
@@ -240,6 +242,7 @@ class Camera:
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
     def _run(self) -> None:
+        name_thread(f"camera-{self.settings.name}")
         try:
             self._capture()
         except Exception as exc:  # a bug or an OpenCV error: reported, never raised into the driver

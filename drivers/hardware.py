@@ -53,7 +53,14 @@ from . import control_table as ct
 from .bus import BusError, BusTimeout, DynamixelBus, PortError
 from .calibration import Calibration, load_calibration
 from .cameras import Cameras, check_cameras, resolve_camera_paths
-from .loop_health import LOOP_RATE_WINDOW, WATCHDOG_CHECK_CYCLES, WHEEL_RAW_MAX, ThreadCpuWait, pause_note  # noqa: F401
+from .loop_health import (  # noqa: F401
+    LOOP_RATE_WINDOW,
+    WATCHDOG_CHECK_CYCLES,
+    WHEEL_RAW_MAX,
+    ThreadCpuWait,
+    name_thread,
+    pause_note,
+)
 from .operations import _Move
 from .recovery import FaultRecovery
 from .servo_setup import ServoSetup
@@ -190,6 +197,7 @@ class DynamixelBackend(ServoSetup, FaultRecovery, Backend):
         self._thread.start()
 
     def _loop(self) -> None:
+        name_thread("dynamixel-loop")
         self._cpu_clock = ThreadCpuWait.open()
         self._cpu_mark = self._cpu_clock.read() if self._cpu_clock is not None else 0.0
         try:
