@@ -44,6 +44,8 @@ setup(
         "ray": ["ray>=2.9"],
         # robot-env's own MuJoCo backend (simulators/mujoco_sim): current MuJoCo, 3.x or 4.x.
         "mujoco": ["mujoco>=3.3"],
+        # the robot's cameras ([server.dynamixel.cameras.<name>]: drivers/cameras.py) and `robot-env cameras`
+        "cameras": ["opencv-python-headless>=4.8"],
         # The comparison anchor of `robot-env bench`, for the anchor's interpreter only (it conflicts with the
         # mujoco extra): Gymnasium-Robotics' Fetch envs fail at gym.make on mujoco>=3.12 (from 3.12 an mjtJoint
         # no longer equals the np.int32 it is compared with). `robot-env anchor-env` builds such a venv.

@@ -52,7 +52,15 @@ from robot_env.model.kinematics import fk_frames, rot_to_quat
 from . import control_table as ct
 from .bus import BusError, BusTimeout, DynamixelBus, PortError
 from .calibration import Calibration, load_calibration
-from .loop_health import LOOP_RATE_WINDOW, WATCHDOG_CHECK_CYCLES, WHEEL_RAW_MAX, ThreadCpuWait, pause_note  # noqa: F401
+from .cameras import Cameras, check_cameras, resolve_camera_paths
+from .loop_health import (  # noqa: F401
+    LOOP_RATE_WINDOW,
+    WATCHDOG_CHECK_CYCLES,
+    WHEEL_RAW_MAX,
+    ThreadCpuWait,
+    name_thread,
+    pause_note,
+)
 from .operations import _Move
 from .recovery import FaultRecovery
 from .servo_setup import ServoSetup
@@ -89,6 +97,8 @@ class DynamixelBackend(ServoSetup, FaultRecovery, Backend):
         "rest_pose": (str, "tuck", lambda v: v in ("tuck", "ready", "none"), "'tuck', 'ready' or 'none'"),
         "torque_off_on_close": (bool, True, None, ""),
         "move_timeout": (_num, 15.0, lambda v: 0.5 <= v <= 120, "between 0.5 and 120 s"),
+        # [server.dynamixel.cameras.<name>] tables: the robot's cameras (drivers/cameras.py: CAMERA_KEYS)
+        "cameras": (dict, {}, check_cameras, "camera tables", resolve_camera_paths),
     }
 
     def __init__(self, safety: SafetyConfig | None = None, control_period: float = 0.04, *,
@@ -96,7 +106,7 @@ class DynamixelBackend(ServoSetup, FaultRecovery, Backend):
                  min_loop_fraction: float = 0.25,
                  fast_sync: bool = True, reply_slack: float = 0.02, retries: int = 2,
                  max_bus_errors: int = 5, bus_watchdog: float = 0.1, rest_pose: str = "tuck",
-                 torque_off_on_close: bool = True, move_timeout: float = 15.0,
+                 torque_off_on_close: bool = True, move_timeout: float = 15.0, cameras: dict | None = None,
                  description: RobotDescription = FETCH):
         self.description = description
         self.period = control_period
@@ -104,9 +114,12 @@ class DynamixelBackend(ServoSetup, FaultRecovery, Backend):
         safety = safety or SafetyConfig()
         self.ctl = TargetController(safety, description)
         self.num_robots = 1
+        self.cams = Cameras(cameras or {})  # capture threads start once the servo loop runs
+        self._shown: dict = {}  # camera -> the frame whose age the last state reported
         self.spec = BackendSpec(kind=self.kind, num_robots=1, channels=dict(CHANNELS),
                                 reset_options=dict(RESET_OPTIONS), safety=SafetyParams.of(safety),
-                                description=description, realtime_only=True, ready_ee=ready_gripper())
+                                description=description, realtime_only=True, ready_ee=ready_gripper(),
+                                cameras=self.cams.specs())
         self._narrow_limits()
         self.loop_period = 1.0 / loop_rate
         if not 0 <= min_loop_fraction < 1:
@@ -152,6 +165,11 @@ class DynamixelBackend(ServoSetup, FaultRecovery, Backend):
             self.bus.close()
             raise
         self._start_loop()
+        try:
+            self.cams.start()
+        except BaseException:
+            self.close()
+            raise
 
     # -- start-up ----------------------------------------------------------------------------
     def _narrow_limits(self) -> None:
@@ -179,6 +197,7 @@ class DynamixelBackend(ServoSetup, FaultRecovery, Backend):
         self._thread.start()
 
     def _loop(self) -> None:
+        name_thread("dynamixel-loop")
         self._cpu_clock = ThreadCpuWait.open()
         self._cpu_mark = self._cpu_clock.read() if self._cpu_clock is not None else 0.0
         try:
@@ -488,7 +507,19 @@ class DynamixelBackend(ServoSetup, FaultRecovery, Backend):
         }
         if stale:
             st["stale"] = [self.description.joints[i].name for i in stale]
+        if self.cams:
+            st["cameras"] = self.cams.status()
+            self._shown = {name: cam.latest for name, cam in self.cams.cams.items()}
         return st
+
+    # -- cameras (drivers/cameras.py: each captures on its own thread; nothing here waits) ----
+    def check_frames(self, names) -> None:
+        """Before anything moves: a camera that is not delivering refuses the request."""
+        self.cams.check(names)
+
+    def render(self, cameras, robots=None) -> dict:
+        """The latest frame of each camera, the one whose age the state just sampled reported."""
+        return self.cams.frames(cameras, self._shown)
 
     def diagnostics(self) -> dict:
         """Control-loop health: achieved rate, cycle time and jitter (ms), bus counters, sample age."""
@@ -500,6 +531,7 @@ class DynamixelBackend(ServoSetup, FaultRecovery, Backend):
                 "jitter_p99_ms": 1e3 * self.jitter.percentile(99),
                 "sample_age_ms": 1e3 * (now - self.last_read),
                 "loop_cpu_wait_ms": 1e3 * self.cpu_wait,
+                "cycles": self.cycles,
                 "bus": dict(self.bus.stats)}
 
     def reset(self, seed, options, robots=None) -> Operation:
@@ -551,6 +583,7 @@ class DynamixelBackend(ServoSetup, FaultRecovery, Backend):
         if self._closed:
             return
         self._closed = True
+        self.cams.close()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2.0)

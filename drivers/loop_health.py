@@ -3,6 +3,7 @@ of the bus was (for the fault message: a starved machine or a blocked loop)."""
 from __future__ import annotations
 
 import os
+import threading
 
 from . import control_table as ct
 
@@ -14,6 +15,16 @@ STARTUP_PING_PATIENCE = 1.0  # s a servo may take to answer its first ping at st
 WHEEL_RAW_MAX = ct.FIELDS["velocity_limit"].hi
 LOOP_RATE_WINDOW = 1.0  # s over which the loop rate is held against min_loop_fraction
 DRIVE_MODE_REVERSE = 0x01  # Drive Mode bit 0; bit 2 (0x04) would make the profile time-based
+
+
+def name_thread(name: str) -> None:
+    """Give the calling thread its name in the OS (Linux: 15 characters), so `top -H` and a test
+    reading /proc/PID/task/*/comm can tell the servo loop from a camera's capture thread."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as fh:
+            fh.write(name[:15])
+    except OSError:
+        pass
 
 
 class ThreadCpuWait:

@@ -41,7 +41,8 @@ def _endpoint(bind: bool):
 
 
 # table -> key -> (type(s), default, check or None, what the check wants[, "path": resolved against
-# the config file's folder]). Backends declare their own table in the same form (`Settings`).
+# the config file's folder, or a function (value, folder) -> value that resolves a structured value's
+# paths]). Backends declare their own table in the same form (`Settings`).
 SCHEMA: dict[str, dict[str, tuple]] = {
     "server": {
         "backend": (str, "kinematic", lambda v: v in BACKENDS, "one of " + ", ".join(map(repr, BACKENDS))),
@@ -145,9 +146,12 @@ def load(name_or_path=None, overrides: dict | None = None) -> dict:
                           f"known: {', '.join(f'[{t}]' for t in known)}")
     # Path settings of the backends: relative to the config file (a dict config: to the shipped configs).
     path_base = Path(where).parent if where != "<dict>" else CONFIG_DIR
+    # A callable in that place resolves a structured setting's paths itself: (value, folder) -> value.
     for table, keys in tables.items():
         for key, entry in keys.items():
-            if len(entry) > 4 and entry[4] == "path" and table in out and out[table][key] \
+            if len(entry) > 4 and callable(entry[4]) and table in out and out[table][key]:
+                out[table][key] = entry[4](out[table][key], path_base)
+            elif len(entry) > 4 and entry[4] == "path" and table in out and out[table][key] \
                     and not os.path.isabs(out[table][key]):
                 out[table][key] = str((path_base / out[table][key]).resolve())
     out["source"] = where

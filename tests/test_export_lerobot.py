@@ -408,7 +408,7 @@ def test_a_realtime_server_recorded_with_its_camera_exports(tmp_path):
                 agent.reset(obs)
                 for _ in range(30):
                     obs, *_ = env.step(agent.act(obs))
-        assert rec.camera_polls >= 40
+        assert rec.frame_stats["head"].frames >= 40
     finally:
         env.close()
     r = read_recording(path)

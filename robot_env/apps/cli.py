@@ -251,8 +251,8 @@ def _record(args) -> int:
             keys = client_keys(cfg)
         except ImportError:
             pass
-    rec = Recorder(endpoint, args.out, flush_interval=args.flush_interval, keys=keys, cameras=args.camera or (),
-                   camera_rate=args.camera_rate).start()
+    rec = Recorder(endpoint, args.out, flush_interval=args.flush_interval, keys=keys,
+                   cameras=args.camera or (), camera_rate=args.camera_rate).start()
     print(f"RECORDING {endpoint} -> {args.out} ({rec.info.get('backend')} backend, {rec.info.get('clock')} "
           "clock); Ctrl-C stops", flush=True)
     start = time.monotonic()
@@ -278,10 +278,22 @@ def _record(args) -> int:
                 break
     stats = rec.stop(reason, sync=sync)
     print(f"recorded {stats} ({reason})", flush=True)
-    if rec.cameras:
-        print(f"camera frames ({', '.join(rec.cameras)}): {rec.camera_polls} polls at {rec.camera_rate:g}/s, "
-              f"{rec.camera_late} late, {rec.camera_errors} failed", flush=True)
+    for name, fs in rec.frame_stats.items():
+        print(f"camera {name} at {rec.camera_rate:g} Hz: {fs}", flush=True)
     return code
+
+
+def _cameras(args) -> int:
+    """What each camera of the config delivers (exit 1 when one does not)."""
+    from drivers.camera_probe import probe, table
+    rows = probe(args.config, seconds=args.seconds)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        print(table(rows))
+    else:
+        print("the config names no cameras: add [server.dynamixel.cameras.<name>] tables (see README)")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
 REPLAY_EXIT = ("Exit status: 0 every recorded command was replayed, with its recorded timing; 3 replayed, "
@@ -498,10 +510,17 @@ def main(argv=None) -> int:
     p.add_argument("--server-timeout", type=float, default=2.0,
                    help="after this long without a message, check the server is alive (s, 2)")
     p.add_argument("--camera", action="append", metavar="NAME",
-                   help="also record this camera's frames (repeatable), asked for --camera-rate times a second")
-    p.add_argument("--camera-rate", type=_positive, metavar="HZ", help="camera frames per second (default: the "
-                   "server's control rate); on a lockstep server prefer RecordEpisodes, see the README")
+                   help="also record this camera's frames on /camera/NAME (repeatable; the server must offer it)")
+    p.add_argument("--camera-rate", type=_positive, metavar="HZ",
+                   help="frames per second asked of each --camera (default: the server's control rate); missed "
+                   "ones are counted. On a lockstep server record the env's own frames (demo --record)")
     p.set_defaults(func=_record)
+
+    p = sub.add_parser("cameras", help="open each camera the config names; what it delivers (size, fps) or why not")
+    p.add_argument("--config", default="fetch_dynamixel", help="config name or path ([server.dynamixel.cameras.*])")
+    p.add_argument("--seconds", type=_positive, default=2.0, help="how long to watch each camera (2 s)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=_cameras)
 
     p = sub.add_parser("replay", help="re-send a recording's commands with their timing, on any backend",
                        description="Re-send a recording's commands with their recorded timing through the normal "

@@ -51,7 +51,10 @@ class Backend(abc.ABC):
     hands it to ZeroMQ without a copy). The server calls it after the step, on requests that ask
     for `frames`. A backend without it announces no cameras (an empty ``spec.cameras``), and
     frame requests to it are refused; one that announces cameras must have it. It is not defined
-    here on purpose: the server looks for it on the backend's class.
+    here on purpose: the server looks for it on the backend's class. A backend whose cameras can
+    stop delivering (hardware) may also define ``check_frames(names)``, which the server calls on
+    every request for frames before anything moves, raising `RequestError` for a camera that has
+    nothing to serve.
     """
 
     kind: str = "abstract"
@@ -61,7 +64,7 @@ class Backend(abc.ABC):
     channels: frozenset = frozenset()
     #: the most robots one instance hosts (`num_robots` in its settings when above 1)
     max_robots: int = 1
-    #: the config's [server.<name>] table: key -> (type, default, check, what it wants[, "path"])
+    #: the config's [server.<name>] table: key -> (type, default, check, what it wants[, "path" or a resolver])
     Settings: dict = {}
     #: what this instance offers, announced in `hello` (set by __init__)
     spec: "BackendSpec"

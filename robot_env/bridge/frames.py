@@ -70,9 +70,9 @@ def parse_frames(names, cameras: dict, num_robots: int, kind: str) -> tuple | No
         dup = sorted({n for n in names if names.count(n) > 1})
         raise RequestError("bad_frames", f"'frames' names camera(s) {', '.join(dup)} more than once")
     if not cameras:
-        raise RequestError("unknown_camera", f"frames refused: the {kind} backend has no cameras (it does not "
-                                             "render); ask a backend that announces cameras in its hello, "
-                                             "e.g. mujoco")
+        raise RequestError("unknown_camera", f"frames refused: the {kind} backend has no cameras; ask a backend "
+                                             "that announces cameras in its hello (mujoco, or the robot with "
+                                             "cameras in its config: [server.dynamixel.cameras.<name>])")
     unknown = [n for n in names if n not in cameras]
     if unknown:
         raise RequestError("unknown_camera", f"unknown camera(s) {', '.join(map(_short, unknown))}; the {kind} "

@@ -85,6 +85,7 @@ class RobotServer:
             raise TypeError(f"the {self.spec.kind} backend announces cameras but has no render method")
         self.cameras = dict(self.spec.cameras) if renders else {}
         self._rendered: set = set()  # cameras rendered once already (their renderers exist)
+        self._check_frames = getattr(backend, "check_frames", None) if renders else None
         self.spin = spin
         self.clock = "realtime" if self.spec.realtime_only else clock
         self.period = control_period
@@ -400,6 +401,8 @@ class RobotServer:
         (None: no frames). The first request for a camera renders it once here, so a renderer that
         cannot start (no OpenGL context) refuses the request instead of failing after the step."""
         names = parse_frames(names, self.cameras, self.num_robots, self.spec.kind)
+        if names is not None and self._check_frames is not None:
+            self._check_frames(names)  # a camera with nothing to serve (hardware): refused before anything moves
         if names is not None and not self._rendered.issuperset(names):
             self._render(names)
             self._rendered.update(names)

@@ -30,6 +30,8 @@ FIELDS: dict[str, str] = {
     "busy": "the long operation in progress (a hardware reset's move), when there is one",
     "stale": "joints whose values were not read on the last cycle (hardware), when there are some",
     "diagnostics": "control-loop health: rate, cycle time, jitter, bus counters, sample age (hardware)",
+    "cameras": "{name: {status, age_ms, frames, fps, size[, error]}}: each camera's latest frame age and health; "
+               "a camera not 'ok' refuses frame requests but never stops the arm (hardware with cameras)",
 }
 
 
