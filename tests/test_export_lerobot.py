@@ -494,7 +494,7 @@ def test_the_commands_end_to_end_on_a_running_server(tmp_path):
             if rec.poll() is None:
                 rec.kill()
         assert rec.returncode == 0, stderr
-        assert "camera frames (head):" in stdout and " 0 failed" in stdout
+        assert "camera head at 25 Hz:" in stdout and " 0 errors" in stdout
     finally:
         server.close()
     ds = tmp_path / "ds"
