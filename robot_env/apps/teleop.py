@@ -326,8 +326,8 @@ class Teleop:
         view = self.viewer
         if view is not None:
             broken = f"  STOPPED: {view.error}" if view.error is not None else ""
-            out.append((f"view ({'; '.join(view.sinks.lines)}): {view.stats.logged} states, {view.stats.frame_sets} "
-                        f"frame sets{broken}", "bad" if broken else ""))
+            out.append((f"view: {view.stats.logged} states, {view.stats.frame_sets} frame sets{broken}; "
+                        f"{'; '.join(view.sinks.lines)}", "bad" if broken else ""))
         out.append((f"> {self.message}", "warn" if time.monotonic() - self.message_time < 3 else "dim"))
         out.append((f"{'joint':<22}{'position':>12}    {'velocity':>10}", "dim"))
         q, dq = st.get("q"), st.get("dq")

@@ -180,8 +180,9 @@ class RerunLog:
         if not self._at(st.get("ts"), st.get("seq"), st.get("time")):
             return False
         rr, log = self.rr, self.stream.log
-        q = self._row(st.get("q"))
-        target = self._row(st.get("target"))
+        joints = len(self.joint_names) or None  # a vector of another length is not this robot's: skipped
+        q = self._row(st.get("q"), joints)
+        target = self._row(st.get("target"), joints)
         if q is not None:
             for j, v in enumerate(q):
                 if math.isfinite(v):
