@@ -310,6 +310,7 @@ def test_the_mapping_skips_malformed_values_instead_of_logging_garbage(tmp_path)
                       "ee": ["x"], "objects": {"o": {"pos": [float("inf"), 0, 0]}, "p": "junk"},
                       "mode": "fault", "faults": [{"code": "overload", "joint": "elbow_flex_joint"}]})
     assert log.frames({"cam": np.zeros((0, 4, 3), np.uint8), "bad": np.zeros((4, 4, 2), np.uint8)}, 1002.0) == 0
+    log.flush()  # the buffered scalars
     stream.flush()
     stream.disconnect()
     chunks = rrd_chunks(out)

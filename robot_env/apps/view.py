@@ -224,7 +224,7 @@ def run_view(*, config="sim", endpoint=None, sinks: Sinks, duration=None, rate: 
              f"{', '.join(cams) or 'none'}): {'; '.join(sinks.lines)}; Ctrl-C stops")
         start = last_msg = time.monotonic()
         period, frame_period = 1.0 / rate, (1.0 / camera_rate if cams else None)
-        next_state = next_frames = start
+        next_state = next_frames = next_flush = start
         pending = None
         last_probe = start
         while not stop.is_set():
@@ -263,6 +263,9 @@ def run_view(*, config="sim", endpoint=None, sinks: Sinks, duration=None, rate: 
                     last_msg = time.monotonic()
                     stats.frame_sets += log.frames(frames, st.get("ts"), st.get("seq"), st.get("time")) > 0
                     log.latency("frames_rtt", rtt, st.get("ts"))
+            if now >= next_flush:  # the buffered scalars, ten times a second
+                log.flush()
+                next_flush = now + 0.1
             # A lockstep server is quiet while nobody steps it: after a quiet spell, ask whether it is there.
             if now - last_msg > server_timeout and now - last_probe > server_timeout:
                 last_probe = now
@@ -275,6 +278,7 @@ def run_view(*, config="sim", endpoint=None, sinks: Sinks, duration=None, rate: 
         if pending is not None:
             log.state(*pending)
             stats.logged += 1
+        log.flush()
         stats.seconds = time.monotonic() - start
     finally:
         try:
@@ -334,7 +338,7 @@ class ViewThread:
                 extra = {"keys": self.keys} if self.keys is not None else {}
                 client = RobotClient(self.endpoint, timeout=1.0, retries=0, **extra)
                 client.hello()
-            next_frames = time.monotonic()
+            next_frames = next_flush = time.monotonic()
             while not self._stop.is_set():
                 wait = max(0.0, next_frames - time.monotonic()) if self.frame_period else 0.1
                 self._wake.wait(wait)
@@ -344,6 +348,9 @@ class ViewThread:
                 if item is not None:
                     self.log.state(*item)
                     self.stats.logged += 1
+                if time.monotonic() >= next_flush:
+                    self.log.flush()
+                    next_flush = time.monotonic() + 0.1
                 if self.frame_period and time.monotonic() >= next_frames:
                     next_frames = max(next_frames + self.frame_period, time.monotonic())
                     try:
@@ -369,6 +376,8 @@ class ViewThread:
         if item is not None and self.error is None:
             self.log.state(*item)
             self.stats.logged += 1
+        if self.error is None and not (self._thread and self._thread.is_alive()):
+            self.log.flush()
         if self.stream is not None:
             try:
                 self.stream.flush()

@@ -8,14 +8,17 @@ a batched server to show. Its calls log:
 
 - ``/joints/<name>/position`` and ``/joints/<name>/target``: `Scalars`, one row per state;
 - ``/scene`` (the robot's base frame, z up): the gripper (`Points3D`) and its recent path
-  (`LineStrips3D`), the arm as a polyline through its joint origins (forward kinematics of the
-  measured joints, and of the targets), the table and objects (`Boxes3D`, a puck `Cylinders3D`);
+  (`LineStrips3D`), the arm as polylines through its joint origins (forward kinematics of the
+  measured joints, thick, and of the targets, thin), the table and objects (`Boxes3D`, a puck
+  `Cylinders3D`);
 - ``/camera/<name>``: `Image` (RGB) or `DepthImage` (metres);
 - ``/log/mode``, ``/log/faults``, ``/log/clipped``: `TextLog` when they change; ``/log/commands``: resets;
 - ``/latency/stream_ms`` (state sampled -> received), ``/latency/send_to_apply_ms`` (client sent ->
   command applied), ``/latency/frames_rtt_ms`` (the live view's frame requests).
 
-Each row is on the timelines ``time`` (the state's server sample time `ts`, or a command's apply time
+Scalars are buffered and sent as columns (`flush`, at the latest every `max_rows` rows): one
+`send_columns` call per series instead of a `log` call per value, which is most of the cost of a
+state. Each row is on the timelines ``time`` (the state's server sample time `ts`, or a command's apply time
 `ta`), ``seq`` (the stream's number) and ``backend_time`` (the backend's clock), never on Rerun's own
 log time: a converted recording keeps its own timestamps. Values from a file are checked for shape
 and finiteness here (a bad one is left out, never logged as garbage).
@@ -73,7 +76,8 @@ class RerunLog:
     """The mapping, bound to one stream. `setup()` logs the static parts once (series styles, the
     table, object shapes, coordinates); then `state`, `command` and `frames` log as they come."""
 
-    def __init__(self, stream, info: dict, *, robot: int = 0, trail: int = 200):
+    def __init__(self, stream, info: dict, *, robot: int = 0, trail: int = 200, path_every: int = 5,
+                 max_rows: int = 4096):
         self.rr = need_rerun()
         self.stream = stream
         self.info = info or {}
@@ -87,10 +91,16 @@ class RerunLog:
         if not isinstance(self.scene_info, dict):
             self.scene_info = {}
         self.trail: deque = deque(maxlen=max(2, int(trail)))
+        self.path_every = max(1, int(path_every))  # the gripper's path is redrawn every this many states
+        self.styled: set = set()  # objects whose shape and colour are logged (static, once)
         self.last_mode = self.last_faults = self.last_clipped = None
         self.states = 0  # states logged
         self.frames_logged = 0
         self._fk = self._fk_for(self.joint_names)
+        self._stamp = None  # (time, seq or None, backend time or None) of the message being logged
+        self._columns: dict = {}  # (entity, has seq, has backend time) -> ([time], [seq], [backend time], [value])
+        self._rows = 0
+        self.max_rows = int(max_rows)
 
     @staticmethod
     def _fk_for(names):
@@ -137,6 +147,11 @@ class RerunLog:
                 static=True)
             log(path + "/target", rr.SeriesLines(colors=[_TARGET_COLOR], names=["target"], widths=[1.0]),
                 static=True)
+        # Styles once, static; each state logs only what moves (a partial update costs a tenth of a full one)
+        log("/scene/gripper", rr.Points3D.from_fields(radii=[0.012], colors=[_GRIPPER_COLOR]), static=True)
+        log("/scene/gripper_path", rr.LineStrips3D.from_fields(radii=[0.003], colors=[_GRIPPER_COLOR]), static=True)
+        log("/scene/arm", rr.LineStrips3D.from_fields(radii=[0.012, 0.004], colors=[_POSITION_COLOR, _TARGET_COLOR]),
+            static=True)
         table = self.scene_info.get("table")
         if isinstance(table, dict):
             center, half = _vec(table.get("center"), 3), _vec(table.get("half_size"), 3)
@@ -168,12 +183,41 @@ class RerunLog:
         st = self.stream
         st.reset_time()
         st.set_time(TIMELINE, timestamp=t)
-        if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
+        if not (isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0):
+            seq = None
+        if seq is not None:
             st.set_time(SEQ, sequence=seq)
         bt = _finite(backend_time)
         if bt is not None:
             st.set_time(BACKEND_TIME, duration=bt)
+        self._stamp = (t, seq, bt)
         return True
+
+    def _scalar(self, path: str, value: float) -> None:
+        """One scalar at the current stamp, buffered for `flush`."""
+        t, seq, bt = self._stamp
+        col = self._columns.get((path, seq is not None, bt is not None))
+        if col is None:
+            col = self._columns[(path, seq is not None, bt is not None)] = ([], [], [], [])
+        col[0].append(t)
+        col[1].append(seq)
+        col[2].append(bt)
+        col[3].append(value)
+        self._rows += 1
+        if self._rows >= self.max_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered scalars, a column per series."""
+        rr = self.rr
+        columns, self._columns, self._rows = self._columns, {}, 0
+        for (path, has_seq, has_bt), (t, seq, bt, v) in columns.items():
+            indexes = [rr.TimeColumn(TIMELINE, timestamp=t)]
+            if has_seq:
+                indexes.append(rr.TimeColumn(SEQ, sequence=seq))
+            if has_bt:
+                indexes.append(rr.TimeColumn(BACKEND_TIME, duration=bt))
+            self.stream.send_columns(path, indexes=indexes, columns=rr.Scalars.columns(scalars=v))
 
     def state(self, st: dict, t_recv: float | None = None) -> bool:
         """Log one state sample (its joints, the scene, mode/faults/clipped changes, stream latency)."""
@@ -183,31 +227,28 @@ class RerunLog:
         joints = len(self.joint_names) or None  # a vector of another length is not this robot's: skipped
         q = self._row(st.get("q"), joints)
         target = self._row(st.get("target"), joints)
-        if q is not None:
-            for j, v in enumerate(q):
-                if math.isfinite(v):
-                    log(self._joint_path(j) + "/position", rr.Scalars(v))
-        if target is not None:
-            for j, v in enumerate(target):
-                if math.isfinite(v):
-                    log(self._joint_path(j) + "/target", rr.Scalars(v))
+        for values, series in ((q, "/position"), (target, "/target")):
+            if values is not None:
+                for j, v in enumerate(values.tolist()):
+                    if math.isfinite(v):
+                        self._scalar(self._joint_path(j) + series, v)
         ee = self._row(st.get("ee"), 7)
         if ee is not None and np.isfinite(ee[:3]).all():
             self.trail.append(ee[:3].copy())
-            log("/scene/gripper", rr.Points3D([ee[:3]], radii=[0.012], colors=[_GRIPPER_COLOR]))
-            if len(self.trail) >= 2:
-                log("/scene/gripper_path", rr.LineStrips3D([np.array(self.trail)], radii=[0.003],
-                                                           colors=[_GRIPPER_COLOR]))
-        if self._fk is not None:
-            for path, joints, color, radius in (("/scene/arm", q, _POSITION_COLOR, 0.012),
-                                                ("/scene/arm_target", target, _TARGET_COLOR, 0.004)):
-                if joints is not None and joints.size == len(self.joint_names) and np.isfinite(joints).all():
-                    log(path, rr.LineStrips3D([self._fk(joints)], radii=[radius], colors=[color]))
+            log("/scene/gripper", rr.Points3D.from_fields(positions=ee[None, :3]))
+            if len(self.trail) >= 2 and self.states % self.path_every == 0:
+                log("/scene/gripper_path", rr.LineStrips3D.from_fields(strips=[np.array(self.trail)]))
+        if self._fk is not None and q is not None and np.isfinite(q).all():
+            # the arm measured (thick) and where its targets put it (thin)
+            strips = [self._fk(q)]
+            if target is not None and np.isfinite(target).all():
+                strips.append(self._fk(target))
+            log("/scene/arm", rr.LineStrips3D.from_fields(strips=strips))
         self._objects(st.get("objects"))
         self._changes(st)
         t = _finite(t_recv if t_recv is not None else st.get("t_recv"))
         if t is not None:
-            log("/latency/stream_ms", rr.Scalars((t - float(st["ts"])) * 1e3))
+            self._scalar("/latency/stream_ms", (t - float(st["ts"])) * 1e3)
         self.states += 1
         return True
 
@@ -227,16 +268,18 @@ class RerunLog:
             path = "/scene/objects/" + rr.escape_entity_path_part(str(name))
             shape = shapes.get(name) if isinstance(shapes.get(name), dict) else {}
             size = shape.get("size")
-            q = rr.Quaternion(xyzw=quat)
-            if shape.get("shape") == "cylinder" and _vec(size, 2) is not None:
-                r, h = _vec(size, 2)
-                log(path, rr.Cylinders3D(lengths=[2 * h], radii=[r], centers=[pos], quaternions=[q],
-                                         colors=[_OBJECT_COLOR], fill_mode="solid", labels=[str(name)]))
-            else:  # a box, or an object of unknown size: a 5 cm cube
-                half = _vec(size, 3) if shape.get("shape") == "box" else None
-                log(path, rr.Boxes3D(centers=[pos], half_sizes=[half if half is not None else (0.025,) * 3],
-                                     quaternions=[q], colors=[_OBJECT_COLOR], fill_mode="solid",
-                                     labels=[str(name)]))
+            kind = rr.Cylinders3D if shape.get("shape") == "cylinder" and _vec(size, 2) is not None else rr.Boxes3D
+            if path not in self.styled:  # its shape, once (static): a box, a puck, or a 5 cm cube when unknown
+                self.styled.add(path)
+                style = dict(colors=[_OBJECT_COLOR], fill_mode="solid", labels=[str(name)])
+                if kind is rr.Cylinders3D:
+                    r, h = _vec(size, 2)
+                    log(path, kind.from_fields(lengths=[2 * h], radii=[r], **style), static=True)
+                else:
+                    half = _vec(size, 3) if shape.get("shape") == "box" else None
+                    log(path, kind.from_fields(half_sizes=[half if half is not None else (0.025,) * 3], **style),
+                        static=True)
+            log(path, kind.from_fields(centers=[pos], quaternions=[rr.Quaternion(xyzw=quat)]))
 
     def _changes(self, st: dict) -> None:
         """Mode, faults and clip flags as text, each when it changes (not once per sample)."""
@@ -274,7 +317,7 @@ class RerunLog:
         rr, log = self.rr, self.stream.log
         t = _finite(msg.get("t"))
         if t is not None:
-            log("/latency/send_to_apply_ms", rr.Scalars((ta - t) * 1e3))
+            self._scalar("/latency/send_to_apply_ms", (ta - t) * 1e3)
         if msg.get("op") == "reset":
             log("/log/commands", rr.TextLog(f"reset (seed {msg.get('seed')})", level="INFO"))
         return True
@@ -308,7 +351,7 @@ class RerunLog:
         """One latency sample (s) on ``/latency/<name>_ms`` at time `ts`."""
         v = _finite(seconds)
         if v is not None and self._at(ts):
-            self.stream.log(f"/latency/{name}_ms", self.rr.Scalars(v * 1e3))
+            self._scalar(f"/latency/{name}_ms", v * 1e3)
 
 
 def _fault_text(f) -> str:

@@ -65,6 +65,7 @@ def recording_to_rrd(source, out, *, robot: int = 0) -> RrdResult:
                 st = rec.states[order[i]]
                 n += log.frames({cam: frame}, t, st.get("seq"), st.get("time"))
             written[cam] = n
+        log.flush()
         stream.flush()
         stream.disconnect()  # closes the file sink: the footer is written
         os.replace(tmp, out)
