@@ -164,7 +164,8 @@ class RerunLog:
         import rerun.blueprint as rrb
         joints = [rrb.TimeSeriesView(origin=self._joint_path(j), name=self.joint_names[j].removesuffix("_joint"))
                   for j in range(len(self.joint_names))]
-        left = [rrb.Spatial3DView(origin="/scene", name="scene (base frame)")]
+        eye = rrb.EyeControls3D(position=(1.9, -1.6, 1.6), look_target=(0.45, 0.0, 0.6), eye_up=(0, 0, 1))
+        left = [rrb.Spatial3DView(origin="/scene", name="scene (base frame)", eye_controls=eye)]
         if cameras:
             left.append(rrb.Horizontal(*[rrb.Spatial2DView(origin="/camera/" + c, name=c) for c in cameras]))
         right = [rrb.Grid(*joints, name="joints: position vs target") if joints else
