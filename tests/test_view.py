@@ -40,7 +40,7 @@ def start_view(*args):
     """`robot-env view ...` as a subprocess, returned once it says it is viewing."""
     proc = subprocess.Popen([sys.executable, "-m", "robot_env", "view", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    ready, _, _ = select.select([proc.stdout], [], [], 90)  # a guard against a hang, not a time limit
     line = proc.stdout.readline() if ready else ""
     if not line.startswith("VIEWING"):
         proc.kill()
@@ -150,9 +150,9 @@ def test_view_saves_a_driven_server_without_taking_its_lease(sim_server, tmp_pat
     for name in NAMES:
         assert n[f"/joints/{name}/position"] == logged and n[f"/joints/{name}/target"] == logged, (name, n)
     # a 25 Hz server (more while commands come) over ~2 s, thinned to at most --rate 50 per second
-    assert 0.4 * 25 * 2 <= logged <= 50 * 2 * 1.2 + 2, logged
+    assert 10 <= logged <= 50 * 2 * 1.2 + 2, logged
     assert n["/scene/gripper"] == logged and n["/scene/arm"] == logged and n["/latency/stream_ms"] == logged
-    assert n["/latency/send_to_apply_ms"] >= 10  # the driver's commands, from the command stream
+    assert n["/latency/send_to_apply_ms"] >= 5  # the driver's commands, from the command stream
     assert n["/log/mode"] >= 1 and not any(e.startswith("/camera") for e in n)  # the kinematic sim has none
     # the driver's motion, as the viewer saw it: the targets reach ARM_A and the joints follow
     for j, want in enumerate(ARM_A, start=1):
@@ -246,6 +246,8 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(mujoco_server, tmp_path):
     notmcap.write_text("not a recording\n" * 10)
     res = cli("plot", notmcap, "--rrd", out)
     assert res.returncode == 2 and "not an MCAP recording" in res.stderr and not out.exists(), res.stderr
+    res = cli("view", "--endpoint", mujoco_server.endpoint, "--save", tmp_path / "no" / "such" / "dir.rrd")
+    assert res.returncode == 2 and "not a writable directory" in res.stderr, res.stderr
 
 
 # -- conversion ------------------------------------------------------------------------------------------

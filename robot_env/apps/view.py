@@ -75,8 +75,12 @@ class Sinks:
         if self.spawn and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             raise ViewError("no display for a native Rerun viewer (DISPLAY and WAYLAND_DISPLAY are unset): use "
                             "--web for the browser viewer, or --save FILE.rrd to write a file to open later")
-        if self.save and os.path.isdir(self.save):
-            raise ViewError(f"--save {self.save} is a directory; give an .rrd file name")
+        if self.save:
+            if os.path.isdir(self.save):
+                raise ViewError(f"--save {self.save} is a directory; give an .rrd file name")
+            parent = os.path.dirname(os.path.abspath(self.save))
+            if not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
+                raise ViewError(f"--save {self.save}: {parent} is not a writable directory")
 
     def open(self, stream, blueprint) -> None:
         rr = need_rerun()

@@ -41,7 +41,14 @@ def recording_to_rrd(source, out, *, robot: int = 0) -> RrdResult:
         raise RecordingError(f"{rec.path}: robot {robot} not recorded; it holds robot(s) 0..{robots - 1}"
                              if robots > 1 else f"{rec.path}: a one-robot recording; there is no robot {robot}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise RecordingError(f"--rrd {out} is a directory; give an .rrd file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RecordingError(f"cannot write {out}: {exc.strerror or exc}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise RecordingError(f"cannot write {out}: its directory is not writable")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
     info = dict(rec.info)
     info.setdefault("num_robots", robots)
