@@ -246,6 +246,11 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(mujoco_server, tmp_path):
     notmcap.write_text("not a recording\n" * 10)
     res = cli("plot", notmcap, "--rrd", out)
     assert res.returncode == 2 and "not an MCAP recording" in res.stderr and not out.exists(), res.stderr
+    with socket.socket() as taken:  # a port someone else listens on: said before anything starts
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        res = cli("view", "--endpoint", mujoco_server.endpoint, "--web", "--grpc-port", taken.getsockname()[1])
+    assert res.returncode == 2 and "is taken" in res.stderr and "Traceback" not in res.stderr, res.stderr
     res = cli("view", "--endpoint", mujoco_server.endpoint, "--save", tmp_path / "no" / "such" / "dir.rrd")
     assert res.returncode == 2 and "not a writable directory" in res.stderr, res.stderr
 

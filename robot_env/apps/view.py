@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -75,6 +76,9 @@ class Sinks:
         if self.spawn and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             raise ViewError("no display for a native Rerun viewer (DISPLAY and WAYLAND_DISPLAY are unset): use "
                             "--web for the browser viewer, or --save FILE.rrd to write a file to open later")
+        if self.web:
+            _port_free(self.bind, self.grpc_port, "--grpc-port")
+            _port_free("0.0.0.0", self.web_port, "--web-port")
         if self.save:
             if os.path.isdir(self.save):
                 raise ViewError(f"--save {self.save} is a directory; give an .rrd file name")
@@ -83,6 +87,12 @@ class Sinks:
                 raise ViewError(f"--save {self.save}: {parent} is not a writable directory")
 
     def open(self, stream, blueprint) -> None:
+        try:
+            self._open(stream, blueprint)
+        except RuntimeError as exc:  # Rerun's own: a port taken meanwhile, a viewer that cannot start
+            raise ViewError(f"the Rerun viewer could not start: {exc}") from None
+
+    def _open(self, stream, blueprint) -> None:
         rr = need_rerun()
         sinks = []
         if self.save:
@@ -100,6 +110,17 @@ class Sinks:
             sinks.append(rr.GrpcSink(f"rerun+http://127.0.0.1:{self.grpc_port}/proxy"))
             self.lines.append(f"native viewer on port {self.grpc_port}")
         stream.set_sinks(*sinks, default_blueprint=blueprint)
+
+
+def _port_free(host: str, port: int, flag: str) -> None:
+    """Refuse a port another program listens on, in words (Rerun would fail later, in a thread)."""
+    if not 0 < port < 65536:
+        raise ViewError(f"{flag} {port}: not a port number")
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ViewError(f"{flag} {port}: {host}:{port} is taken ({exc.strerror}); choose another port") from None
 
 
 class Observer:
@@ -293,6 +314,9 @@ def run_view(*, config="sim", endpoint=None, sinks: Sinks, duration=None, rate: 
     finally:
         try:
             stream.flush()
+        except RuntimeError as exc:  # a sink that died (its port taken): the view's data is lost, say so
+            echo(f"robot-env view: error: Rerun could not deliver the view: {exc}", file=sys.stderr)
+            code = code or 3
         finally:
             stream.disconnect()
             obs.close()
@@ -381,12 +405,12 @@ class ViewThread:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(5.0)
-        with self._lock:
-            item, self._slot = self._slot, None
-        if item is not None and self.error is None:
-            self.log.state(*item)
-            self.stats.logged += 1
-        if self.error is None and not (self._thread and self._thread.is_alive()):
+        if self.error is None and not (self._thread and self._thread.is_alive()):  # the log has one user at a time
+            with self._lock:
+                item, self._slot = self._slot, None
+            if item is not None:
+                self.log.state(*item)
+                self.stats.logged += 1
             self.log.flush()
         if self.stream is not None:
             try:
