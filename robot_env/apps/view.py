@@ -106,7 +106,8 @@ class Sinks:
                               f"(data on {server.uri})")
         if self.spawn:
             exe = shutil.which("rerun") or os.path.join(os.path.dirname(sys.executable), "rerun")
-            rr.spawn(port=self.grpc_port, connect=False, executable_path=exe if os.path.exists(exe) else None)
+            rr.spawn(port=self.grpc_port, connect=False, executable_path=exe if os.path.exists(exe) else None,
+                     recording=stream)  # (without a recording it asks the global one, which we never start)
             sinks.append(rr.GrpcSink(f"rerun+http://127.0.0.1:{self.grpc_port}/proxy"))
             self.lines.append(f"native viewer on port {self.grpc_port}")
         stream.set_sinks(*sinks, default_blueprint=blueprint)
