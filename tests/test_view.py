@@ -3,6 +3,7 @@ their .rrd files read back with Rerun's own reader (rerun.chunk.RrdReader): enti
 timestamps, values and image content. Headless: nothing here needs a display."""
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -253,6 +254,54 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(mujoco_server, tmp_path):
     assert res.returncode == 2 and "is taken" in res.stderr and "Traceback" not in res.stderr, res.stderr
     res = cli("view", "--endpoint", mujoco_server.endpoint, "--save", tmp_path / "no" / "such" / "dir.rrd")
     assert res.returncode == 2 and "not a writable directory" in res.stderr, res.stderr
+
+
+XVFB = shutil.which("Xvfb")
+
+
+def processes_with(arg: str) -> list[int]:
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if arg.encode() in fh.read().split(b"\0"):
+                    out.append(int(pid))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.skipif(XVFB is None, reason="Xvfb is not installed (apt-get install -y xvfb; .ci/run does)")
+def test_a_native_viewer_is_spawned_where_there_is_a_display(sim_server, tmp_path):
+    """The default: Rerun's own viewer, spawned on a display (here a virtual one), receives the stream."""
+    n = next(i for i in range(150, 250) if not os.path.exists(f"/tmp/.X11-unix/X{i}"))
+    xvfb = subprocess.Popen([XVFB, f":{n}", "-screen", "0", "1280x720x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    viewers = []
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(f"/tmp/.X11-unix/X{n}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = {k: v for k, v in os.environ.items() if k != "WAYLAND_DISPLAY"}
+        env["DISPLAY"] = f":{n}"
+        # to files, not pipes: the viewer Rerun spawns is detached, and holds our output open after the view exits
+        with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+            code = subprocess.run([sys.executable, "-m", "robot_env", "view", "--endpoint", sim_server.endpoint,
+                                   "--grpc-port", str(port), "--duration", "4"], stdout=out, stderr=err, env=env,
+                                  timeout=90).returncode
+        viewers = processes_with(f"--port={port}")  # the viewer Rerun spawned (detached: it outlives the view)
+    finally:
+        for pid in viewers:
+            os.kill(pid, 15)
+        xvfb.terminate()
+        xvfb.wait(10)
+    stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    assert code == 0, stderr
+    assert f"native viewer on port {port}" in stdout and "could not deliver" not in stderr, stderr
+    assert viewers, "no Rerun viewer process is listening on the view's port"
+    logged = int(stdout.strip().splitlines()[-1].split()[1])
+    assert logged >= 10
 
 
 # -- conversion ------------------------------------------------------------------------------------------
