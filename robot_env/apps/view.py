@@ -132,6 +132,7 @@ class Observer:
         self.client = self.sub = None
         self.info: dict = {}
         self.cameras: dict = {}
+        self.malformed = 0  # stream messages that did not decode: counted, said at the end
 
     def open(self) -> "Observer":
         from ..bridge.client import RobotClient
@@ -184,15 +185,17 @@ class Observer:
                 break
             t = time.time()
             if len(parts) != 2:
+                self.malformed += 1
                 continue
             try:
                 msg = decode(parts[1])
                 if not isinstance(msg, dict):
-                    continue
+                    raise ValueError("not a map")
                 if parts[0] == b"state":
                     unpack_state(msg)
-            except Exception:
-                continue  # not a state we can show: the stream is the server's, never trusted blindly
+            except Exception:  # not a state we can show: the stream is the server's, never trusted blindly
+                self.malformed += 1
+                continue
             out.append((parts[0], msg, t))
         return out
 
@@ -225,12 +228,14 @@ class ViewStats:
     commands: int = 0
     frame_sets: int = 0
     frame_errors: int = 0
+    malformed: int = 0
     seconds: float = 0.0
 
     def __str__(self) -> str:
         return (f"{self.logged} states logged of {self.received} received, {self.commands} commands, "
                 f"{self.frame_sets} camera frame sets over {self.seconds:.1f} s"
-                + (f"; {self.frame_errors} frame requests failed" if self.frame_errors else ""))
+                + (f"; {self.frame_errors} frame requests failed" if self.frame_errors else "")
+                + (f"; {self.malformed} undecodable stream messages skipped" if self.malformed else ""))
 
 
 def run_view(*, config="sim", endpoint=None, sinks: Sinks, duration=None, rate: float = 50.0,
@@ -312,6 +317,7 @@ def run_view(*, config="sim", endpoint=None, sinks: Sinks, duration=None, rate: 
             stats.logged += 1
         log.flush()
         stats.seconds = time.monotonic() - start
+        stats.malformed = obs.malformed
     finally:
         try:
             stream.flush()
