@@ -33,6 +33,8 @@ setup(
                  "moviepy>=1.0"],  # tests/test_frames.py: Gymnasium's RecordVideo writes mp4 with it
         # `robot-env record/replay`, Recorder, RecordEpisodes: MCAP files (zstd chunks: mcap pulls zstandard)
         "record": ["mcap>=1.6"],
+        # `robot-env export --lerobot`: LeRobot dataset v3.0 files (parquet, mp4 through PyAV's FFmpeg)
+        "lerobot": ["mcap>=1.6", "pyarrow>=14", "av>=12"],
         # `robot-env plot`
         "plot": ["mcap>=1.6", "matplotlib>=3.7"],
         # `robot-env view`, `teleop --view`, `plot --rrd`: Rerun (its reader API, rerun.chunk, is 0.41's)
