@@ -309,7 +309,8 @@ def test_a_native_viewer_is_spawned_where_there_is_a_display(sim_server, tmp_pat
 def push_recording(tmp_path_factory):
     """A FetchPush episode on mujoco recorded with the external camera's frames."""
     path = tmp_path_factory.mktemp("rrd") / "push.mcap"
-    env = RecordEpisodes(gym.make("robot_env/FetchPush-v0", cameras=["external"]), record=path)
+    # a chunk per drain (flush_interval 0): a file cut anywhere keeps the chunks before the cut
+    env = RecordEpisodes(gym.make("robot_env/FetchPush-v0", cameras=["external"]), record=path, flush_interval=0.0)
     env.reset(seed=3)
     rng = np.random.default_rng(0)
     for _ in range(20):
