@@ -286,16 +286,16 @@ def run_view(*, config="sim", endpoint=None, sinks: Sinks, duration=None, rate: 
                 pending, next_state = None, max(next_state + period, now)
             if frame_period and now >= next_frames:
                 next_frames = max(next_frames + frame_period, now)
+                st = None
                 try:
                     st, frames, rtt = obs.grab(cams)
-                except ServerError as exc:  # a renderer that fails: said once per failure, the view goes on
+                except ServerError as exc:  # a renderer that fails: said, and the view goes on without frames
                     stats.frame_errors += 1
                     echo(f"robot-env view: frames of {', '.join(cams)} refused: {exc}", file=sys.stderr)
-                    if exc.code in ("unknown_camera", "no_renderer", "bad_frames"):
+                    if exc.code in ("unknown_camera", "no_renderer", "bad_frames", "unsupported"):
                         frame_period = None
-                    continue
                 except ServerTimeout:
-                    st = None
+                    pass  # a server that is gone is found out below
                 if st is not None:
                     last_msg = time.monotonic()
                     stats.frame_sets += log.frames(frames, st.get("ts"), st.get("seq"), st.get("time")) > 0
@@ -320,7 +320,7 @@ def run_view(*, config="sim", endpoint=None, sinks: Sinks, duration=None, rate: 
         stats.malformed = obs.malformed
     finally:
         try:
-            stream.flush()
+            stream.flush(timeout_sec=10.0)  # a viewer that stopped reading must not hold the exit
         except RuntimeError as exc:  # a sink that died (its port taken): the view's data is lost, say so
             echo(f"robot-env view: error: Rerun could not deliver the view: {exc}", file=sys.stderr)
             code = code or 3
@@ -421,7 +421,9 @@ class ViewThread:
             self.log.flush()
         if self.stream is not None:
             try:
-                self.stream.flush()
+                self.stream.flush(timeout_sec=10.0)
+            except RuntimeError:
+                pass  # the viewer went away: what it had is what it shows
             finally:
                 self.stream.disconnect()
         return self.stats

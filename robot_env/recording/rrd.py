@@ -73,7 +73,7 @@ def recording_to_rrd(source, out, *, robot: int = 0) -> RrdResult:
                 n += log.frames({cam: frame}, t, st.get("seq"), st.get("time"))
             written[cam] = n
         log.flush()
-        stream.flush()
+        stream.flush(timeout_sec=60.0)
         stream.disconnect()  # closes the file sink: the footer is written
         os.replace(tmp, out)
     except BaseException:
