@@ -37,6 +37,8 @@ setup(
         "lerobot": ["mcap>=1.6", "pyarrow>=14", "av>=12"],
         # `robot-env plot`
         "plot": ["mcap>=1.6", "matplotlib>=3.7"],
+        # `robot-env view`, `teleop --view`, `plot --rrd`: Rerun (its reader API, rerun.chunk, is 0.41's)
+        "view": ["rerun-sdk>=0.41,<0.42; python_version>='3.11'", "mcap>=1.6"],
         # `robot-env train` / `run`: SAC + HER. Install torch first (the CPU build: see README), or pip
         # resolves torch from PyPI, which on Linux is the multi-GB CUDA build.
         "train": ["stable-baselines3>=2.3", "tqdm>=4", "matplotlib>=3.7"],  # matplotlib: learning_curve.png

@@ -1,5 +1,5 @@
 """The `robot-env` command: serve, keys, demo, train, run, bench, anchor-env, emulate-bus, calibrate,
-setup-servos, teleop, record, replay, plot, export."""
+setup-servos, teleop, record, replay, plot, export, view."""
 from __future__ import annotations
 
 import argparse
@@ -214,7 +214,7 @@ def _setup_servos(args) -> int:
 def _teleop(args) -> int:
     from .teleop import run_teleop
     return run_teleop(args.config, speed=args.speed, window=args.jog_window, first_window=args.first_window,
-                      timeout=args.timeout, record=args.record)
+                      timeout=args.timeout, record=args.record, view=args.view)
 
 
 def _record(args) -> int:
@@ -320,15 +320,38 @@ def _replay(args) -> int:
 
 def _plot(args) -> int:
     from ..recording import read_recording
-    from ..recording.plot import plot_recording
 
     rec = read_recording(args.file)
-    out = plot_recording(rec, args.out, robot=args.robot)  # nothing to draw: an error, no warnings first
+    written = []
+    if args.rrd:  # nothing to convert: an error, no warnings first
+        from ..recording.rrd import recording_to_rrd
+        written.append(recording_to_rrd(rec, args.rrd, robot=args.robot))
+    if args.out or not args.rrd:
+        from ..recording.plot import plot_recording
+        written.append(f"wrote {plot_recording(rec, args.out, robot=args.robot)}")
     for problem in rec.problems:
         print(f"warning: {problem}", file=sys.stderr)
     print(rec.report().splitlines()[0])
-    print(f"wrote {out}")
+    for line in written:
+        print(line)
     return 3 if rec.problems else 0
+
+
+def _view(args) -> int:
+    """Stream a running server to Rerun until --duration, Ctrl-C/SIGTERM, or the server is lost."""
+    import threading
+
+    from .view import Sinks, run_view
+
+    stop = threading.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda signum, frame: stop.set())
+    sinks = Sinks(save=args.save, web=args.web, spawn=args.spawn or not (args.web or args.save), bind=args.bind,
+                  grpc_port=args.grpc_port, web_port=args.web_port)
+    return run_view(config=args.config, endpoint=args.endpoint, sinks=sinks, duration=args.duration, rate=args.rate,
+                    cameras=args.camera, camera_rate=args.camera_rate, robot=args.robot,
+                    server_timeout=args.server_timeout, stop=stop,
+                    echo=lambda *a, **k: print(*a, **k, flush=True))
 
 
 def _seconds(text: str) -> float:
@@ -498,6 +521,8 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=2.0,
                    help="s without a reply before teleop reports the server lost and exits")
     p.add_argument("--record", metavar="FILE", help="also record the session (states, commands, stamps) to this MCAP file")
+    p.add_argument("--view", nargs="?", const="native", metavar="native|web|FILE.rrd",
+                   help="also show the session in Rerun: a native viewer (default), the web viewer, or an .rrd file")
     p.set_defaults(func=_teleop)
 
     p = sub.add_parser("record", help="record a running server's states and applied commands to an MCAP file")
@@ -563,7 +588,32 @@ def main(argv=None) -> int:
     p.add_argument("file", help="a recording (MCAP)")
     p.add_argument("--out", help="the PNG to write (default: FILE with .png)")
     p.add_argument("--robot", type=int, default=0, help="a batched server's recording: which robot to draw (0)")
+    p.add_argument("--rrd", metavar="OUT.rrd", help="instead (or with --out, as well): convert the recording to a "
+                   "Rerun file on its own timestamps (joints, 3D scene, camera frames, mode, latency)")
     p.set_defaults(func=_plot)
+
+    p = sub.add_parser("view", help="stream a running server to a Rerun viewer (joints vs targets, 3D, cameras, "
+                       "mode, latency); an observer: no lease, moves nothing",
+                       description="Watch a running server in Rerun: a native viewer where there is a display, "
+                       "the browser viewer (--web), or an .rrd file (--save, headless). Exit status: 0 stopped "
+                       "(--duration, Ctrl-C); 3 the server stopped answering (what was received is kept); 2 "
+                       "nothing viewed (no server, no display, bad arguments).")
+    p.add_argument("--config", default="sim", help="config whose [client] endpoint names the server to watch")
+    p.add_argument("--endpoint", help="the server's request endpoint (instead of a config)")
+    p.add_argument("--web", action="store_true", help="serve Rerun's web viewer (prints the URL to open)")
+    p.add_argument("--save", metavar="FILE.rrd", help="write the view to an .rrd file (no viewer needed)")
+    p.add_argument("--spawn", action="store_true", help="a native viewer as well as --save")
+    p.add_argument("--duration", type=_seconds, help="stop after this many seconds (default: Ctrl-C or SIGTERM)")
+    p.add_argument("--rate", type=_positive, default=50.0, help="most states logged per second (50): the latest wins")
+    p.add_argument("--camera", action="append", help="show this camera (repeatable; default: every one announced)")
+    p.add_argument("--camera-rate", type=_seconds, default=10.0, help="camera frame requests per second (10; 0: none)")
+    p.add_argument("--robot", type=int, default=0, help="a batched server: which robot to show (0)")
+    p.add_argument("--bind", default="127.0.0.1", help="--web: the address the data's gRPC server listens on")
+    p.add_argument("--grpc-port", type=int, default=9876, help="--web / native viewer: the gRPC port (9876)")
+    p.add_argument("--web-port", type=int, default=9090, help="--web: the web viewer's HTTP port (9090)")
+    p.add_argument("--server-timeout", type=_positive, default=2.0,
+                   help="after this long without a message, check the server is alive (s, 2)")
+    p.set_defaults(func=_view)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -101,13 +101,14 @@ class Teleop:
     """The control loop's state and logic; `run(stdscr)` is the curses front end."""
 
     def __init__(self, robot, *, speed: float = 0.5, window: float = 0.25, first_window: float = 0.5,
-                 refresh: float = 0.2, recorder=None):
+                 refresh: float = 0.2, recorder=None, viewer=None):
         self.robot = robot
         self.period = float(robot.period)
         self.jogs = Jogs(window, first_window)
         self.speed_index = min(range(len(SPEEDS)), key=lambda i: abs(SPEEDS[i] - speed))
         self.refresh = float(refresh)
         self.recorder = recorder  # a running recording.Recorder, shown on screen
+        self.viewer = viewer  # a running apps.view.ViewThread: every state read is offered to it
         info = getattr(robot.client, "info", None) or {}
         self.channels = set(info.get("channels") or ())
         joints = (info.get("description") or {}).get("joints") or []
@@ -258,6 +259,8 @@ class Teleop:
         if st is not None:
             self.state = st
             self.state_time = time.monotonic()
+            if self.viewer is not None:
+                self.viewer.offer(st)  # never blocks: the viewer's thread logs it
 
     def _refresh_state(self) -> None:
         self._set_state(self.robot.state())
@@ -320,6 +323,11 @@ class Teleop:
             live = "" if getattr(rec, "running", True) else "  STOPPED: " + str(getattr(rec, "error", "") or "")
             out.append((f"recording {rec.path}: {rec.states} states, {rec.commands} commands{gaps}{live}",
                         "bad" if live else ""))
+        view = self.viewer
+        if view is not None:
+            broken = f"  STOPPED: {view.error}" if view.error is not None else ""
+            out.append((f"view: {view.stats.logged} states, {view.stats.frame_sets} frame sets{broken}; "
+                        f"{'; '.join(view.sinks.lines)}", "bad" if broken else ""))
         out.append((f"> {self.message}", "warn" if time.monotonic() - self.message_time < 3 else "dim"))
         out.append((f"{'joint':<22}{'position':>12}    {'velocity':>10}", "dim"))
         q, dq = st.get("q"), st.get("dq")
@@ -421,11 +429,12 @@ def _draw(stdscr, lines, styles) -> None:
 
 
 def run_teleop(config=None, *, speed: float = 0.5, window: float = 0.25, first_window: float = 0.5,
-               timeout: float = 2.0, record: str | None = None) -> int:
+               timeout: float = 2.0, record: str | None = None, view: str | None = None) -> int:
     """`robot-env teleop`: connect, run the terminal UI until q, stop the robot and close.
 
     With `record`, a `recording.Recorder` writes the server's state stream and the applied commands
-    to that file for the whole session (kept up to the fault if the server is lost).
+    to that file for the whole session (kept up to the fault if the server is lost). With `view`
+    (native, web or FILE.rrd), an `apps.view.ViewThread` shows every state the loop reads in Rerun.
     """
     import sys
 
@@ -437,8 +446,13 @@ def run_teleop(config=None, *, speed: float = 0.5, window: float = 0.25, first_w
         raise TeleopError("--jog-window and --first-window must be positive")
     os.environ.setdefault("ESCDELAY", "25")  # Esc is the e-stop: do not wait 1 s for a sequence
     curses.use_env(False)  # the terminal's real size, not a stale exported LINES/COLUMNS
+    sinks = None
+    if view:
+        from .view import sinks_from_view_arg
+        sinks = sinks_from_view_arg(view)
+        sinks.check()  # no display for a native viewer: said before anything connects
     robot = connect(config)
-    recorder = None
+    recorder = viewer = None
     try:
         if robot.clock != "realtime":
             raise TeleopError("the server runs the lockstep clock, where the robot moves only on step(); "
@@ -447,7 +461,12 @@ def run_teleop(config=None, *, speed: float = 0.5, window: float = 0.25, first_w
         if record:
             from ..recording import Recorder
             recorder = Recorder(robot, record).start()
-        teleop = Teleop(robot, speed=speed, window=window, first_window=first_window, recorder=recorder)
+        if sinks is not None:
+            from .view import ViewThread
+            viewer = ViewThread(robot.client.endpoint, robot.client.info or robot.client.hello(), sinks,
+                                keys=robot.client.keys).start()
+        teleop = Teleop(robot, speed=speed, window=window, first_window=first_window, recorder=recorder,
+                        viewer=viewer)
         quit_signals = (signal.SIGTERM, signal.SIGHUP)
         previous = {s: signal.getsignal(s) for s in quit_signals}
 
@@ -472,6 +491,9 @@ def run_teleop(config=None, *, speed: float = 0.5, window: float = 0.25, first_w
                 signal.signal(s, handler)
         return 0
     finally:
+        if viewer is not None:
+            stats = viewer.close()
+            print(f"viewed {stats}" + (f" (the view stopped: {viewer.error})" if viewer.error else ""), flush=True)
         if recorder is not None:
             try:
                 print(f"recorded {recorder.stop()}", flush=True)

@@ -2,7 +2,8 @@
 
 Modules: `format` (topics, metadata, counting), `recorder` (`Recorder`), `reader` (`read_recording`),
 `replay`, `schema` (what a valid record is), `plot`, `episodes` (a recording cut into episodes on a
-frame grid) and `lerobot` (`export_lerobot`: those episodes as a LeRobotDataset v3.0).
+frame grid), `lerobot` (`export_lerobot`: those episodes as a LeRobotDataset v3.0), `rerun_log`
+(states as Rerun log calls, live and converted alike) and `rrd` (a recording as a Rerun file).
 
 What is recorded. A `Recorder` subscribes to the server's stream (the endpoint `hello` announces)
 from a background thread and writes every message as it arrives:

@@ -297,6 +297,7 @@ class Recorder:
                 "description_hash", "description", "state_layout", "max_ee_step", "protocol", "num_robots")
         meta = {k: json.dumps(_plain(info.get(k))) for k in keys}
         meta["reset_options"] = json.dumps(_plain((info.get("spec") or {}).get("reset_options")))
+        meta["scene_info"] = json.dumps(_plain((info.get("spec") or {}).get("scene_info")))  # table, object sizes
         meta.update(format=FORMAT, format_version=str(FORMAT_VERSION), robot_env=__version__,
                     endpoint=self.endpoint, stream_endpoint=str(info.get("stream_endpoint")),
                     started=repr(_now()), host=os.uname().nodename, pid=str(os.getpid()))

@@ -90,6 +90,8 @@ INFO_SCHEMA = {
         "num_robots": {"type": ["integer", "null"], "minimum": 1, "maximum": 1 << 16},
         # the backend's reset options ({name: shape}): a recording of objects placed by reset replays
         "reset_options": {"type": ["object", "null"]},
+        # the scene's geometry ({table: {center, half_size, top}, objects: {name: {shape, size}}}): drawn by --rrd
+        "scene_info": {"type": ["object", "null"]},
     },
 }
 _COUNT = {"type": "integer", "minimum": 0}
