@@ -25,6 +25,8 @@ def test_a_wheel_install_works_outside_the_checkout(tmp_path):
             assert rel in names, f"{rel} is missing from the wheel"
     for toml in (ROOT / "robot_env" / "configs").glob("*.toml"):
         assert f"robot_env/configs/{toml.name}" in names
+    for page in ("index.html", "app.js", "style.css"):  # `robot-env web` serves them from the package
+        assert f"robot_env/apps/web/static/{page}" in names
     target = tmp_path / "site"
     out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
                           str(wheel)], capture_output=True, text=True)
@@ -47,5 +49,5 @@ def test_ci_runs_the_readme_test_command_verbatim():
     its own venv), torch first."""
     readme = (ROOT / "README.md").read_text()
     command = readme.split("Run the tests:\n\n```bash\n", 1)[1].split("\n```", 1)[0]
-    assert command == 'pip install torch==2.13.0 && pip install -e ".[test,mujoco,train,ray]" && python -m pytest'
+    assert command == 'pip install torch==2.13.0 && pip install -e ".[test,mujoco,train,ray,web]" && python -m pytest'
     assert command in (ROOT / ".ci" / "run").read_text().splitlines()
