@@ -51,12 +51,13 @@ class RobotLink:
         return self
 
     def submit(self, page: int, item) -> None:
-        """A page's Request, or "open:<name>" / "closed" for its socket."""
-        self.inbox.put((page, item))
+        """A page's Request, or "open:<name>" / "closed" for its socket; stamped on arrival, so a
+        stall of this thread is not taken for a page that stopped saying "still held"."""
+        self.inbox.put((page, item, _mono()))
 
     def close(self) -> None:
         self._stop.set()
-        self.inbox.put((None, "wake"))
+        self.inbox.put((None, "wake", 0.0))
         self._thread.join(timeout=5.0)
 
     # -- the thread ------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ class RobotLink:
         except Exception:
             pass
 
-    def _handle(self, page, item) -> None:
+    def _handle(self, page, item, arrived: float) -> None:
         if page is None:
             return
         if isinstance(item, str):
@@ -139,13 +140,13 @@ class RobotLink:
                 self._control()
             return
         try:
-            self._request(page, item)
+            self._request(page, item, arrived)
         except ServerTimeout as exc:
             self._lost(exc)
         except (MoveError, ServerError) as exc:
             self._error(page, getattr(exc, "code", "refused"), str(exc))
 
-    def _request(self, page: int, req: Request) -> None:
+    def _request(self, page: int, req: Request, arrived: float) -> None:
         t = self.teleop
         kind = req.type
         if kind == "estop":  # anyone may stop the robot, in control or not
@@ -191,16 +192,16 @@ class RobotLink:
                 self._say("e-stop cleared" if not len(st.get("faults") or ()) else "faults remain after reset")
             self._publish_state()
         elif kind == "jog":
-            self._jog(page, req.axes, req.seq)
+            self._jog(page, req.axes, req.seq, arrived)
 
-    def _jog(self, page: int, axes: dict, seq: int) -> None:
+    def _jog(self, page: int, axes: dict, seq: int, arrived: float) -> None:
         t = self.teleop
         now = _mono()
         if seq < self.jog_seq:
             return  # older than a set already applied
         if axes and seq <= self.lapsed_seq:
             return  # a refresh of a hold that lapsed: it must not start the robot again
-        self._lapse(now)
+        self._lapse(arrived)  # had the hold lapsed when this message came?
         if axes and seq <= self.lapsed_seq:
             return
         self.jog_seq = seq
@@ -220,7 +221,7 @@ class RobotLink:
                 t.jogs.clear()  # home <-> jog: one stop between them (tick sends it), then the new motion
                 t.tick(now)
                 t.next_send = now
-        t.jogs.hold(axes, now)
+        t.jogs.hold(axes, arrived)
         t.tick(now)  # a release stops at once, a press moves at once
 
     def _give_up(self, why: str | None) -> None:
