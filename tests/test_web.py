@@ -227,11 +227,36 @@ def release_trials(driver, client, n=20):
             "camera_fps_while_driving": round(float(np.median(fps)), 1)}
 
 
+def direct_trials(client, n=10):
+    """The baseline: the same jog and stop from a plain client (no browser, no web server): ms from
+    sending the stop until the robot holds."""
+    holds = []
+    for trial in range(n):
+        sign = 1 if trial % 2 == 0 else -1
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.5:  # the page's jog: 0.25 m/s at 50 %, one step per 40 ms period
+            client.command({"ee_delta": [sign * 0.125 * 0.04, 0.0, 0.0]})
+            time.sleep(0.04)
+        q = client.state()["q"]
+        t_stop = time.monotonic()
+        client.command({"arm_velocity": [0.0] * 7, "base_twist": [0.0, 0.0], "torso": float(q[TORSO]),
+                        "head": q[9:11].tolist(), "gripper": float(q[GRIPPER])})
+        assert wait_for(lambda: still(client.state()), 5)
+        holds.append(time.monotonic() - t_stop)
+        time.sleep(0.2)
+    client.release()
+    ms = 1e3 * np.array(holds)
+    return {"p50": round(float(np.percentile(ms, 50)), 1), "p99": round(float(np.percentile(ms, 99)), 1), "n": n}
+
+
 def test_held_key_moves_the_gripper_and_release_stops_it(mujoco):
     web, driver, client, tmp = mujoco
+    release_control(driver)
+    direct = direct_trials(client)
     take_control(driver)
     assert settle(client)
     report = release_trials(driver, client)
+    report["direct_client_stop_to_hold_ms"] = direct
     print("\nWEB mujoco", json.dumps(report))
     (tmp / "web_timing.json").write_text(json.dumps(report))
     ActionChains(driver).key_down("t").perform()  # something in the plot for the picture
@@ -239,7 +264,11 @@ def test_held_key_moves_the_gripper_and_release_stops_it(mujoco):
     ActionChains(driver).key_up("t").perform()
     assert settle(client)
     shot = os.environ.get("ROBOT_ENV_WEB_SCREENSHOT")  # the README's picture: set it to docs/images/web.png
-    assert driver.save_screenshot(shot or str(tmp / "web.png"))
+    driver.set_window_size(1400, 1330)  # the whole page
+    try:
+        assert driver.save_screenshot(shot or str(tmp / "web.png"))
+    finally:
+        driver.set_window_size(1400, 1250)
     assert report["camera_fps_while_driving"] > 0
 
 
@@ -521,9 +550,11 @@ def test_the_kinematic_backend_through_the_page(tmp_path):
     try:
         open_page(driver, web.url)
         assert driver.find_element(By.ID, "nocams").is_displayed()  # it announces no camera
+        direct = direct_trials(client)
         take_control(driver)
         assert settle(client)
-        print("\nWEB kinematic", json.dumps(release_trials(driver, client)))
+        print("\nWEB kinematic", json.dumps({**release_trials(driver, client),
+                                             "direct_client_stop_to_hold_ms": direct}))
         for key, value in (("o", lambda st: st["q"][GRIPPER]), ("t", lambda st: st["q"][TORSO]),
                            ("r", lambda st: st["ee"][2])):
             before = value(client.state())
