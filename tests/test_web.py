@@ -2,6 +2,7 @@
 chromedriver by Selenium, keys pressed and released as a person would, the robot observed through this
 test's own client on the robot server the test started (the web server is one more client of it)."""
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -42,21 +43,24 @@ def free_port() -> int:
 
 
 class Web:
-    """`robot-env web` as a child process on a free loopback port."""
+    """`robot-env web` as a child process on a free loopback port: on a running server's `endpoint`, or
+    with `config` (a server it spawns itself)."""
 
-    def __init__(self, tmp_path, endpoint, *args):
-        cfg = tmp_path / f"web_client_{free_port()}.toml"
-        cfg.write_text(f'[client]\nendpoint = "{endpoint}"\ntimeout = 3.0\n')
+    def __init__(self, tmp_path, endpoint, *args, config=None):
+        if endpoint is not None:
+            cfg = tmp_path / f"web_client_{free_port()}.toml"
+            cfg.write_text(f'[client]\nendpoint = "{endpoint}"\ntimeout = 3.0\n')
+            config = str(cfg)
         self.port = free_port()
         self.log = open(tmp_path / f"web_{self.port}.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "robot_env", "web", "--config", str(cfg),
+        self.proc = subprocess.Popen([sys.executable, "-m", "robot_env", "web", *(["--config", config] if config else []),
                                       "--port", str(self.port), *args], stdout=subprocess.PIPE, stderr=self.log,
                                      env=dict(os.environ, PYTHONUNBUFFERED="1"))
         line = self.proc.stdout.readline().decode()
         if not line.startswith("WEB "):
             self.close()
             raise RuntimeError(f"robot-env web did not start: {line!r}\n{self.stderr()}")
-        self.url = line.split()[1]
+        self.url = line.split()[1].replace("0.0.0.0", "127.0.0.1")
         self.origin = f"http://127.0.0.1:{self.port}"
 
     def stderr(self) -> str:
@@ -64,15 +68,17 @@ class Web:
         return self.log.read()[-4000:]
 
     def close(self):
+        """SIGTERM (as Ctrl-C): it stops the robot, closes the pages and exits; the exit code."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         self.proc.stdout.close()
         self.log.close()
+        return self.proc.returncode
 
 
 def browser():
@@ -395,19 +401,21 @@ def test_a_socket_that_stops_saying_still_held_stops_the_robot(mujoco):
             await _until(ws, lambda m: m["type"] == "control" and m["holder"] == me)
             assert settle(client)
             x = client.state()["ee"][0]
+            await ws.send_str(json.dumps({"type": "speed", "value": 1.0}))
             await ws.send_str(json.dumps({"type": "jog", "axes": {"x": -1}, "seq": 1}))  # once, then silence
-            await _until(ws, lambda m: m["type"] == "state" and m["jog"] == {"x": -1})
-            await _until(ws, lambda m: m["type"] == "state" and m["jog"] == {})  # the hold lapsed
-            assert client.state()["ee"][0] < x - 0.005  # it moved, then
-            assert await asyncio.get_running_loop().run_in_executor(None, lambda: wait_for(
-                lambda: still(client.state()), 5))
+            await _until(ws, lambda m: m["type"] == "message" and "still held" in m["text"])  # the hold lapsed
+            loop = asyncio.get_running_loop()
+            assert client.state()["ee"][0] < x - 0.003  # it moved, then
+            assert await loop.run_in_executor(None, lambda: wait_for(lambda: still(client.state()), 5))
+            x = client.state()["ee"][0]
             await ws.send_str(json.dumps({"type": "jog", "axes": {"x": -1}, "seq": 1}))  # a late refresh
             await asyncio.sleep(0.3)
-            assert still(client.state())  # does not start it again
-            await ws.send_str(json.dumps({"type": "jog", "axes": {"x": 1}, "seq": 2}))  # a new press does
-            await _until(ws, lambda m: m["type"] == "state" and m["jog"] == {"x": 1})
+            assert still(client.state()) and client.state()["ee"][0] == pytest.approx(x, abs=1e-4)  # stays put
+            await ws.send_str(json.dumps({"type": "jog", "axes": {"x": 1}, "seq": 2}))  # a new press moves it
+            assert await loop.run_in_executor(None, lambda: wait_for(lambda: client.state()["ee"][0] > x + 0.002, 5))
+            await ws.send_str(json.dumps({"type": "speed", "value": 0.5}))
         finally:
-            await ws.close()  # mid-jog: the closed socket stops it
+            await ws.close()
             await session.close()
 
     asyncio.run(run())
@@ -622,6 +630,72 @@ def test_the_hardware_driver_on_the_emulated_bus_through_the_page(tmp_path):
             if part:
                 part()
         emu.close()
+
+
+def test_it_spawns_its_own_server_and_a_token_guards_another_address(tmp_path):
+    """No endpoint: `robot-env web --config mujoco` starts the embedded server itself, rendering at the
+    page's 320 x 240; on an address other than loopback it makes up a token and prints it."""
+    from PIL import Image
+    web = Web(tmp_path, None, "--host", "0.0.0.0", config="mujoco")
+    try:
+        token = web.url.split("?token=", 1)[1]
+        assert len(token) >= 16
+
+        async def run():
+            with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                await _ws(web)
+            assert err.value.status == 401
+            session, ws = await _ws(web, token=token)
+            try:
+                hello = await _until(ws, lambda m: m["type"] == "hello")
+                assert hello["backend"] == "mujoco" and hello["clock"] == "realtime"
+                assert hello["cameras"] == {n: {"width": 320, "height": 240} for n in ("head", "external", "wrist")}
+                while True:
+                    msg = await ws.receive(timeout=10)
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        n = msg.data[0]
+                        return msg.data[1:1 + n].decode(), Image.open(io.BytesIO(msg.data[1 + n:]))
+            finally:
+                await ws.close()
+                await session.close()
+
+        name, img = asyncio.run(run())
+        assert name in ("head", "external", "wrist") and img.format == "JPEG" and img.size == (320, 240)
+        assert np.asarray(img).std() > 5
+    finally:
+        assert web.close() == 0, web.stderr()
+
+
+def test_speed_scales_the_jog(tmp_path):
+    srv = ServerProcess(config.load("sim", overrides={"server": {"clock": "realtime"}}))
+    client = RobotClient(srv.endpoint, timeout=5.0)
+    web = Web(tmp_path, srv.endpoint)
+    driver = browser()
+    try:
+        open_page(driver, web.url)
+        take_control(driver)
+        speeds = {}
+        for pct, key in ((25, "w"), (100, "s")):
+            driver.execute_script(f"setSpeed({pct})")  # the slider's handler
+            assert wait_for(lambda: driver.execute_script("return lastState && lastState.speed") == pct / 100, 5)
+            ActionChains(driver).key_down(key).perform()
+            time.sleep(0.25)  # past the start
+            x0, t0 = client.state()["ee"][0], time.monotonic()
+            time.sleep(0.5)
+            speeds[pct] = abs(client.state()["ee"][0] - x0) / (time.monotonic() - t0)  # m/s, steady jog
+            ActionChains(driver).key_up(key).perform()
+            assert settle(client)
+        assert speeds[100] > 2.5 * speeds[25] > 0, speeds  # 4x in speed scale
+        for key in ("+", "+"):
+            ActionChains(driver).send_keys(key).perform()
+        assert wait_for(lambda: driver.execute_script("return lastState.speed") == 1.0, 5)  # capped at 100 %
+        ActionChains(driver).send_keys("-").perform()
+        assert wait_for(lambda: driver.execute_script("return lastState.speed") == 0.95, 5)
+    finally:
+        driver.quit()
+        web.close()
+        client.close()
+        srv.close()
 
 
 def test_web_needs_a_realtime_server(tmp_path):

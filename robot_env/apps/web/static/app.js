@@ -119,7 +119,8 @@ window.addEventListener("gamepaddisconnected", () => {
 });
 
 // ---- the socket ------------------------------------------------------------------------------
-let pingSent = 0, pageRtt = null;
+const pings = [];  // the last round trips page <-> web server, ms (the median is shown)
+let pageRtt = null;
 function connect() {
   ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
   ws.binaryType = "arraybuffer";
@@ -137,7 +138,10 @@ function connect() {
     else if (m.type === "control") control(m);
     else if (m.type === "message") say(m.text);
     else if (m.type === "error") say("refused: " + m.message + " [" + m.code + "]", true);
-    else if (m.type === "pong") pageRtt = performance.now() - m.value;
+    else if (m.type === "pong") {
+      pings.push(performance.now() - m.value); if (pings.length > 10) pings.shift();
+      pageRtt = [...pings].sort((a, b) => a - b)[pings.length >> 1];
+    }
   };
 }
 setInterval(() => send({type: "ping", value: performance.now()}), 1000);
