@@ -201,12 +201,21 @@ def release_trials(driver, client, n=20):
     (below 80 % of its speed: the stop has arrived) and until the robot holds (every joint still).
     Forth and back along x, so it stays in the workspace. Also the camera frames/s meanwhile."""
     onsets, holds, fps = [], [], []
-    for trial in range(n):
+    lapses = trial = 0
+    while trial < n:
         key = "w" if trial % 2 == 0 else "s"
         x0 = client.state()["ee"][0]
+        lapsed0 = page_lapses(driver)
         frames0, t_down = frame_count(driver), time.monotonic()
         ActionChains(driver).key_down(key).perform()
-        assert wait_for(lambda: abs(client.state()["ee"][0] - x0) > 0.01, 5), f"trial {trial}: {key} did not move"
+        if not wait_for(lambda: abs(client.state()["ee"][0] - x0) > 0.01, 5):
+            ActionChains(driver).key_up(key).perform()
+            # A browser starved past the hold deadline: the server stopped and waits for a new press (the
+            # page says so). Counted and tried again; anything else is a failure.
+            assert page_lapses(driver) > lapsed0, f"trial {trial}: {key} did not move"
+            lapses += 1
+            assert lapses <= 3 and settle(client)
+            continue
         time.sleep(0.3)
         st = client.state()
         assert np.sign(st["ee"][0] - x0) == (1 if key == "w" else -1)
@@ -227,10 +236,20 @@ def release_trials(driver, client, n=20):
         x = client.state()["ee"][0]
         time.sleep(0.15)
         assert client.state()["ee"][0] == pytest.approx(x, abs=1e-3)  # and it stays
+        if page_lapses(driver) > lapsed0:  # it had stopped before the release: not a release's time
+            holds.pop(), onsets.pop(), fps.pop()
+            lapses += 1
+            assert lapses <= 3
+            continue
+        trial += 1
     pct = lambda v, p: round(float(np.percentile(1e3 * np.array(v), p)), 1)  # noqa: E731
     return {"release_to_braking_ms": {"p50": pct(onsets, 50), "p99": pct(onsets, 99)},
-            "release_to_hold_ms": {"p50": pct(holds, 50), "p99": pct(holds, 99)}, "n": n,
+            "release_to_hold_ms": {"p50": pct(holds, 50), "p99": pct(holds, 99)}, "n": n, "lapsed_holds": lapses,
             "camera_fps_while_driving": round(float(np.median(fps)), 1)}
+
+
+def page_lapses(driver):
+    return driver.execute_script("return lastState ? lastState.lapses : 0")
 
 
 def direct_trials(client, n=10):
@@ -584,6 +603,27 @@ def test_the_kinematic_backend_through_the_page(tmp_path):
         driver.execute_script("window.dispatchEvent(new Event('blur'))")  # focus lost mid-jog: it stops
         assert wait_for(lambda: still(client.state()), 5)
         ActionChains(driver).key_up("a").perform()
+        ActionChains(driver).key_down("d").perform()
+        assert wait_for(lambda: not still(client.state()), 5)
+        driver.execute_script("""Object.defineProperty(document, "hidden", {value: true, configurable: true});
+                                 document.dispatchEvent(new Event("visibilitychange"));""")  # a hidden tab
+        assert wait_for(lambda: still(client.state()), 5)
+        ActionChains(driver).key_up("d").perform()
+        driver.execute_script("delete document.hidden")
+        # A gamepad: no pad here, so the browser's Gamepad API is handed a synthetic one (left stick up)
+        driver.execute_script("""
+            window.fakePad = {index: 0, axes: [0, -1, 0, 0], buttons: Array.from({length: 17}, () => ({pressed: false}))};
+            navigator.getGamepads = () => [window.fakePad];
+            window.dispatchEvent(new Event("gamepadconnected"));""")
+        x = client.state()["ee"][0]
+        assert wait_for(lambda: client.state()["ee"][0] > x + 0.005, 5)  # stick up: gripper +x
+        driver.execute_script("window.fakePad.axes[1] = 0")  # stick centred: it stops
+        assert wait_for(lambda: still(client.state()), 5)
+        driver.execute_script("window.fakePad.buttons[1].pressed = true")  # B: e-stop
+        assert wait_for(lambda: client.state()["mode"] == "estop", 5)
+        driver.execute_script("window.fakePad.buttons[1].pressed = false")
+        driver.find_element(By.ID, "clear").click()
+        assert wait_for(lambda: client.state()["mode"] != "estop", 5)
     finally:
         driver.quit()
         web.close()

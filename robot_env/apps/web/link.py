@@ -41,6 +41,7 @@ class RobotLink:
         self.names: dict[int, str] = {}  # page id -> who it is (shown to the others)
         self.lost = False
         self.jog_seq = self.lapsed_seq = -1  # the holder's newest held set, and the newest that lapsed
+        self.lapses = 0  # holds that lapsed (the page went silent), shown to the pages
         self.frames_sent = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="robot-link", daemon=True)
@@ -109,6 +110,7 @@ class RobotLink:
         jogs = self.teleop.jogs
         if jogs.jogs and not jogs.active(now):
             self.lapsed_seq = self.jog_seq
+            self.lapses += 1
             self._say(f"no 'still held' from the page within {jogs.window:g} s: stopped; press again to move")
 
     def _lost(self, exc) -> None:
@@ -268,7 +270,7 @@ class RobotLink:
             "faults": [_fault(f) for f in (st.get("faults") or [])],
             "clipped": sorted(map(str, st.get("clipped") or ())),
             "jog": {a: j.sign for a, j in self.teleop.jogs.jogs.items() if j.deadline > _mono()},
-            "speed": self.teleop.scale, "latency": latency, "message": self.teleop.message,
+            "speed": self.teleop.scale, "latency": latency, "lapses": self.lapses, "message": self.teleop.message,
         })
 
     def _frames(self) -> None:
