@@ -490,7 +490,7 @@ def main(argv=None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1; any other needs the token)")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (8080)")
     p.add_argument("--token", help="login token (default: none on loopback, a fresh one printed otherwise)")
-    p.add_argument("--fps", type=float, default=12.0, help="camera frames per second sent to the pages (12)")
+    p.add_argument("--fps", type=float, default=12.0, help="camera frames per second sent to the pages (12; 0: none)")
     p.add_argument("--speed", type=float, default=0.5, help="initial speed scale, 0.05..1 (0.5)")
     p.add_argument("--hold-timeout", type=float, default=0.3,
                    help="s a held axis moves without the page saying it is still held (0.3)")

@@ -31,6 +31,8 @@ def run_web(config=None, *, endpoint: str | None = None, host: str = "127.0.0.1"
 
     if not 0 < port < 65536:
         raise WebError(f"--port must be 1..65535, got {port}")
+    if not 0 <= fps <= 30:
+        raise WebError(f"--fps must be in [0, 30] (0: no camera frames), got {fps}")
     if not 0 < hold_timeout <= 2.0:
         raise WebError(f"--hold-timeout must be in (0, 2] s, got {hold_timeout}")
     if not 0.05 <= speed <= 1.0:

@@ -1,14 +1,14 @@
 """The one thread that talks to the robot: the web server's single client of the robot server.
 
 Pages' requests arrive in an inbox; this thread applies them, sends the jog commands each control
-period (and the stop when the last held axis is released or lapses), polls the state for the pages
-and asks for camera frames a few times a second. Which page holds control lives here too, next to
+period (and the stop when the last held axis is released or lapses) and polls the state for the
+pages (camera frames come from `cameras.CameraFeed`, beside it). Which page holds control lives here too, next to
 the robot's lease, so "who may move it" has one owner. Events go out through `publish(event)`,
 called from this thread (the web server hands them to its event loop).
 """
 from __future__ import annotations
 
-import io
+import collections
 import logging
 import math
 import queue
@@ -17,6 +17,7 @@ import time
 
 from ...errors import ServerError, ServerTimeout
 from ...robot import MoveError
+from .cameras import CameraFeed
 from .controls import HOME, Request, WebTeleop
 
 log = logging.getLogger(__name__)
@@ -30,25 +31,23 @@ class RobotLink:
         self.publish = publish
         self.teleop = WebTeleop(robot, speed=speed, hold_timeout=hold_timeout)
         self.teleop._say = self._say  # teleop's messages go to the pages
-        spec = (robot.client.info or {}).get("spec") or {}
-        cams = spec.get("cameras") or {}
-        self.cameras = [name for name, c in cams.items() if c.get("channels", 3) == 3 and c.get("dtype", "uint8") == "uint8"]
-        self.frame_period = 1.0 / fps if fps > 0 else math.inf
+        self.feed = CameraFeed(robot.client, publish, fps=fps, quality=quality)
+        self.cameras = self.feed.cameras
         self.state_period = 1.0 / state_rate
-        self.quality = int(quality)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.holder: int | None = None  # the page in control
         self.names: dict[int, str] = {}  # page id -> who it is (shown to the others)
         self.lost = False
         self.jog_seq = self.lapsed_seq = -1  # the holder's newest held set, and the newest that lapsed
         self.lapses = 0  # holds that lapsed (the page went silent), shown to the pages
-        self.frames_sent = 0
+        self.releases = collections.deque(maxlen=200)  # s from a release's arrival to its stop sent
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="robot-link", daemon=True)
 
     # -- from the web server's thread ----------------------------------------------------------
     def start(self) -> RobotLink:
         self._thread.start()
+        self.feed.start()
         return self
 
     def submit(self, page: int, item) -> None:
@@ -57,20 +56,21 @@ class RobotLink:
         self.inbox.put((page, item, _mono()))
 
     def close(self) -> None:
+        self.feed.close()
         self._stop.set()
         self.inbox.put((None, "wake", 0.0))
         self._thread.join(timeout=5.0)
 
     # -- the thread ------------------------------------------------------------------------------
     def _run(self) -> None:
-        next_state = next_frame = 0.0
+        next_state = 0.0
         try:
             self.teleop._refresh_state()
         except Exception as exc:
             self._lost(exc)
         while not self._stop.is_set():
             now = _mono()
-            due = min(next_state, next_frame if self.names and self.cameras else math.inf)
+            due = next_state
             if self.teleop.jogs:
                 due = min(due, self.teleop.next_send)
             try:
@@ -84,10 +84,6 @@ class RobotLink:
             try:
                 self._lapse(_mono())
                 self.teleop.tick(_mono())
-                now = _mono()
-                if self.names and self.cameras and now >= next_frame:
-                    next_frame = max(next_frame + self.frame_period, now + 0.5 * self.frame_period)
-                    self._frames()
                 now = _mono()
                 if now >= next_state:
                     next_state = now + self.state_period
@@ -134,9 +130,12 @@ class RobotLink:
         if isinstance(item, str):
             if item.startswith("open:"):
                 self.names[page] = item[5:]
+                self.feed.watching.set()
                 self._control()
             elif item == "closed":
                 self.names.pop(page, None)
+                if not self.names:
+                    self.feed.watching.clear()
                 if self.holder == page:
                     self._give_up("the page in control closed")
                 self._control()
@@ -224,7 +223,10 @@ class RobotLink:
                 t.tick(now)
                 t.next_send = now
         t.jogs.hold(axes, arrived)
+        moving = t.moving
         t.tick(now)  # a release stops at once, a press moves at once
+        if moving and not t.moving:
+            self.releases.append(_mono() - arrived)
 
     def _give_up(self, why: str | None) -> None:
         t = self.teleop
@@ -270,20 +272,15 @@ class RobotLink:
             "faults": [_fault(f) for f in (st.get("faults") or [])],
             "clipped": sorted(map(str, st.get("clipped") or ())),
             "jog": {a: j.sign for a, j in self.teleop.jogs.jogs.items() if j.deadline > _mono()},
-            "speed": self.teleop.scale, "latency": latency, "lapses": self.lapses, "message": self.teleop.message,
+            "speed": self.teleop.scale, "latency": latency, "lapses": self.lapses, "release": _percentiles(self.releases), "message": self.teleop.message,
         })
 
-    def _frames(self) -> None:
-        from PIL import Image
 
-        st = self.robot.client.state(frames=self.cameras)
-        frames = st.pop("frames", {})
-        self.teleop._set_state(st)
-        for name, arr in frames.items():
-            buf = io.BytesIO()
-            Image.fromarray(arr[0]).save(buf, "JPEG", quality=self.quality)
-            self.publish({"type": "frame", "camera": name, "jpeg": buf.getvalue()})
-            self.frames_sent += 1
+def _percentiles(samples) -> dict | None:
+    if not samples:
+        return None
+    ms = sorted(1e3 * s for s in samples)
+    return {"p50_ms": ms[len(ms) // 2], "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))], "n": len(ms)}
 
 
 def _num(v):

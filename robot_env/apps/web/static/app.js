@@ -62,7 +62,10 @@ window.addEventListener("keydown", (e) => {
   else if (e.key === "-" || e.key === "_") setSpeed(+$("speed").value - 5);
   else if (e.code === "KeyC") send({type: "clear"});
 });
-window.addEventListener("keyup", (e) => { if (KEYS[e.code]) { e.preventDefault(); release(e.code); } });
+let lastKeyUp = null;  // when the last jog key was released (ms since the epoch): tests time the stop from it
+window.addEventListener("keyup", (e) => {
+  if (KEYS[e.code]) { e.preventDefault(); lastKeyUp = performance.timeOrigin + e.timeStamp; release(e.code); }
+});
 window.addEventListener("blur", releaseAll);
 window.addEventListener("pagehide", releaseAll);
 document.addEventListener("visibilitychange", () => { if (document.hidden) releaseAll(); });
@@ -240,7 +243,8 @@ function state(m) {
   $("clipped").className = m.clipped.length ? "warn" : "";
   const lat = m.latency;
   $("latency").textContent = (pageRtt === null ? "page ↔ web –" : `page ↔ web ${pageRtt.toFixed(1)} ms`) +
-    (lat ? ` · web ↔ robot p50 ${lat.p50_ms.toFixed(2)} ms  p99 ${lat.p99_ms.toFixed(2)} ms` : "");
+    (lat ? ` · web ↔ robot p50 ${lat.p50_ms.toFixed(2)} ms  p99 ${lat.p99_ms.toFixed(2)} ms` : "") +
+    (m.release ? ` · release → stop sent p50 ${m.release.p50_ms.toFixed(1)} ms` : "");
   const jog = Object.entries(m.jog).map(([a, s]) => a + (s > 0 ? "+" : "−")).join(" ");
   $("jog").textContent = `robot jogging: ${jog || "idle"}`;
   if (Math.abs(+$("speed").value - Math.round(m.speed * 100)) >= 1 && document.activeElement !== $("speed")) {
