@@ -53,7 +53,7 @@ def run_web(config=None, *, endpoint: str | None = None, host: str = "127.0.0.1"
             raise WebError("the server runs the lockstep clock, where the robot moves only on step(); the web page "
                            "needs a realtime server (robot-env serve --clock realtime)")
         robot.client.timeout = min(robot.client.timeout, 2.0)
-        server = WebServer(robot, token=token, host=host,
+        server = WebServer(robot, token=token,
                            link_options={"fps": fps, "speed": speed, "hold_timeout": hold_timeout})
         asyncio.run(_serve(server, host, port, token, f"{robot.backend} backend, "
                                                          f"{len(server.link.cameras)} camera(s)"))

@@ -87,12 +87,12 @@ class RobotLink:
                 now = _mono()
                 if now >= next_state:
                     next_state = now + self.state_period
-                    if now - self.teleop.state_time > self.state_period:
+                    if self.lost or now - self.teleop.state_time > self.state_period:
                         self.teleop._refresh_state()
+                    if self.lost:
+                        self.lost = False
+                        self._say("the robot server answers again")
                     self._publish_state()
-                if self.lost:
-                    self.lost = False
-                    self._say("the robot server answers again")
             except ServerTimeout as exc:
                 self._lost(exc)
                 next_state = _mono() + 1.0
@@ -146,6 +146,9 @@ class RobotLink:
             self._lost(exc)
         except (MoveError, ServerError) as exc:
             self._error(page, getattr(exc, "code", "refused"), str(exc))
+        except Exception as exc:  # a bug must not end the thread that stops the robot
+            log.exception("robot link: %s", item)
+            self._error(page, "internal", f"{type(exc).__name__}: {exc}")
 
     def _request(self, page: int, req: Request, arrived: float) -> None:
         t = self.teleop

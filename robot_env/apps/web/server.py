@@ -75,12 +75,11 @@ class Page:
 
 
 class WebServer:
-    def __init__(self, robot, *, token: str | None, host: str, link_options: dict | None = None):
+    def __init__(self, robot, *, token: str | None, link_options: dict | None = None):
         from .link import RobotLink
 
         self.robot = robot
         self.token = token
-        self.host = host
         self.pages: dict[int, Page] = {}
         self._ids = itertools.count(1)
         self.loop: asyncio.AbstractEventLoop | None = None
