@@ -5,7 +5,6 @@ import asyncio
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -758,7 +757,3 @@ def test_web_needs_a_realtime_server(tmp_path):
         assert out.returncode == 2 and "lockstep" in out.stderr
     finally:
         srv.close()
-
-
-if shutil.which("chromium") is None:  # pragma: no cover - a hint in the collected output
-    print("test_web: chromium is not installed; apt-get install -y chromium chromium-driver")
