@@ -36,6 +36,8 @@ setup(
         "record": ["mcap>=1.6"],
         # `robot-env web`: the control page's HTTP + WebSocket server, JPEG camera frames
         "web": ["aiohttp>=3.9", "pillow>=9"],
+        # `robot-env export --lerobot`: LeRobot dataset v3.0 files (parquet, mp4 through PyAV's FFmpeg)
+        "lerobot": ["mcap>=1.6", "pyarrow>=14", "av>=12"],
         # `robot-env plot`
         "plot": ["mcap>=1.6", "matplotlib>=3.7"],
         # `robot-env train` / `run`: SAC + HER. Install torch first (the CPU build: see README), or pip

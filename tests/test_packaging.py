@@ -49,5 +49,5 @@ def test_ci_runs_the_readme_test_command_verbatim():
     its own venv), torch first."""
     readme = (ROOT / "README.md").read_text()
     command = readme.split("Run the tests:\n\n```bash\n", 1)[1].split("\n```", 1)[0]
-    assert command == 'pip install torch==2.13.0 && pip install -e ".[test,mujoco,train,ray,web]" && python -m pytest'
+    assert command == 'pip install torch==2.13.0 && pip install -e ".[test,mujoco,train,ray,lerobot,web]" && python -m pytest'
     assert command in (ROOT / ".ci" / "run").read_text().splitlines()

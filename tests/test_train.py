@@ -211,3 +211,25 @@ def test_train_and_run_push_on_the_mujoco_backend_by_its_env_id(tmp_path, capsys
     text = capsys.readouterr().out
     assert "success rate" in text and "over 1 episodes" in text
     assert rc == (0 if "success rate   100.0%" in text else 1)  # the exit status: success rate >= 90 %
+
+
+def test_demonstrations_seed_the_her_buffer_with_whole_scripted_episodes(no_leftover_servers):
+    """`train --demos N`: N episodes of the scripted Push agent go into the replay buffer as SB3 stores
+    its own transitions (episode ends marked, so HER relabels inside them), before any learning step."""
+    from robot_env.apps.scripted import for_env
+    from robot_env.training.sac_her import train_loop
+    from robot_env.training.train import make_env
+    env_id = "robot_env/FetchPush-v0"
+    model, vecnorm, result = train_loop(lambda evaluating: make_env(env_id=env_id), steps=30, eval_every=10_000,
+                                        eval_episodes=1, normalize=True, demos=3, demo_agent=for_env(env_id),
+                                        learning_starts=1000, buffer_size=1000, net_arch=[32, 32], n_critics=1)
+    demo = result["demonstrations"]
+    assert demo["episodes"] == 3 and demo["steps"] == 3 * 70
+    assert demo["success"] >= 2 / 3  # the scripted agent pushes ~97 % of blocks home
+    buf = model.replay_buffer
+    assert buf.size() == 3 * 70 + 30  # the demonstrations, then the agent's own steps
+    ends = np.flatnonzero(buf.dones[:buf.size(), 0] + buf.timeouts[:buf.size(), 0])
+    assert list(ends[:3]) == [69, 139, 209]  # each demonstration ends where its episode did
+    assert np.any(buf.rewards[:210, 0] == 0.0)  # some demonstration steps reached the goal
+    assert vecnorm.obs_rms["observation"].count > 210  # the normalizer learned from them too
+    model.env.close()

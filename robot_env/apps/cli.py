@@ -1,5 +1,5 @@
 """The `robot-env` command: serve, keys, demo, train, run, bench, anchor-env, emulate-bus, calibrate,
-setup-servos, teleop, web, record, replay, plot."""
+setup-servos, teleop, web, record, replay, plot, export."""
 from __future__ import annotations
 
 import argparse
@@ -88,7 +88,8 @@ def _demo(args) -> int:
         from .demo import run_lengths
         return run_lengths(args.env, args.lengths, config=args.config, episodes=args.episodes, seed=args.seed)
     from .demo import run_demo
-    return run_demo(config=args.config, episodes=args.episodes, seed=args.seed, env_id=args.env)
+    return run_demo(config=args.config, episodes=args.episodes, seed=args.seed, env_id=args.env, record=args.record,
+                    cameras=args.camera)
 
 
 def _bench(args) -> int:
@@ -256,7 +257,8 @@ def _record(args) -> int:
             keys = client_keys(cfg)
         except ImportError:
             pass
-    rec = Recorder(endpoint, args.out, flush_interval=args.flush_interval, keys=keys).start()
+    rec = Recorder(endpoint, args.out, flush_interval=args.flush_interval, keys=keys, cameras=args.camera or (),
+                   camera_rate=args.camera_rate).start()
     print(f"RECORDING {endpoint} -> {args.out} ({rec.info.get('backend')} backend, {rec.info.get('clock')} "
           "clock); Ctrl-C stops", flush=True)
     start = time.monotonic()
@@ -282,6 +284,9 @@ def _record(args) -> int:
                 break
     stats = rec.stop(reason, sync=sync)
     print(f"recorded {stats} ({reason})", flush=True)
+    if rec.cameras:
+        print(f"camera frames ({', '.join(rec.cameras)}): {rec.camera_polls} polls at {rec.camera_rate:g}/s, "
+              f"{rec.camera_late} late, {rec.camera_errors} failed", flush=True)
     return code
 
 
@@ -377,6 +382,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lengths", type=lambda v: [int(x) for x in v.split(",")], default=None, metavar="L1,L2,...",
                    help="instead: the success rate at each of these episode lengths (one run of the longest)")
+    p.add_argument("--record", metavar="FILE", help="also record the episodes to this MCAP file (`robot-env export` "
+                   "makes a LeRobot dataset of it)")
+    p.add_argument("--camera", action="append", metavar="NAME", help="with --record: record this camera's frames, "
+                   "one per step (repeatable)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="SAC+HER on the simulator until eval success >= 95%%; writes a policy bundle")
@@ -393,6 +402,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="do not normalize observations (default: VecNormalize, stats saved in the bundle)")
     p.add_argument("--time-feature", action="store_true", help="append the remaining-time feature (rl-zoo)")
+    p.add_argument("--demos", type=int, default=0, metavar="N",
+                   help="seed the replay buffer with N episodes of the task's scripted agent (robot-env demo)")
     p.add_argument("--num-envs", type=int, default=1,
                    help="robots trained on at once, all behind one batched simulator server (default 1)")
     p.add_argument("--ray", metavar="ADDRESS", help="scale out: simulator servers as Ray actors on this cluster "
@@ -505,6 +516,10 @@ def main(argv=None) -> int:
                    help="close and flush a chunk this often, s: the most a killed recorder loses (0.2)")
     p.add_argument("--server-timeout", type=float, default=2.0,
                    help="after this long without a message, check the server is alive (s, 2)")
+    p.add_argument("--camera", action="append", metavar="NAME",
+                   help="also record this camera's frames (repeatable), asked for --camera-rate times a second")
+    p.add_argument("--camera-rate", type=_positive, metavar="HZ", help="camera frames per second (default: the "
+                   "server's control rate); on a lockstep server prefer RecordEpisodes, see the README")
     p.set_defaults(func=_record)
 
     p = sub.add_parser("replay", help="re-send a recording's commands with their timing, on any backend",
@@ -524,6 +539,22 @@ def main(argv=None) -> int:
     p.add_argument("--through-gaps", action="store_true",
                    help="go on past commands missing from the recording (default: stop before the hole)")
     p.set_defaults(func=_replay)
+
+    p = sub.add_parser("export", help="recordings (MCAP) to a LeRobot dataset (v3.0: parquet, mp4, meta)",
+                       description="Cut recordings into episodes (at resets), resample them onto an fps grid "
+                       "(each frame the latest state and image at or before it) and write a LeRobotDataset v3.0: "
+                       "observation.state and action (the accepted joint targets after each frame), one video per "
+                       "camera. " + __import__("robot_env.apps.export", fromlist=["EXIT"]).EXIT)
+    p.add_argument("files", nargs="+", metavar="FILE.mcap", help="recordings, exported in this order")
+    p.add_argument("--lerobot", required=True, metavar="DIR", help="the dataset directory to create (must not exist)")
+    p.add_argument("--fps", type=int, help="frames per second (default: the recording's control rate)")
+    p.add_argument("--task", help="the task text of every episode (default: 'robot-env demonstration')")
+    p.add_argument("--camera", action="append", metavar="NAME",
+                   help="a camera to export (repeatable; default: every RGB camera recorded)")
+    p.add_argument("--no-cameras", action="store_true", help="no images: state and action only")
+    p.add_argument("--vcodec", help="video encoder (default: libsvtav1 where PyAV has it, else libx264)")
+    p.set_defaults(func=lambda a: __import__("robot_env.apps.export", fromlist=["run_export"]).run_export(
+        a.files, a.lerobot, a.fps, a.task, [] if a.no_cameras else a.camera, a.vcodec))
 
     p = sub.add_parser("plot", help="PNG of a recording: joint trajectories vs targets, latency distributions",
                        description="Draw a recording's joint trajectories against their targets and its latency "

@@ -101,7 +101,10 @@ def _episode_line(ep, seed, success, steps, dist):
           f"{steps} steps, object {dist:.3f} m from the goal", flush=True)
 
 
-def run_demo(config=None, episodes: int = 50, seed: int = 0, env_id: str = "robot_env/FetchReach-v0") -> int:
+def run_demo(config=None, episodes: int = 50, seed: int = 0, env_id: str = "robot_env/FetchReach-v0",
+             record=None, cameras=None) -> int:
+    """`record`: also record the episodes (states, commands and the `cameras`' frames, one per step) to
+    this MCAP file, as `RecordEpisodes` does: `robot-env export FILE --lerobot DIR` makes a dataset of it."""
     import gymnasium as gym
 
     import robot_env  # noqa: F401  (registers the env)
@@ -111,7 +114,11 @@ def run_demo(config=None, episodes: int = 50, seed: int = 0, env_id: str = "robo
     task = entry(env_id).task
     t0 = time.perf_counter()
     # no config: the id's own (the embedded simulator for FetchReach, MuJoCo for the object tasks)
-    env = gym.make(env_id) if config is None else gym.make(env_id, config=config)
+    kw = {"cameras": list(cameras)} if cameras else {}
+    env = gym.make(env_id, **kw) if config is None else gym.make(env_id, config=config, **kw)
+    if record:
+        from ..envs import RecordEpisodes
+        env = RecordEpisodes(env, record=record)
     start = time.perf_counter() - t0
     try:
         u = env.unwrapped
@@ -125,6 +132,8 @@ def run_demo(config=None, episodes: int = 50, seed: int = 0, env_id: str = "robo
         lat = u.latency.summary()
     finally:
         env.close()
+    if record:
+        print(f"recorded {env.stats}")
     rate = float(np.mean(successes))
     print(f"success rate   {rate:.1%} over {episodes} episodes ({steps} steps)")
     print(f"throughput     {steps / secs:,.0f} env steps/s")

@@ -1,7 +1,8 @@
 """Recording: a robot server's state stream and applied commands in an MCAP file; reading and replaying it.
 
 Modules: `format` (topics, metadata, counting), `recorder` (`Recorder`), `reader` (`read_recording`),
-`replay`, `schema` (what a valid record is), `plot`.
+`replay`, `schema` (what a valid record is), `plot`, `episodes` (a recording cut into episodes on a
+frame grid) and `lerobot` (`export_lerobot`: those episodes as a LeRobotDataset v3.0).
 
 What is recorded. A `Recorder` subscribes to the server's stream (the endpoint `hello` announces)
 from a background thread and writes every message as it arrives:

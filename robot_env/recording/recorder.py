@@ -121,10 +121,19 @@ class Recorder:
     before it was called, then closes the file and returns `RecordingStats`. The recorder talks to
     the server through its own client (``hello`` and ``state`` requests: it observes, never holds
     control, moves nothing), with the source's CurveZMQ keys when it has some (or `keys`).
+
+    `cameras`: also record these cameras' frames (a server renders them only on request): a thread
+    of its own asks for them with a ``state`` request `camera_rate` times a second (default: the
+    server's control rate) and logs each on ``/camera/<name>`` stamped with that state's sample
+    time, so a reader places it on the backend's clock exactly. `camera_polls`, `camera_late`
+    (polls that came later than their period) and `camera_errors` count how that went. On a lockstep
+    server, which moves only when stepped, frames polled at a wall-clock rate land wherever the
+    stepping client happens to be: record the env's own frames there (`RecordEpisodes` with an env
+    made with `cameras=`), or run the server on the realtime clock.
     """
 
     def __init__(self, source, path, *, flush_interval: float = 0.2, timeout: float = 5.0,
-                 rcvhwm: int = 100_000, keys=None):
+                 rcvhwm: int = 100_000, keys=None, cameras=(), camera_rate: float | None = None):
         self.endpoint, source_keys = _endpoint_of(source)
         self.keys = keys if keys is not None else source_keys
         self.path = str(path)
@@ -149,6 +158,11 @@ class Recorder:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._schemas: dict = {}  # topic -> its schema, for topics logged with one (camera frames)
         self._started = 0.0
+        self.cameras = tuple(cameras or ())
+        self.camera_rate = camera_rate
+        self.camera_polls = self.camera_late = self.camera_errors = 0
+        self._camera_thread: threading.Thread | None = None
+        self._camera_stop = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "Recorder":
@@ -160,6 +174,8 @@ class Recorder:
         self._client = RobotClient(self.endpoint, timeout=min(self.timeout, 2.0), retries=1, **extra)
         try:
             self.info = self._client.hello()
+            if self.cameras:
+                self._check_cameras()  # before the file exists: a refused camera leaves nothing
             stream = self.info.get("stream_endpoint")
             if not stream:
                 raise RecordingError(f"the server at {self.endpoint} announces no state stream endpoint")
@@ -185,6 +201,8 @@ class Recorder:
                                          + (f": {self.error}" if self.error else ""))
                 self._client.state()
                 self._live.wait(0.02)
+            if self.cameras:
+                self._start_cameras()
         except BaseException:
             self._abort()
             raise
@@ -197,6 +215,7 @@ class Recorder:
             return self.stats
         if self._thread is None:
             raise RecordingError("this recorder was never started")
+        self._stop_cameras()
         if sync and self._thread.is_alive():
             self._sync()
         self._stop.set()
@@ -255,6 +274,75 @@ class Recorder:
         topic = CAMERA_TOPIC + camera
         self._schemas.setdefault(topic, RAW_IMAGE_SCHEMA)
         self._queue.put((topic, encode_frame(frame, t, camera), t))
+
+    # -- camera frames (`cameras`) -------------------------------------------------------------
+    def _check_cameras(self) -> None:
+        offered = (self.info.get("spec") or {}).get("cameras") or {}
+        lack = [c for c in self.cameras if c not in offered]
+        if lack:
+            raise RecordingError(f"camera(s) {', '.join(lack)} asked for, which the server at {self.endpoint} does "
+                                 f"not offer (it has {', '.join(offered) or 'no cameras'})")
+        if "frames" not in self.info:
+            raise RecordingError(f"the server at {self.endpoint} predates camera frames (its hello announces no "
+                                 "'frames')")
+        if self.camera_rate is None:
+            period = self.info.get("control_period") or 0.04
+            self.camera_rate = 1.0 / period
+        if not self.camera_rate > 0:
+            raise RecordingError(f"camera_rate must be > 0 frames/s, got {self.camera_rate}")
+
+    def _start_cameras(self) -> None:
+        self._camera_thread = threading.Thread(target=self._poll_cameras, name="robot-env-recorder-cameras",
+                                               daemon=True)
+        self._camera_thread.start()
+        # the first frames (a renderer's first frame takes a while): before start() returns, so the
+        # caller's first episode has images from its start
+        deadline = time.monotonic() + max(self.timeout, 10.0)
+        while self.camera_polls == 0 and self._camera_thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if self.camera_polls == 0:
+            raise RecordingError(f"no frames of camera(s) {', '.join(self.cameras)} arrived from {self.endpoint}")
+
+    def _stop_cameras(self) -> None:
+        self._camera_stop.set()
+        if self._camera_thread is not None:
+            self._camera_thread.join()
+            self._camera_thread = None
+
+    def _poll_cameras(self) -> None:
+        """Ask for the cameras' frames every 1/camera_rate s (its own client: a client is one thread's)."""
+        from ..bridge.client import RobotClient
+
+        extra = {"keys": self.keys} if self.keys is not None else {}
+        period = 1.0 / self.camera_rate
+        client = RobotClient(self.endpoint, timeout=min(self.timeout, 2.0), retries=1, **extra)
+        try:
+            client.hello()
+            due = time.monotonic()
+            while not self._camera_stop.is_set():
+                try:
+                    st = client.state(frames=self.cameras)
+                except (ServerTimeout, ServerError, zmq.ZMQError):
+                    self.camera_errors += 1
+                    self._camera_stop.wait(period)
+                    due = time.monotonic()
+                    continue
+                for name, frames in (st.get("frames") or {}).items():
+                    # one robot's server: (1, h, w, c); a batched server's: robot 0's
+                    self.log_frame(name, frames[0], t=float(st["ts"]))
+                self.camera_polls += 1
+                due += period
+                wait = due - time.monotonic()
+                if wait < 0:
+                    self.camera_late += 1
+                    due = time.monotonic()
+                else:
+                    self._camera_stop.wait(wait)
+        except BaseException as exc:  # keep the recording going; say it at stop()
+            self.camera_errors += 1
+            log.exception("recorder camera thread failed: %s", exc)
+        finally:
+            client.close()
 
     # -- internals ---------------------------------------------------------------------------
     def _info_metadata(self) -> dict:
@@ -387,6 +475,7 @@ class Recorder:
 
     def _abort(self) -> None:
         """start() failed: leave no half-made file behind (nothing was recorded yet)."""
+        self._stop_cameras()
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

@@ -73,12 +73,15 @@ def evaluate(model, env, episodes: int, seed: int, normalize=None) -> float:
 
 def train_loop(make_env, steps: int, seed: int = 0, eval_every: int = 1000, eval_episodes: int = EVAL_EPISODES,
                threshold: float = SUCCESS_THRESHOLD, normalize: bool = False, log=None, make_venv=None,
-               **overrides):
+               demos: int = 0, demo_agent=None, **overrides):
     """Train until `steps` or until evaluation success ≥ `threshold`.
 
     `make_env(eval: bool)` returns a single (TimeLimit-wrapped) goal env; `make_venv()`, when given,
     the training VecEnv instead of one such env (N robots: one gradient step per robot step unless
-    `gradient_steps` says otherwise). Returns (model, vecnormalize or None, result dict with the
+    `gradient_steps` says otherwise). `demos` > 0: that many episodes of `demo_agent` (an object with
+    `reset(obs)` / `act(obs)` on the VecEnv's unnormalized observations) go into the replay buffer
+    before learning (Nair et al. 2018, HER with demonstrations): exploration that rarely touches the
+    object gives HER nothing to relabel. Returns (model, vecnormalize or None, result dict with the
     learning curve).
     """
     import torch
@@ -123,6 +126,7 @@ def train_loop(make_env, steps: int, seed: int = 0, eval_every: int = 1000, eval
                 replay_buffer_class=HerReplayBuffer,
                 replay_buffer_kwargs=dict(goal_selection_strategy="future", n_sampled_goal=hp["n_sampled_goal"]),
                 policy_kwargs=dict(net_arch=hp["net_arch"], n_critics=hp["n_critics"]))
+    demo_result = seed_demonstrations(model, venv, vecnorm, demo_agent, demos) if demos else None
     try:
         model.learn(total_timesteps=steps, callback=Evaluate())
     finally:
@@ -138,9 +142,35 @@ def train_loop(make_env, steps: int, seed: int = 0, eval_every: int = 1000, eval
         "curve": curve, "seed": seed, "eval_every": eval_every, "eval_episodes": eval_episodes,
         "normalize": normalize, "hyperparams": hp,
     }
+    if demo_result is not None:
+        result["demonstrations"] = demo_result
     if vecnorm is not None:
         vecnorm.training = False
     return model, vecnorm, result
+
+
+def seed_demonstrations(model, venv, vecnorm, agent, episodes: int) -> dict:
+    """Roll `agent` for `episodes` episodes on the training VecEnv and store every transition in the
+    model's (HER) replay buffer the way SB3 stores its own (`_store_transition`: unnormalized
+    observations, the terminal observation of a finished episode). The observation normalizer's
+    statistics learn from them too. Returns the demonstrations' count, steps and success rate."""
+    if agent is None:
+        raise ValueError("demos > 0 needs a demo_agent")
+    original = vecnorm.get_original_obs if vecnorm is not None else None
+    model._last_obs = venv.reset()
+    model._last_original_obs = original() if original else model._last_obs
+    agent.reset(model._last_original_obs)
+    done_eps = wins = steps = 0
+    while done_eps < episodes:
+        action = np.clip(np.asarray(agent.act(model._last_original_obs), np.float32), -1.0, 1.0)
+        new_obs, rewards, dones, infos = venv.step(action)
+        model._store_transition(model.replay_buffer, action, new_obs, rewards, dones, infos)
+        steps += venv.num_envs
+        if dones.any():
+            done_eps += int(dones.sum())
+            wins += sum(bool(infos[i].get("is_success", 0.0)) for i in np.flatnonzero(dones))
+            agent.reset(model._last_original_obs, dones)
+    return {"episodes": done_eps, "steps": steps, "success": wins / max(done_eps, 1)}
 
 
 def _anchor(argv) -> int:

@@ -102,11 +102,12 @@ def _progress(n, total, rate, wall, stream=sys.stderr):
 def train(config=None, steps: int = 30_000, out: str = "policy", seed: int = 0, eval_every: int = 1000,
           eval_episodes: int = 20, sim2real: bool = False, normalize: bool = DEFAULT_NORMALIZE,
           time_feature: bool = DEFAULT_TIME_FEATURE, num_envs: int = 1,
-          threshold: float = 0.95, log=_progress, env_id: str = ENV_ID, **hyper) -> dict:
+          threshold: float = 0.95, log=_progress, env_id: str = ENV_ID, demos: int = 0, **hyper) -> dict:
     """Train SAC + HER on env `env_id` over the robot a config names (default: the embedded simulator);
     write a bundle to `out`.
 
     `num_envs` > 1: N robots behind one simulator server (`envs.sb3_vec_env.BridgeVecEnv`).
+    `demos` > 0: that many episodes of the task's scripted agent (`apps.scripted`) seed the replay buffer.
     """
     _require_sb3()
     from ..envs.registration import entry
@@ -116,6 +117,11 @@ def train(config=None, steps: int = 30_000, out: str = "policy", seed: int = 0, 
     overrides = sim2real_overrides(config, sim2real)
     if num_envs > 1 and time_feature:
         raise RobotEnvError("--time-feature is not available with --num-envs > 1")
+    if demos < 0:
+        raise RobotEnvError(f"--demos must be >= 0, got {demos}")
+    if demos:
+        from ..apps.scripted import for_env
+        hyper["demo_agent"] = for_env(env_id)
 
     def make_venv():
         from ..envs.sb3_vec_env import BridgeVecEnv
@@ -126,7 +132,8 @@ def train(config=None, steps: int = 30_000, out: str = "policy", seed: int = 0, 
                         seed=seed, eval_every=eval_every, eval_episodes=eval_episodes, threshold=threshold,
                         normalize=normalize, time_feature=time_feature, log=log,
                         meta_extra={"config": str(config or "sim"), "num_envs": num_envs,
-                                    "sim2real": overrides.get("server.kinematic")}, **hyper)
+                                    "sim2real": overrides.get("server.kinematic"), "demos": demos},
+                        demos=demos, **hyper)
 
 
 def train_bundle(make_single_env, make_venv, out: str, steps: int, *, seed: int, eval_every: int,
@@ -395,7 +402,7 @@ def run_train_cli(args) -> int:
     meta = train(args.config, steps=args.steps, out=args.out, seed=args.seed, eval_every=args.eval_every,
                  eval_episodes=args.eval_episodes, sim2real=args.sim2real, normalize=args.normalize,
                  time_feature=args.time_feature, threshold=args.threshold, num_envs=args.num_envs,
-                 env_id=args.env)
+                 env_id=args.env, demos=args.demos)
     return report_training(meta, args.out)
 
 
