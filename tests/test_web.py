@@ -27,6 +27,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager, should anything call it: never download
 pytestmark = [pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
                                  reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"),
               pytest.mark.timeout(240)]
@@ -744,6 +745,30 @@ def test_speed_scales_the_jog(tmp_path):
         driver.quit()
         web.close()
         client.close()
+        srv.close()
+
+
+def test_a_lost_robot_server_is_said_and_the_web_server_lives_on(tmp_path):
+    srv = ServerProcess(config.load("sim", overrides={"server": {"clock": "realtime"}}))
+    web = Web(tmp_path, srv.endpoint)
+    try:
+        async def run():
+            session, ws = await _ws(web)
+            try:
+                await _until(ws, lambda m: m["type"] == "state")
+                srv.close()
+                lost = await _until(ws, lambda m: m["type"] == "message" and "lost the robot server" in m["text"], 20)
+                assert "holds" in lost["text"]
+                await ws.send_str(json.dumps({"type": "ping", "value": 7}))  # the page is still served
+                assert (await _until(ws, lambda m: m["type"] == "pong"))["value"] == 7
+            finally:
+                await ws.close()
+                await session.close()
+
+        asyncio.run(run())
+        assert web.proc.poll() is None
+    finally:
+        web.close()
         srv.close()
 
 
