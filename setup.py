@@ -12,7 +12,7 @@ setup(
     # every package of the three top-level ones (the layers of robot_env included), found, not listed
     packages=find_packages(include=["robot_env", "robot_env.*", "drivers", "drivers.*", "simulators",
                                     "simulators.*"]),
-    package_data={"robot_env": ["configs/*.toml"]},
+    package_data={"robot_env": ["configs/*.toml", "apps/web/static/*"]},  # the page of `robot-env web`
     install_requires=[
         "numpy>=1.24",
         "pyzmq>=25",
@@ -30,9 +30,12 @@ setup(
                  # mujoco (4.0 too); only its envs' gym.make needs mujoco<3.12, and those tests run in the
                  # anchor venv (`robot-env anchor-env`, built once by tests/conftest.py).
                  "gymnasium-robotics>=1.4",
-                 "moviepy>=1.0"],  # tests/test_frames.py: Gymnasium's RecordVideo writes mp4 with it
+                 "moviepy>=1.0",  # tests/test_frames.py: Gymnasium's RecordVideo writes mp4 with it
+                 "selenium>=4.11"],  # tests/test_web.py drives Debian's chromium through its chromedriver
         # `robot-env record/replay`, Recorder, RecordEpisodes: MCAP files (zstd chunks: mcap pulls zstandard)
         "record": ["mcap>=1.6"],
+        # `robot-env web`: the control page's HTTP + WebSocket server, JPEG camera frames
+        "web": ["aiohttp>=3.9", "pillow>=9"],
         # `robot-env export --lerobot`: LeRobot dataset v3.0 files (parquet, mp4 through PyAV's FFmpeg)
         "lerobot": ["mcap>=1.6", "pyarrow>=14", "av>=12"],
         # `robot-env plot`

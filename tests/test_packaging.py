@@ -25,6 +25,8 @@ def test_a_wheel_install_works_outside_the_checkout(tmp_path):
             assert rel in names, f"{rel} is missing from the wheel"
     for toml in (ROOT / "robot_env" / "configs").glob("*.toml"):
         assert f"robot_env/configs/{toml.name}" in names
+    for page in ("index.html", "app.js", "style.css"):  # `robot-env web` serves them from the package
+        assert f"robot_env/apps/web/static/{page}" in names
     target = tmp_path / "site"
     out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
                           str(wheel)], capture_output=True, text=True)

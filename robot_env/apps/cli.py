@@ -1,5 +1,5 @@
 """The `robot-env` command: serve, keys, demo, train, run, bench, anchor-env, emulate-bus, calibrate,
-setup-servos, teleop, record, replay, plot, export, view."""
+setup-servos, teleop, web, record, replay, plot, export, view, cameras."""
 from __future__ import annotations
 
 import argparse
@@ -215,6 +215,12 @@ def _teleop(args) -> int:
     from .teleop import run_teleop
     return run_teleop(args.config, speed=args.speed, window=args.jog_window, first_window=args.first_window,
                       timeout=args.timeout, record=args.record, view=args.view)
+
+
+def _web(args) -> int:
+    from .web import run_web
+    return run_web(args.config, endpoint=args.endpoint, host=args.host, port=args.port, token=args.token,
+                   fps=args.fps, speed=args.speed, hold_timeout=args.hold_timeout)
 
 
 def _record(args) -> int:
@@ -524,6 +530,19 @@ def main(argv=None) -> int:
     p.add_argument("--view", nargs="?", const="native", metavar="native|web|FILE.rrd",
                    help="also show the session in Rerun: a native viewer (default), the web viewer, or an .rrd file")
     p.set_defaults(func=_teleop)
+
+    p = sub.add_parser("web", help="a control page in the browser: cameras, live state, hold-to-run jogs, e-stop")
+    p.add_argument("--config", default=None,
+                   help="config name or TOML path (default: an embedded simulator on the realtime clock)")
+    p.add_argument("--endpoint", help="a running robot server's request endpoint (instead of the config's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1; any other needs the token)")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (8080)")
+    p.add_argument("--token", help="login token (default: none on loopback, a fresh one printed otherwise)")
+    p.add_argument("--fps", type=float, default=12.0, help="camera frames per second sent to the pages (12; 0: none)")
+    p.add_argument("--speed", type=float, default=0.5, help="initial speed scale, 0.05..1 (0.5)")
+    p.add_argument("--hold-timeout", type=float, default=0.3,
+                   help="s a held axis moves without the page saying it is still held (0.3)")
+    p.set_defaults(func=_web)
 
     p = sub.add_parser("record", help="record a running server's states and applied commands to an MCAP file")
     p.add_argument("--config", default="sim", help="config whose [client] endpoint names the server to record")

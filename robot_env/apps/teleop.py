@@ -247,12 +247,16 @@ class Teleop:
             if message:
                 self._say(message + " (e-stop latched)")
             return
-        st = self._call(self.robot.stop)
+        st = self._call(self._halt)
         if st is not None:
             if message:
                 self._say(message)
         elif was_moving:
             self._refresh_state()
+
+    def _halt(self) -> dict:
+        """The stop command itself (a subclass may send it from a state it already has)."""
+        return self.robot.stop()
 
     # -- state -------------------------------------------------------------------------------
     def _set_state(self, st) -> None:
