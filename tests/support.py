@@ -2,6 +2,8 @@
 import socket
 import time
 
+import numpy as np
+
 
 def free_port_pair() -> int:
     """A loopback port p with p + 1 free too (the state stream binds next to the request port)."""
@@ -26,5 +28,27 @@ def wait_for(pred, timeout: float = 3.0) -> bool:
     while time.monotonic() < deadline:
         if pred():
             return True
+        time.sleep(0.01)
+    return False
+
+
+def still(st, tol: float) -> bool:
+    """A state at rest: every joint and the base slower than `tol` (rad/s, m/s)."""
+    return float(np.nanmax(np.abs(st["dq"]))) < tol and abs(st["base"][3]) < tol and abs(st["base"][4]) < tol
+
+
+def settle(client, quiet: float, timeout: float, tol: float) -> bool:
+    """Wait until the robot has been at rest for `quiet` s (longer than a jog window): keys or
+    presses that a busy machine delivered late have had their effect, so the next measurement
+    starts clean."""
+    deadline = time.monotonic() + timeout
+    since = None
+    while time.monotonic() < deadline:
+        if still(client.state(), tol):
+            since = since or time.monotonic()
+            if time.monotonic() - since >= quiet:
+                return True
+        else:
+            since = None
         time.sleep(0.01)
     return False

@@ -1,5 +1,6 @@
 """Keyboard teleop: the real `robot-env teleop` program in a terminal (tmux), keys sent as a user types
 them, the robot observed through this test's own client on the server the test started."""
+import functools
 import shlex
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import support
 from support import wait_for as wait_until
 
 from robot_env import config
@@ -84,24 +86,8 @@ def client_config(tmp_path, endpoint, timeout=2.0):
     return str(path)
 
 
-def still(st, tol=1e-3):
-    return float(np.abs(st["dq"]).max()) < tol and abs(st["base"][3]) < tol and abs(st["base"][4]) < tol
-
-
-def settle(client, quiet=0.35, timeout=3.0):
-    """Wait until the robot has been at rest for `quiet` s (longer than a jog window): keys that a
-    busy machine delivered late have had their effect, so the next measurement starts clean."""
-    deadline = time.monotonic() + timeout
-    since = None
-    while time.monotonic() < deadline:
-        if still(client.state()):
-            since = since or time.monotonic()
-            if time.monotonic() - since >= quiet:
-                return True
-        else:
-            since = None
-        time.sleep(0.01)
-    return False
+still = functools.partial(support.still, tol=1e-3)
+settle = functools.partial(support.settle, quiet=0.35, timeout=3.0, tol=1e-3)
 
 
 @pytest.fixture(scope="module")

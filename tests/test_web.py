@@ -2,6 +2,7 @@
 chromedriver by Selenium, keys pressed and released as a person would, the robot observed through this
 test's own client on the robot server the test started (the web server is one more client of it)."""
 import asyncio
+import functools
 import io
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import support
 from support import wait_for
 
 from robot_env import config
@@ -114,22 +116,8 @@ def body(driver, key):
     return driver.execute_script(f"return document.body.dataset.{key}")
 
 
-def still(st, tol=2e-3):
-    return float(np.nanmax(np.abs(st["dq"]))) < tol and abs(st["base"][3]) < tol and abs(st["base"][4]) < tol
-
-
-def settle(client, quiet=0.3, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    since = None
-    while time.monotonic() < deadline:
-        if still(client.state()):
-            since = since or time.monotonic()
-            if time.monotonic() - since >= quiet:
-                return True
-        else:
-            since = None
-        time.sleep(0.01)
-    return False
+still = functools.partial(support.still, tol=2e-3)
+settle = functools.partial(support.settle, quiet=0.3, timeout=5.0, tol=2e-3)
 
 
 def hold_key(driver, key, seconds):
