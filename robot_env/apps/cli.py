@@ -214,7 +214,7 @@ def _setup_servos(args) -> int:
 def _teleop(args) -> int:
     from .teleop import run_teleop
     return run_teleop(args.config, speed=args.speed, window=args.jog_window, first_window=args.first_window,
-                      timeout=args.timeout, record=args.record, view=args.view)
+                      timeout=args.timeout, record=args.record, cameras=args.camera, view=args.view)
 
 
 def _web(args) -> int:
@@ -527,6 +527,8 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=2.0,
                    help="s without a reply before teleop reports the server lost and exits")
     p.add_argument("--record", metavar="FILE", help="also record the session (states, commands, stamps) to this MCAP file")
+    p.add_argument("--camera", action="append", metavar="NAME",
+                   help="with --record: also record this camera's frames at the control rate (repeatable)")
     p.add_argument("--view", nargs="?", const="native", metavar="native|web|FILE.rrd",
                    help="also show the session in Rerun: a native viewer (default), the web viewer, or an .rrd file")
     p.set_defaults(func=_teleop)

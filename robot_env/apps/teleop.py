@@ -433,17 +433,20 @@ def _draw(stdscr, lines, styles) -> None:
 
 
 def run_teleop(config=None, *, speed: float = 0.5, window: float = 0.25, first_window: float = 0.5,
-               timeout: float = 2.0, record: str | None = None, view: str | None = None) -> int:
+               timeout: float = 2.0, record: str | None = None, cameras=(), view: str | None = None) -> int:
     """`robot-env teleop`: connect, run the terminal UI until q, stop the robot and close.
 
     With `record`, a `recording.Recorder` writes the server's state stream and the applied commands
-    to that file for the whole session (kept up to the fault if the server is lost). With `view`
+    to that file for the whole session (kept up to the fault if the server is lost), and the frames of
+    `cameras` at the control rate (what `robot-env export --lerobot` makes image observations of). With `view`
     (native, web or FILE.rrd), an `apps.view.ViewThread` shows every state the loop reads in Rerun.
     """
     import sys
 
     from ..robot import connect
 
+    if cameras and not record:
+        raise TeleopError("--camera records a camera's frames: give --record FILE too")
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise TeleopError("teleop needs an interactive terminal (stdin and stdout a tty)")
     if not window > 0 or not first_window > 0:
@@ -464,7 +467,7 @@ def run_teleop(config=None, *, speed: float = 0.5, window: float = 0.25, first_w
         robot.client.timeout = min(robot.client.timeout, float(timeout))
         if record:
             from ..recording import Recorder
-            recorder = Recorder(robot, record).start()
+            recorder = Recorder(robot, record, cameras=cameras or ()).start()
         if sinks is not None:
             from .view import ViewThread
             viewer = ViewThread(robot.client.endpoint, robot.client.info or robot.client.hello(), sinks,
@@ -501,6 +504,8 @@ def run_teleop(config=None, *, speed: float = 0.5, window: float = 0.25, first_w
         if recorder is not None:
             try:
                 print(f"recorded {recorder.stop()}", flush=True)
+                for name, fs in recorder.frame_stats.items():
+                    print(f"camera {name} at {recorder.camera_rate:g} Hz: {fs}", flush=True)
             except Exception as exc:
                 print(f"robot-env teleop: the recording {record} could not be closed cleanly: {exc}",
                       file=sys.stderr, flush=True)
