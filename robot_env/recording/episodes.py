@@ -160,10 +160,15 @@ def episodes(rec, fps: int, cameras: dict) -> tuple[list[Episode], list[str], li
         messages[cam] = msgs
         stamps = np.array([_stamp(m) for m in msgs], dtype=float)
         j = np.searchsorted(ts[order], stamps + EPS, side="right") - 1
-        ok = (j >= 0) & np.isfinite(stamps)
-        if (~ok).sum():
-            skipped.append(f"{rec.path}: {int((~ok).sum())} image(s) of camera {cam!r} stamped before any state "
-                           "left out")
+        finite = np.isfinite(stamps)
+        ok = (j >= 0) & finite
+        early = int(((j < 0) & finite).sum())
+        if early:  # captured a moment before the recorder's first state: outside every episode, not damage
+            notes.append(f"{rec.path}: {early} image(s) of camera {cam!r} captured before the first state are "
+                         "not in an episode")
+        if (~finite).sum():
+            skipped.append(f"{rec.path}: {int((~finite).sum())} image(s) of camera {cam!r} without a valid "
+                           "stamp left out")
         idx = order[np.where(ok, j, 0)]
         placed[cam] = [(int(seg_of[i]), time[i], m) for i, m, good in zip(idx, range(len(msgs)), ok) if good]
     out: list[Episode] = []
