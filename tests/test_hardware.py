@@ -381,7 +381,9 @@ def test_a_reset_faults_that_fails_part_way_leaves_torque_where_it_was(rig):
     assert failures >= 1  # the flaky bus did make an attempt fail
     if b.faults:
         finish(b.reset_faults())
-    assert b.faults == [] and _torque_off_writes(emu) == before
+    # A CPU-starved machine can slow the loop below its floor meanwhile (`slow_loop`: the loop's own
+    # fault, tested in test_a_slow_loop_fault_...); it holds, never cuts torque: not what this test is about
+    assert [f for f in b.faults if f["code"] != "slow_loop"] == [] and _torque_off_writes(emu) == before
     assert all(emu.servo(s.id).get("torque_enable") == 1 for s in CAL.servos)
 
 
