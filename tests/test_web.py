@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -402,6 +403,14 @@ async def _until(ws, pred, timeout=5.0):
     raise AssertionError("no such message")
 
 
+async def _take_control(ws) -> str:
+    """As a page does on "Take control": this socket's id, once the web server says it holds control."""
+    me = (await _until(ws, lambda m: m["type"] == "hello"))["you"]
+    await ws.send_str(json.dumps({"type": "take"}))
+    await _until(ws, lambda m: m["type"] == "control" and m["holder"] == me)
+    return me
+
+
 def test_a_socket_that_stops_saying_still_held_stops_the_robot(mujoco):
     """The browser is not trusted to send the release: a page that froze (its socket open, silent) stops."""
     web, driver, client, tmp = mujoco
@@ -410,9 +419,7 @@ def test_a_socket_that_stops_saying_still_held_stops_the_robot(mujoco):
     async def run():
         session, ws = await _ws(web)
         try:
-            me = (await _until(ws, lambda m: m["type"] == "hello"))["you"]
-            await ws.send_str(json.dumps({"type": "take"}))
-            await _until(ws, lambda m: m["type"] == "control" and m["holder"] == me)
+            await _take_control(ws)
             assert settle(client)
             x = client.state()["ee"][0]
             await ws.send_str(json.dumps({"type": "speed", "value": 1.0}))
@@ -455,9 +462,7 @@ def test_malformed_messages_get_an_error_and_move_nothing(mujoco):
     async def run():
         session, ws = await _ws(web)
         try:
-            me = (await _until(ws, lambda m: m["type"] == "hello"))["you"]
-            await ws.send_str(json.dumps({"type": "take"}))
-            await _until(ws, lambda m: m["type"] == "control" and m["holder"] == me)
+            await _take_control(ws)
             assert settle(client)
             q0 = client.state()["q"].copy()
             for text in BAD:
@@ -778,9 +783,6 @@ def test_a_remote_page_driving_and_watching_leaves_the_driver_loop_its_rate(tmp_
     320 x 240) serving a page that holds a torso jog and takes the camera view, the page a WebSocket
     client on another computer's behalf (no browser on these two cores). The driver's loop rate before
     and during is printed (README); asserted: the frames came, the robot moved as held, nothing faulted."""
-    import aiohttp
-    import threading
-
     from simulators.servo_bus import EmulatorProcess
     from test_hardware_cameras import write_config, write_video
     video = write_video(tmp_path / "cam.avi", [(i * 10 % 255, 100, 200 - i * 7 % 200) for i in range(60)],
@@ -805,23 +807,26 @@ def test_a_remote_page_driving_and_watching_leaves_the_driver_loop_its_rate(tmp_
         torso0 = client.state()["q"][TORSO]
 
         async def page(seconds):
-            async with aiohttp.ClientSession() as s:
-                async with s.ws_connect(f"ws://127.0.0.1:{web.port}/ws", headers={"Origin": web.origin}) as ws:
-                    await ws.send_str(json.dumps({"type": "take"}))
-                    t0 = last = time.monotonic()
-                    while time.monotonic() - t0 < seconds:
-                        if time.monotonic() - last > 0.1:  # the page's "still held" refresh
-                            await ws.send_str(json.dumps({"type": "jog", "axes": {"torso": 1}, "seq": 1}))
-                            last = time.monotonic()
-                        try:
-                            msg = await ws.receive(timeout=0.05)
-                        except asyncio.TimeoutError:
-                            continue
-                        if msg.type == aiohttp.WSMsgType.BINARY:
-                            seen["frames"] += 1
-                        elif msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data).get("type") == "error":
-                            seen["errors"].append(msg.data)
-                    await ws.send_str(json.dumps({"type": "stop"}))
+            session, ws = await _ws(web)
+            try:
+                await _take_control(ws)
+                t0 = last = time.monotonic()
+                while time.monotonic() - t0 < seconds:
+                    if time.monotonic() - last > 0.1:  # the page's "still held" refresh
+                        await ws.send_str(json.dumps({"type": "jog", "axes": {"torso": 1}, "seq": 1}))
+                        last = time.monotonic()
+                    try:
+                        msg = await ws.receive(timeout=0.05)
+                    except asyncio.TimeoutError:
+                        continue
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        seen["frames"] += 1
+                    elif msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data).get("type") == "error":
+                        seen["errors"].append(msg.data)
+                await ws.send_str(json.dumps({"type": "stop"}))
+            finally:
+                await ws.close()
+                await session.close()
 
         th = threading.Thread(target=lambda: asyncio.run(page(8.0)))
         th.start()
