@@ -323,6 +323,25 @@ def test_spawned_server_without_client_keys_in_config(keydir, no_leftover_server
         env.close()
 
 
+def test_spawned_server_allows_a_client_key_that_begins_with_a_dash(keydir, no_leftover_servers):
+    """Z85 keys may begin with '-' (1 pair in 85): the spawned server must not read one as an option
+    (seen in CI: 'argument --allow-client-key: expected one argument')."""
+    while True:
+        public, secret = zmq.curve_keypair()
+        if public.startswith(b"-"):
+            break
+    cfg = config.load({"server": {}, "server.security": {
+        "server_secret_key": str(keydir / "server" / "server.key_secret")}})
+    sp = ServerProcess(cfg, allow_client_keys=[public.decode()])
+    try:
+        server_public = read_public_key(keydir / "server" / "server.key")
+        keys = ClientKeys(public, secret, server_public)
+        with RobotClient(sp.endpoint, timeout=5.0, retries=0, keys=keys) as client:
+            assert client.state()["q"].shape == (11,)
+    finally:
+        sp.close()
+
+
 def test_connect_to_external_keyed_server(secure_server, keydir):
     toml = keydir / "laptop_client.toml"
     toml.write_text(f'[client]\nendpoint = "{secure_server.endpoint}"\ntimeout = 5.0\n'

@@ -109,7 +109,7 @@ class ServerProcess(ChildProcess):
         if sep:
             args += ["--stream-endpoint", sep]
         for key in allow_client_keys:  # CurveZMQ public keys (not secret) allowed besides the config's
-            args += ["--allow-client-key", key]
+            args.append(f"--allow-client-key={key}")  # "=": a Z85 key may begin with "-"
         self._private = ep
         super().__init__(args, "robot server")
         self.owner = secrets.token_hex(16)
