@@ -422,15 +422,15 @@ def test_replay_reproduces_a_realtime_session_within_tolerance(rt_recording, tmp
     t2, q2 = trajectory(rerun, ta2[0])
     assert abs(t2[-1] - t1[-1]) < 0.3  # the replay ran as long as the recording
     grid = np.linspace(0.0, t1[-1] - 0.05, 60)
-    a = np.stack([np.interp(grid, t1, q1[:, j]) for j in range(11)], 1)
 
-    def replayed_at(shift):
-        return np.stack([np.interp(grid + shift, t2, q2[:, j]) for j in range(11)], 1)
+    def on_grid(t, q, shift=0.0):
+        return np.stack([np.interp(grid + shift, t, q[:, j]) for j in range(11)], 1)
 
-    assert np.abs(a - replayed_at(0.0)).max() < 0.3  # the same path at the same time (measured < 0.01 rad idle)
+    a = on_grid(t1, q1)
+    assert np.abs(a - on_grid(t2, q2)).max() < 0.3  # the same path at the same time (measured < 0.01 rad idle)
     # a loaded machine may stall either run by tens of ms: each sample of the replay matches the recording
     # at some time within +-0.1 s of it (the drift bound above), never a different path
-    best = np.min([np.abs(a - replayed_at(s)).max(1) for s in np.linspace(-0.1, 0.1, 21)], 0)
+    best = np.min([np.abs(a - on_grid(t2, q2, s)).max(1) for s in np.linspace(-0.1, 0.1, 21)], 0)
     assert best.max() < 0.03, best.max()
     np.testing.assert_allclose(q2[-1], q1[-1], atol=0.01)
     np.testing.assert_allclose(q2[-1][1:8], ARM_A, atol=0.01)
