@@ -1,3 +1,4 @@
+import faulthandler
 import os
 import tempfile
 
@@ -86,3 +87,31 @@ def ctx():
     c = zmq.Context()
     yield c
     c.term()
+
+
+_BACKSTOP_GRACE = 120.0  # seconds past a test's own timeout
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A backstop under pytest-timeout: its signal method cannot fire while the main thread waits in C code
+    with SIGALRM blocked or the GIL held, and then a run would sit out CI's whole budget. faulthandler's
+    watchdog is a C thread: past the test's timeout plus a grace it prints every thread's stack to the real
+    stderr and exits, so a hang fails in minutes and says where it is."""
+    marker = item.get_closest_marker("timeout")
+    limit = float(marker.args[0] if marker is not None and marker.args else item.config.getoption("timeout") or 0)
+    if limit > 0:
+        faulthandler.dump_traceback_later(limit + _BACKSTOP_GRACE, exit=True, file=_real_stderr(item.config))
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def _real_stderr(config):
+    """The terminal's stderr, not pytest's capture file (whose contents an exiting process never shows)."""
+    if not hasattr(config, "_robot_env_stderr"):
+        capman = config.pluginmanager.getplugin("capturemanager")
+        with capman.global_and_fixture_disabled():
+            config._robot_env_stderr = os.fdopen(os.dup(2), "w")
+    return config._robot_env_stderr
