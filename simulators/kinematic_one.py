@@ -84,14 +84,15 @@ class OneRobot:
 
     def state(self) -> dict:
         kin = self.kin
+        dq = self._sensed_velocity()
         return {
             "time": self.time,
             "q": self.q_meas,
-            "dq": self.v.copy(),
+            "dq": dq,
             "effort": np.zeros(NJ),
             "target": self.ctl.target.copy(),
             "ee": np.array(kin.pos + rot_to_quat(kin.rot)),
-            "ee_vel": ee_velocity(kin, self.v),
+            "ee_vel": ee_velocity(kin, dq),
             "base": np.array(self.base),
             "objects": {},
             "faults": [],
@@ -109,6 +110,10 @@ class OneRobot:
     def _sensed(self) -> np.ndarray:
         """The joint positions the sensors read (before noise): the limiter's output, for a kinematic robot."""
         return self.q
+
+    def _sensed_velocity(self) -> np.ndarray:
+        """The joint velocities the state reports (a copy): the limiter's, for a kinematic robot."""
+        return self.v.copy()
 
     # -- internals ---------------------------------------------------------------------------
     def _measure(self) -> None:

@@ -13,7 +13,6 @@ import numpy as np
 from robot_env.backends.spec import BackendSpec, SafetyParams, ready_gripper
 from robot_env.control.commands import CHANNELS, RESET_OPTIONS
 from robot_env.control.safety import SafetyConfig
-from robot_env.control.targets import ee_velocity
 from robot_env.errors import RequestError
 from robot_env.model.description import ARM, FETCH, HEAD, TORSO
 from robot_env.model.kinematics_batch import rot_to_quat_batch
@@ -112,11 +111,11 @@ class PhysicsOne(_OnPlant, OneRobot):
     def _sensed(self) -> np.ndarray:
         return self.plant.q[0].copy()
 
+    def _sensed_velocity(self) -> np.ndarray:
+        return self.plant.dq[0].copy()
+
     def state(self) -> dict:
         st = OneRobot.state(self)
-        dq = self.plant.dq[0].copy()
-        st["dq"] = dq
-        st["ee_vel"] = ee_velocity(self.kin, dq)
         st["effort"] = self.plant.effort[0].copy()
         st["objects"] = self.plant.object_state_one(self.base)
         st["faults"] = _faults(self.unstable)
