@@ -357,6 +357,23 @@ def test_a_diverged_simulation_is_a_fault_put_back_at_rest_not_a_silent_teleport
     b.close()
 
 
+def test_an_object_flung_by_a_blow_up_is_a_fault_too():
+    """Energy pumped in below MuJoCo's own warning thresholds (a too stiff grasp for the timestep) flings
+    the object: that is the same fault, the robot and the block put back at rest, not a block in orbit."""
+    b = sim(scene="table")
+    finish(b.reset(0, {"object0.xy": np.array([0.7, 0.0])}))
+    run(b, {}, 3)
+    assert b.faults == []
+    pos = b.state()["objects"]["object0"]["pos"].copy()
+    _, v = b.plant.objects["object0"]
+    b.plant.datas[0].qvel[v + 2] = 25.0  # upward at 25 m/s, and MuJoCo has nothing to warn of
+    st = run(b, {}, 1)
+    assert [f["code"] for f in st["faults"]] == ["physics_unstable"] and "flung" in st["faults"][0]["message"]
+    block = st["objects"]["object0"]
+    assert np.linalg.norm(block["linvel"]) < 1.0 and block["pos"][2] < pos[2] + 0.01  # back on the table
+    b.close()
+
+
 def test_asking_for_frames_does_not_change_the_physics():
     """The same seed and actions with and without a frame each step: the same states, bit for bit."""
     runs = []
