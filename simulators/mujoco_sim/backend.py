@@ -198,8 +198,8 @@ def _faults(unstable: set) -> list:
         return []
     return [{"code": "physics_unstable", "robots": sorted(unstable),
              "message": f"the simulation of robot(s) {sorted(unstable)} diverged (MuJoCo reset it, or an object "
-                        "was flung: too stiff a contact, a too large timestep or a non-finite value); it was put back at rest where it "
-                        "was commanded and holds: reset it, or send reset_faults"}]
+                        "was flung: too stiff a contact, a too large timestep or a non-finite value); it was put "
+                        "back at rest where it was commanded and holds: reset it, or send reset_faults"}]
 
 
 class MujocoSim(KernelBackend):
