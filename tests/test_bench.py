@@ -115,3 +115,21 @@ def test_bench_push_runs_on_mujoco_against_fetchpush_v4(tmp_path, capsys, anchor
         assert res[key]["steps"] == 200 and res[key]["steps_per_s"] > 0
         assert res["ratio_vs_anchor"][key] == pytest.approx(res[key]["steps_per_s"] / res["anchor"]["steps_per_s"])
     assert "FetchPush-v4 in-process (anchor)" in capsys.readouterr().out
+
+
+def test_bench_runs_the_config_it_is_given(tmp_path):
+    """`--config`: the rows run the server that config describes (here a 20 ms control period), and the
+    JSON says which config it was; a config that does not load is a clear error before anything starts."""
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text('[server]\nbackend = "kinematic"\ncontrol_period = 0.02\n')
+    out = tmp_path / "b.json"
+    run = [sys.executable, "-m", "robot_env", "bench", "--steps", "50", "--no-anchor", "--json", str(out)]
+    proc = subprocess.run([*run, "--config", str(cfg)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    assert res["config"] == str(cfg) and res["ipc"]["control_period"] == 0.02
+    assert f"config {cfg}" in proc.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\ncontrol_period = "fast"\n')
+    proc = subprocess.run([*run, "--config", str(bad)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "control_period" in proc.stderr and "Traceback" not in proc.stderr

@@ -105,38 +105,39 @@ def _free_tcp_pair(host: str = "127.0.0.1", tries: int = 50) -> int:
     raise RuntimeError("could not find two adjacent free tcp ports on 127.0.0.1")
 
 
-def _config_name(env_id: str) -> str:
-    """The config an env id runs on (the object tasks': mujoco)."""
+def _config_name(env_id: str, config: str | None = None) -> str:
+    """The config the env runs on: `--config`, else the env id's own (the object tasks': mujoco)."""
     from ..envs.registration import entry
-    return entry(env_id).config or "sim"
+    return config or entry(env_id).config or "sim"
 
 
-def _backend_name(env_id: str) -> str:
+def _backend_name(env_id: str, config: str | None = None) -> str:
     from .. import config as config_mod
-    return config_mod.load(_config_name(env_id))["server"]["backend"]
+    return config_mod.load(_config_name(env_id, config))["server"]["backend"]
 
 
-def _bench_ipc(actions, env_id: str) -> tuple[dict, tuple[int, int]]:
+def _bench_ipc(actions, env_id: str, config: str | None = None) -> tuple[dict, tuple[int, int]]:
     import gymnasium as gym
 
-    env = gym.make(env_id, config=_config_name(env_id))
+    env = gym.make(env_id, config=_config_name(env_id, config))
     try:
         res = _time_env(env, actions)
         res["endpoint"] = env.unwrapped._session.client.endpoint
+        res["control_period"] = env.unwrapped._session.info["control_period"]  # what the server runs
         sizes = _message_sizes(env)
     finally:
         env.close()
     return res, sizes
 
 
-def _bench_tcp(actions, env_id: str) -> dict:
+def _bench_tcp(actions, env_id: str, config: str | None = None) -> dict:
     import gymnasium as gym
 
     from .. import config as config_mod
     from ..bridge.spawn import ServerProcess
 
     endpoint = f"tcp://127.0.0.1:{_free_tcp_pair()}"
-    cfg = config_mod.load(_config_name(env_id))
+    cfg = config_mod.load(_config_name(env_id, config))
     cfg["server"]["endpoint"] = endpoint
     env = gym.make(env_id, config=cfg)
     server = None
@@ -149,7 +150,7 @@ def _bench_tcp(actions, env_id: str) -> dict:
         note = (f"the env spawned its server on {used} despite [server] endpoint = {endpoint!r}; "
                 "bench started the tcp server itself")
         server = ServerProcess(cfg, endpoint=endpoint)
-        client_cfg = config_mod.load(_config_name(env_id))
+        client_cfg = config_mod.load(_config_name(env_id, config))
         client_cfg["client"]["endpoint"] = server.endpoint
         env = gym.make(env_id, config=client_cfg)
     try:
@@ -188,7 +189,7 @@ def _child(module: str, args: list, what: str):
         proc.stderr.close()
 
 
-def _bench_noop(actions, env_id: str) -> dict:
+def _bench_noop(actions, env_id: str, config: str | None = None) -> dict:
     """The env over ipc to a server whose backend does no work: the ceiling of this path in Python."""
     import gymnasium as gym
 
@@ -196,7 +197,7 @@ def _bench_noop(actions, env_id: str) -> dict:
     from ..envs.registration import entry
 
     endpoint, stream = private_ipc("noop")
-    cfg = _config_name(env_id)
+    cfg = _config_name(env_id, config)
     with _child("noop_server", [endpoint, stream, cfg, entry(env_id).task.needs.scene or ""], "no-op robot server"):
         env = gym.make(env_id, config=cfg, overrides={"client": {"endpoint": endpoint}})
         try:
@@ -360,7 +361,7 @@ def _markdown_table(rows, header=HEADER) -> str:
 
 # -- entry point -------------------------------------------------------------------------------
 def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool = True, out=None,
-              env_id: str = "robot_env/FetchReach-v0") -> int:
+              env_id: str = "robot_env/FetchReach-v0", config: str | None = None) -> int:
     import gymnasium
 
     import robot_env  # noqa: F401  (registers the env)
@@ -371,19 +372,21 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
     actions = _actions(steps)
     print(f"robot-env bench: {steps} timed steps per row after {WARMUP} warm-up steps, fixed random "
           f"actions (seed {SEED}), reset on truncation; Python {platform.python_version()} on "
-          f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs", flush=True)
+          f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs; config {_config_name(env_id, config)}",
+          flush=True)
 
     res: dict = {"steps": steps, "warmup": WARMUP, "seed": SEED,
                  "python": platform.python_version(), "platform": platform.platform(),
                  "cpus": os.cpu_count(), "gymnasium": gymnasium.__version__,
-                 "robot_env": robot_env.__version__, "backend": f"{_backend_name(env_id)} (spawned, lockstep)"}
+                 "robot_env": robot_env.__version__, "backend": f"{_backend_name(env_id, config)} (spawned, lockstep)",
+                 "config": _config_name(env_id, config)}
     print("  robot-env over ipc ...", flush=True)
     res["env"], res["anchor_id"] = env_id, anchor_id(env_id)  # a clear error for an unknown id, before anything starts
-    res["ipc"], (req_bytes, rep_bytes) = _bench_ipc(actions, env_id)
+    res["ipc"], (req_bytes, rep_bytes) = _bench_ipc(actions, env_id, config)
     print("  robot-env over tcp ...", flush=True)
-    res["tcp"] = _bench_tcp(actions, env_id)
+    res["tcp"] = _bench_tcp(actions, env_id, config)
     print("  robot-env over ipc, no-op backend ...", flush=True)
-    res["noop"] = _bench_noop(actions, env_id)
+    res["noop"] = _bench_noop(actions, env_id, config)
     print("  bare zmq round trip ...", flush=True)
     res["zmq_echo"] = _bench_zmq_echo(steps, req_bytes, rep_bytes)
 

@@ -106,7 +106,7 @@ def _bench(args) -> int:
                                anchor=not args.no_anchor, out=args.json)
     from .bench import run_bench
     return run_bench(steps=args.steps, anchor_python=args.anchor_python, anchor=not args.no_anchor,
-                     out=args.json, env_id=args.env)
+                     out=args.json, env_id=args.env, config=args.config)
 
 
 def _anchor_env(args) -> int:
@@ -463,6 +463,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("bench", help="env steps/s and latency over ipc and tcp, next to FetchReach-v4")
     p.add_argument("--env", default=DEFAULT_ENV, help=f"env id (default {DEFAULT_ENV})")
     p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--config", help="config name or path the env's server runs (default: the env's own), "
+                   "e.g. one with another [server.mujoco] timestep")
     p.add_argument("--train", action="store_true",
                    help="instead: wall-clock time to 95%% eval success, SAC+HER here vs on FetchReach-v4")
     p.add_argument("--train-steps", type=int, default=30000, help="--train: most steps per side")
