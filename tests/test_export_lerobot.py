@@ -290,14 +290,30 @@ def _chunks(path):
         return make_reader(fh).get_summary().chunk_indexes
 
 
+def _cut_inside_an_episode(rec, want, chunks):
+    """(k, chunk): the first chunk that starts inside episode k >= 1 with at least two of its steps
+    before it and some after: a file cut in that chunk keeps the episodes before k whole and a prefix
+    of k (the chunks before it are complete, the cut one is not). Chunks fall where 1 MiB fills, so
+    which episode that is varies from recording to recording."""
+    resets = [c["ta"] for c in rec.commands if c["op"] == "reset"]
+    steps = np.array([c["ta"] for c in rec.commands if c["op"] == "step"])
+    for c in chunks[1:]:
+        t = c.message_start_time / 1e9
+        k = sum(r <= t for r in resets) - 1
+        if k < 1:
+            continue
+        before = int(((steps > resets[k]) & (steps < t)).sum())
+        if 2 <= before < len(want[k]["q"]) - 1:
+            return k, c
+    raise AssertionError(f"no chunk of {len(chunks)} starts inside an episode after the first: "
+                         f"{[(c.message_start_time / 1e9, c.message_end_time / 1e9) for c in chunks]}, resets {resets}")
+
+
 def test_a_truncated_recording_exports_the_episodes_before_the_cut(recording, tmp_path):
     rec = read_recording(recording[0])
     want = expected_episodes(rec)
     data = recording[0].read_bytes()
-    resets = [c["ta"] for c in rec.commands if c["op"] == "reset"]
-    # cut inside the first chunk that holds messages past the middle of episode 1
-    middle = (resets[1] + resets[2]) / 2 * 1e9
-    chunk = next(c for c in _chunks(recording[0]) if c.message_end_time > middle)
+    k, chunk = _cut_inside_an_episode(rec, want, _chunks(recording[0]))
     cut = tmp_path / "cut.mcap"
     cut.write_bytes(data[:chunk.chunk_start_offset + chunk.chunk_length // 2])
     out = tmp_path / "ds"
@@ -306,11 +322,12 @@ def test_a_truncated_recording_exports_the_episodes_before_the_cut(recording, tm
     assert "ends in the middle" in res.stderr
     info = json.loads((out / "meta/info.json").read_text())
     eps = pq.read_table(out / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
-    # episode 0 whole; episode 1 up to where the file ends (a prefix of it); nothing of episode 2
-    assert info["total_episodes"] == 2 and eps[0]["length"] == len(want[0]["q"])
-    assert 2 <= eps[1]["length"] < len(want[1]["q"])
+    # the episodes before k whole; episode k up to where the file ends (a prefix of it); nothing after
+    assert info["total_episodes"] == k + 1
+    assert [e["length"] for e in eps[:k]] == [len(w["q"]) for w in want[:k]]
+    assert 2 <= eps[k]["length"] < len(want[k]["q"])
     state = np.array(table(out / "data/chunk-000/file-000.parquet")["observation.state"], np.float32)
-    np.testing.assert_array_equal(state[eps[1]["dataset_from_index"]:], want[1]["q"][:eps[1]["length"]])
+    np.testing.assert_array_equal(state[eps[k]["dataset_from_index"]:], want[k]["q"][:eps[k]["length"]])
     frames, _ = read_frames(out / f"videos/{HEAD}/chunk-000/file-000.mp4")
     assert len(frames) == info["total_frames"]
 
