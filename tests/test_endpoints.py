@@ -381,7 +381,7 @@ def test_serve_refuses_malformed_endpoints(tmp_path, written, where):
         args = ["--config", str(write_toml(tmp_path, "s.toml", f'[server]\nendpoint = "{endpoint}"\n{extra}'))]
     proc = subprocess.run(serve_cmd(*args), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert f"robot-env: error: " in proc.stderr and repr(endpoint) in proc.stderr, proc.stderr
+    assert "robot-env: error: " in proc.stderr and repr(endpoint) in proc.stderr, proc.stderr
     assert "'@'" in proc.stderr and "tcp://HOST:PORT" in proc.stderr, proc.stderr
     if where.startswith("config"):
         assert "s.toml: [server] endpoint" in proc.stderr, proc.stderr

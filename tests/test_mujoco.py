@@ -421,7 +421,8 @@ def test_a_joint_forced_past_its_speed_limit_is_flagged():
     for n in (1, 2):
         b = sim(scene="empty", num_robots=n)
         finish(b.reset(0, {}))
-        st = run(b, {"arm_position": np.tile(np.array(READY_ARM) + 0.5, (n, 1)) if n > 1 else np.array(READY_ARM) + 0.5}, 20)
+        goal = np.array(READY_ARM) + 0.5
+        st = run(b, {"arm_position": np.tile(goal, (n, 1)) if n > 1 else goal}, 20)
         assert "joint.overspeed" not in st["clipped"]
         b.plant.dq[-1, 6] = 3.0 * b.plant.vmax[6]  # as a sensor would read a wrist knocked by contact
         assert b.state()["clipped"]["joint.overspeed"] == [n - 1]

@@ -53,6 +53,9 @@ def test_vector_robots_match_single_envs_step_for_step(kw, no_leftover_servers):
     try:
         vobs, _ = venv.reset(seed=5)
         sobs = [s.reset(options={"goal": vobs["desired_goal"][i]})[0] for i, s in enumerate(singles)]
+        for i, o in enumerate(sobs):  # the same start
+            for k in o:
+                np.testing.assert_allclose(vobs[k][i], o[k], atol=1e-9)
         width = venv.single_action_space.shape[0]
         actions = np.random.default_rng(0).uniform(-1.2, 1.2, (30, n, width)).astype(np.float32)
         for a in actions:

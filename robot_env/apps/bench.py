@@ -418,7 +418,8 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
     print(f"transport floor: a bare zmq round trip takes {floor:.0f} µs p50, "
           f"{floor / ipc_rtt:.0%} of the {ipc_rtt:.0f} µs p50 round trip of an ipc env step.")
     noop, ipc = res["noop"]["steps_per_s"], res["ipc"]["steps_per_s"]
-    print(f"Python ceiling: with a backend that does nothing the env steps {noop:,.0f}/s; the {res['backend'].split()[0]} "
+    print(f"Python ceiling: with a backend that does nothing the env steps {noop:,.0f}/s; the "
+          f"{res['backend'].split()[0]} "
           f"simulator adds {1e6 / ipc - 1e6 / noop:.0f} µs per step to the {1e6 / noop:.0f} µs the bridge "
           "itself costs.")
     if "note" in res["tcp"]:

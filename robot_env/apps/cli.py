@@ -528,7 +528,8 @@ def main(argv=None) -> int:
                    help="s a first key press moves (bridges the terminal's auto-repeat delay)")
     p.add_argument("--timeout", type=float, default=2.0,
                    help="s without a reply before teleop reports the server lost and exits")
-    p.add_argument("--record", metavar="FILE", help="also record the session (states, commands, stamps) to this MCAP file")
+    p.add_argument("--record", metavar="FILE",
+                   help="also record the session (states, commands, stamps) to this MCAP file")
     p.add_argument("--camera", action="append", metavar="NAME",
                    help="with --record: also record this camera's frames at the control rate (repeatable)")
     p.add_argument("--view", nargs="?", const="native", metavar="native|web|FILE.rrd",
