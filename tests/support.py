@@ -1,4 +1,5 @@
 """Helpers shared by the tests (plain functions; fixtures live in conftest.py)."""
+import os
 import socket
 import time
 
@@ -52,3 +53,24 @@ def settle(client, quiet: float, timeout: float, tol: float) -> bool:
             since = None
         time.sleep(0.01)
     return False
+
+
+def descendants(pid: int) -> set:
+    """Live (non-zombie) processes below `pid`."""
+    children: dict = {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(p))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out

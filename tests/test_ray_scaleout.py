@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.
 cluster_utils = pytest.importorskip("ray.cluster_utils", reason="this ray has no ray.cluster_utils")
 pytest.importorskip("stable_baselines3", reason="the train extra is not installed")
 
-from support import wait_for  # noqa: E402
+from support import descendants, wait_for  # noqa: E402
 
 from robot_env import config  # noqa: E402
 from robot_env.apps import cli
@@ -20,27 +20,6 @@ from robot_env.bridge.client import RobotClient  # noqa: E402
 from robot_env.bridge.security import ClientKeys, client_keys  # noqa: E402
 from robot_env.errors import ConfigError, ServerTimeout  # noqa: E402
 from robot_env.training.ray_servers import ServerPool, train_on_ray  # noqa: E402
-
-
-def descendants(pid: int) -> set:
-    """Live (non-zombie) processes below `pid`."""
-    children: dict = {}
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open(f"/proc/{p}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(p))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
 
 
 def alive(pid: int) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import support
-from support import wait_for
+from support import descendants, wait_for
 
 from robot_env import config
 from robot_env.bridge.client import RobotClient
@@ -106,9 +106,7 @@ def browser():
 def close_browser(driver) -> None:
     """`quit`, and whatever of chromedriver's process tree outlived it killed: a wedged browser left
     behind would starve the tests after it."""
-    if driver is None:
-        return
-    tree = _descendants(driver.service.process.pid) | {driver.service.process.pid}
+    tree = descendants(driver.service.process.pid) | {driver.service.process.pid}
     try:
         driver.quit()
     finally:
@@ -133,21 +131,6 @@ def started(parts, thing, close=None):
     """`thing`, to be closed with the test's parts: by `close(thing)`, or its own `close()`."""
     parts.callback(*((close, thing) if close else (thing.close,)))
     return thing
-
-
-def _descendants(pid: int) -> set:
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            continue
-        for k in map(int, kids):
-            if k not in out:
-                out.add(k)
-                todo.append(k)
-    return out
 
 
 def open_page(driver, url):
@@ -275,48 +258,40 @@ def test_the_kinematic_backend_through_the_page(tmp_path, parts):
     driver.find_element(By.ID, "clear").click()
     assert wait_for(lambda: client.state()["mode"] != "estop", 5)
 @pytest.mark.timeout(120)
-def test_the_hardware_driver_on_the_emulated_bus_through_the_page(tmp_path):
+def test_the_hardware_driver_on_the_emulated_bus_through_the_page(tmp_path, parts):
     from simulators.servo_bus import EmulatorProcess
-    emu = EmulatorProcess("fetch_dynamixel", link=str(tmp_path / "ttyDXL"))
-    srv = client = web = driver = None
-    try:
-        # min_loop_fraction 0: the driver's loop-rate fault off, which a machine starved by a browser beside
-        # it trips (tested in test_faults.py and test_hardware.py); this test is about the page driving the driver
-        srv = ServerProcess(config.load("fetch_dynamixel", overrides={
-            "server.dynamixel": {"serial_port": emu.path, "min_loop_fraction": 0.0}}))
-        client = RobotClient(srv.endpoint, timeout=5.0)
-        time.sleep(1.0)
-        before = client.state()["diagnostics"]["loop_hz"]
-        web = Web(tmp_path, srv.endpoint)
-        driver = browser()
-        open_page(driver, web.url)
-        assert "dynamixel" in driver.find_element(By.ID, "backend").text
-        take_control(driver)
-        for key, value in (("o", lambda st: st["q"][GRIPPER]), ("t", lambda st: st["q"][TORSO])):
-            for attempt in range(3):  # a starved machine can slow the driver's loop into a fault: clear, retry
-                if client.state()["mode"] == "fault":
-                    driver.find_element(By.ID, "clear").click()
-                    assert wait_for(lambda: client.state()["mode"] != "fault", 5), client.state()["faults"]
-                start = value(client.state())
-                ActionChains(driver).key_down(key).perform()
-                moved = wait_for(lambda: value(client.state()) > start + 0.005, 5)
-                ActionChains(driver).key_up(key).perform()
-                if moved or client.state()["mode"] != "fault":
-                    break
-            assert moved, (key, client.state()["mode"], driver.find_element(By.ID, "message").text)
-        print("\nWEB dynamixel loop_hz (mean since start): before the page", round(before, 1),
-              "after driving through it", round(client.state()["diagnostics"]["loop_hz"], 1))
-        driver.find_element(By.ID, "estop").click()
-        assert wait_for(lambda: client.state()["mode"] == "estop", 5)
-        assert wait_for(lambda: body(driver, "mode") == "estop", 5)
-        driver.find_element(By.ID, "clear").click()
-        assert wait_for(lambda: client.state()["mode"] != "estop", 5)
-    finally:
-        for part in (driver and functools.partial(close_browser, driver), web and web.close, client and client.close,
-                     srv and srv.close):
-            if part:
-                part()
-        emu.close()
+    emu = started(parts, EmulatorProcess("fetch_dynamixel", link=str(tmp_path / "ttyDXL")))
+    # min_loop_fraction 0: the driver's loop-rate fault off, which a machine starved by a browser beside
+    # it trips (tested in test_faults.py and test_hardware.py); this test is about the page driving the driver
+    srv = started(parts, ServerProcess(config.load("fetch_dynamixel", overrides={
+        "server.dynamixel": {"serial_port": emu.path, "min_loop_fraction": 0.0}})))
+    client = started(parts, RobotClient(srv.endpoint, timeout=5.0))
+    time.sleep(1.0)
+    before = client.state()["diagnostics"]["loop_hz"]
+    web = started(parts, Web(tmp_path, srv.endpoint))
+    driver = started(parts, browser(), close_browser)
+    open_page(driver, web.url)
+    assert "dynamixel" in driver.find_element(By.ID, "backend").text
+    take_control(driver)
+    for key, value in (("o", lambda st: st["q"][GRIPPER]), ("t", lambda st: st["q"][TORSO])):
+        for attempt in range(3):  # a starved machine can slow the driver's loop into a fault: clear, retry
+            if client.state()["mode"] == "fault":
+                driver.find_element(By.ID, "clear").click()
+                assert wait_for(lambda: client.state()["mode"] != "fault", 5), client.state()["faults"]
+            start = value(client.state())
+            ActionChains(driver).key_down(key).perform()
+            moved = wait_for(lambda: value(client.state()) > start + 0.005, 5)
+            ActionChains(driver).key_up(key).perform()
+            if moved or client.state()["mode"] != "fault":
+                break
+        assert moved, (key, client.state()["mode"], driver.find_element(By.ID, "message").text)
+    print("\nWEB dynamixel loop_hz (mean since start): before the page", round(before, 1),
+          "after driving through it", round(client.state()["diagnostics"]["loop_hz"], 1))
+    driver.find_element(By.ID, "estop").click()
+    assert wait_for(lambda: client.state()["mode"] == "estop", 5)
+    assert wait_for(lambda: body(driver, "mode") == "estop", 5)
+    driver.find_element(By.ID, "clear").click()
+    assert wait_for(lambda: client.state()["mode"] != "estop", 5)
 
 
 def test_it_spawns_its_own_server_and_a_token_guards_another_address(tmp_path):
@@ -410,7 +385,7 @@ def test_web_needs_a_realtime_server(tmp_path):
 
 
 @pytest.mark.timeout(180)
-def test_a_remote_page_driving_and_watching_leaves_the_driver_loop_its_rate(tmp_path):
+def test_a_remote_page_driving_and_watching_leaves_the_driver_loop_its_rate(tmp_path, parts):
     """The robot computer's side of a page: `robot-env web` on the driver (emulated bus, a file camera at
     320 x 240) serving a page that holds a torso jog and takes the camera view, the page a WebSocket
     client on another computer's behalf (no browser on these two cores). The driver's loop rate before
@@ -420,64 +395,57 @@ def test_a_remote_page_driving_and_watching_leaves_the_driver_loop_its_rate(tmp_
     from simulators.servo_bus import EmulatorProcess
     video = write_video(tmp_path / "cam.avi", [(i * 10 % 255, 100, 200 - i * 7 % 200) for i in range(60)],
                         size=(640, 480), fps=30.0)
-    emu = EmulatorProcess("fetch_dynamixel", link=str(tmp_path / "ttyDXL"))
-    srv = client = web = None
-    try:
-        cfg = write_config(tmp_path / "robot.toml", str(tmp_path / "ttyDXL"),
-                           {"head": {"device": Path(video).name, "width": 320, "height": 240, "fps": 30}})
-        srv = ServerProcess(config.load(cfg))
-        client = RobotClient(srv.endpoint, timeout=5.0)
+    started(parts, EmulatorProcess("fetch_dynamixel", link=str(tmp_path / "ttyDXL")))
+    cfg = write_config(tmp_path / "robot.toml", str(tmp_path / "ttyDXL"),
+                       {"head": {"device": Path(video).name, "width": 320, "height": 240, "fps": 30}})
+    srv = started(parts, ServerProcess(config.load(cfg)))
+    client = started(parts, RobotClient(srv.endpoint, timeout=5.0))
 
-        def rate(seconds):
-            a, t0 = client.state()["diagnostics"]["cycles"], time.monotonic()
-            time.sleep(seconds)
-            return (client.state()["diagnostics"]["cycles"] - a) / (time.monotonic() - t0)
+    def rate(seconds):
+        a, t0 = client.state()["diagnostics"]["cycles"], time.monotonic()
+        time.sleep(seconds)
+        return (client.state()["diagnostics"]["cycles"] - a) / (time.monotonic() - t0)
 
-        time.sleep(1.0)
-        before = [rate(3.0) for _ in range(2)]
-        web = Web(tmp_path, srv.endpoint)
-        seen = {"frames": 0, "errors": []}
-        torso0 = client.state()["q"][TORSO]
+    time.sleep(1.0)
+    before = [rate(3.0) for _ in range(2)]
+    web = started(parts, Web(tmp_path, srv.endpoint))
+    seen = {"frames": 0, "errors": []}
+    torso0 = client.state()["q"][TORSO]
 
-        async def page(seconds):
-            session, ws = await _ws(web)
-            try:
-                await _take_control(ws)
-                t0 = last = time.monotonic()
-                while time.monotonic() - t0 < seconds:
-                    if time.monotonic() - last > 0.1:  # the page's "still held" refresh
-                        await ws.send_str(json.dumps({"type": "jog", "axes": {"torso": 1}, "seq": 1}))
-                        last = time.monotonic()
-                    try:
-                        msg = await ws.receive(timeout=0.05)
-                    except asyncio.TimeoutError:
-                        continue
-                    if msg.type == aiohttp.WSMsgType.BINARY:
-                        seen["frames"] += 1
-                    elif msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data).get("type") == "error":
-                        seen["errors"].append(msg.data)
-                await ws.send_str(json.dumps({"type": "stop"}))
-            finally:
-                await ws.close()
-                await session.close()
+    async def page(seconds):
+        session, ws = await _ws(web)
+        try:
+            await _take_control(ws)
+            t0 = last = time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                if time.monotonic() - last > 0.1:  # the page's "still held" refresh
+                    await ws.send_str(json.dumps({"type": "jog", "axes": {"torso": 1}, "seq": 1}))
+                    last = time.monotonic()
+                try:
+                    msg = await ws.receive(timeout=0.05)
+                except asyncio.TimeoutError:
+                    continue
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    seen["frames"] += 1
+                elif msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data).get("type") == "error":
+                    seen["errors"].append(msg.data)
+            await ws.send_str(json.dumps({"type": "stop"}))
+        finally:
+            await ws.close()
+            await session.close()
 
-        th = threading.Thread(target=lambda: asyncio.run(page(8.0)))
-        th.start()
-        time.sleep(1.0)
-        during = [rate(3.0) for _ in range(2)]
-        th.join(30)
-        st = client.state()
-        print(f"\nWEB driver loop Hz before the page {[round(r, 1) for r in before]}, while it drives and watches "
-              f"{[round(r, 1) for r in during]}; camera frames to the page {seen['frames'] / 8.0:.1f}/s")
-        assert not seen["errors"], seen["errors"]
-        assert seen["frames"] >= 8  # the camera view reached the page (12/s when the machine has a core free)
-        assert st["q"][TORSO] > torso0 + 0.005 and st["mode"] == "ok", (st["mode"], st["faults"])
-        assert min(during) > 0
-    finally:
-        for part in (web and web.close, client and client.close, srv and srv.close):
-            if part:
-                part()
-        emu.close()
+    th = threading.Thread(target=lambda: asyncio.run(page(8.0)))
+    th.start()
+    time.sleep(1.0)
+    during = [rate(3.0) for _ in range(2)]
+    th.join(30)
+    st = client.state()
+    print(f"\nWEB driver loop Hz before the page {[round(r, 1) for r in before]}, while it drives and watches "
+          f"{[round(r, 1) for r in during]}; camera frames to the page {seen['frames'] / 8.0:.1f}/s")
+    assert not seen["errors"], seen["errors"]
+    assert seen["frames"] >= 8  # the camera view reached the page (12/s when the machine has a core free)
+    assert st["q"][TORSO] > torso0 + 0.005 and st["mode"] == "ok", (st["mode"], st["faults"])
+    assert min(during) > 0
 
 
 @pytest.fixture(scope="module")
