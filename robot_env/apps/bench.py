@@ -111,15 +111,15 @@ def _config_name(env_id: str, config: str | None = None) -> str:
     return config or entry(env_id).config or "sim"
 
 
-def _backend_name(env_id: str, config: str | None = None) -> str:
+def _backend_name(config: str) -> str:
     from .. import config as config_mod
-    return config_mod.load(_config_name(env_id, config))["server"]["backend"]
+    return config_mod.load(config)["server"]["backend"]
 
 
-def _bench_ipc(actions, env_id: str, config: str | None = None) -> tuple[dict, tuple[int, int]]:
+def _bench_ipc(actions, env_id: str, config: str) -> tuple[dict, tuple[int, int]]:
     import gymnasium as gym
 
-    env = gym.make(env_id, config=_config_name(env_id, config))
+    env = gym.make(env_id, config=config)
     try:
         res = _time_env(env, actions)
         res["endpoint"] = env.unwrapped._session.client.endpoint
@@ -130,14 +130,14 @@ def _bench_ipc(actions, env_id: str, config: str | None = None) -> tuple[dict, t
     return res, sizes
 
 
-def _bench_tcp(actions, env_id: str, config: str | None = None) -> dict:
+def _bench_tcp(actions, env_id: str, config: str) -> dict:
     import gymnasium as gym
 
     from .. import config as config_mod
     from ..bridge.spawn import ServerProcess
 
     endpoint = f"tcp://127.0.0.1:{_free_tcp_pair()}"
-    cfg = config_mod.load(_config_name(env_id, config))
+    cfg = config_mod.load(config)
     cfg["server"]["endpoint"] = endpoint
     env = gym.make(env_id, config=cfg)
     server = None
@@ -150,7 +150,7 @@ def _bench_tcp(actions, env_id: str, config: str | None = None) -> dict:
         note = (f"the env spawned its server on {used} despite [server] endpoint = {endpoint!r}; "
                 "bench started the tcp server itself")
         server = ServerProcess(cfg, endpoint=endpoint)
-        client_cfg = config_mod.load(_config_name(env_id, config))
+        client_cfg = config_mod.load(config)
         client_cfg["client"]["endpoint"] = server.endpoint
         env = gym.make(env_id, config=client_cfg)
     try:
@@ -189,7 +189,7 @@ def _child(module: str, args: list, what: str):
         proc.stderr.close()
 
 
-def _bench_noop(actions, env_id: str, config: str | None = None) -> dict:
+def _bench_noop(actions, env_id: str, config: str) -> dict:
     """The env over ipc to a server whose backend does no work: the ceiling of this path in Python."""
     import gymnasium as gym
 
@@ -197,9 +197,9 @@ def _bench_noop(actions, env_id: str, config: str | None = None) -> dict:
     from ..envs.registration import entry
 
     endpoint, stream = private_ipc("noop")
-    cfg = _config_name(env_id, config)
-    with _child("noop_server", [endpoint, stream, cfg, entry(env_id).task.needs.scene or ""], "no-op robot server"):
-        env = gym.make(env_id, config=cfg, overrides={"client": {"endpoint": endpoint}})
+    with _child("noop_server", [endpoint, stream, config, entry(env_id).task.needs.scene or ""],
+                "no-op robot server"):
+        env = gym.make(env_id, config=config, overrides={"client": {"endpoint": endpoint}})
         try:
             res = _time_env(env, actions)
             res["endpoint"] = endpoint
@@ -370,16 +370,17 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     actions = _actions(steps)
+    config = _config_name(env_id, config)
     print(f"robot-env bench: {steps} timed steps per row after {WARMUP} warm-up steps, fixed random "
           f"actions (seed {SEED}), reset on truncation; Python {platform.python_version()} on "
-          f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs; config {_config_name(env_id, config)}",
+          f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs; config {config}",
           flush=True)
 
     res: dict = {"steps": steps, "warmup": WARMUP, "seed": SEED,
                  "python": platform.python_version(), "platform": platform.platform(),
                  "cpus": os.cpu_count(), "gymnasium": gymnasium.__version__,
-                 "robot_env": robot_env.__version__, "backend": f"{_backend_name(env_id, config)} (spawned, lockstep)",
-                 "config": _config_name(env_id, config)}
+                 "robot_env": robot_env.__version__, "backend": f"{_backend_name(config)} (spawned, lockstep)",
+                 "config": config}
     print("  robot-env over ipc ...", flush=True)
     res["env"], res["anchor_id"] = env_id, anchor_id(env_id)  # a clear error for an unknown id, before anything starts
     res["ipc"], (req_bytes, rep_bytes) = _bench_ipc(actions, env_id, config)
