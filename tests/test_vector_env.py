@@ -44,6 +44,12 @@ def test_make_vec_is_one_batched_server_and_reaches(no_leftover_servers):
         env.close()
 
 
+def _assert_robot_obs(vobs, i, obs):
+    """Robot i's part of a vector observation is the single env's observation."""
+    for k in obs:
+        np.testing.assert_allclose(vobs[k][i], obs[k], atol=1e-9)
+
+
 @pytest.mark.parametrize("kw", [{}, {"control": "joint_velocity"}, {"block_gripper": False, "reward_type": "dense"}])
 def test_vector_robots_match_single_envs_step_for_step(kw, no_leftover_servers):
     """Robot i of the vector env and a single env given its goal and actions see the same episode."""
@@ -54,16 +60,14 @@ def test_vector_robots_match_single_envs_step_for_step(kw, no_leftover_servers):
         vobs, _ = venv.reset(seed=5)
         sobs = [s.reset(options={"goal": vobs["desired_goal"][i]})[0] for i, s in enumerate(singles)]
         for i, o in enumerate(sobs):  # the same start
-            for k in o:
-                np.testing.assert_allclose(vobs[k][i], o[k], atol=1e-9)
+            _assert_robot_obs(vobs, i, o)
         width = venv.single_action_space.shape[0]
         actions = np.random.default_rng(0).uniform(-1.2, 1.2, (30, n, width)).astype(np.float32)
         for a in actions:
             vobs, vr, _, _, vinfo = venv.step(a)
             for i, s in enumerate(singles):
                 o, r, _, _, info = s.step(a[i])
-                for k in o:
-                    np.testing.assert_allclose(vobs[k][i], o[k], atol=1e-9)
+                _assert_robot_obs(vobs, i, o)
                 assert vr[i] == pytest.approx(r, abs=1e-12) and vinfo["is_success"][i] == info["is_success"]
     finally:
         venv.close()
