@@ -209,12 +209,13 @@ class ManyRobots:
 
     def state(self) -> dict:
         n = self.num_robots
-        ee_vel = np.matmul(self.jac, self.v[:, ARM, None])[..., 0]
-        ee_vel[:, 2] += self.v[:, TORSO]
+        dq = self._sensed_velocity()
+        ee_vel = np.matmul(self.jac, dq[:, ARM, None])[..., 0]
+        ee_vel[:, 2] += dq[:, TORSO]
         return {
             "time": self.time,
             "q": self.q_meas,
-            "dq": self.v.copy(),
+            "dq": dq,
             "effort": np.zeros((n, NJ)),
             "target": self.target.copy(),
             "ee": np.concatenate([self.ee_pos, rot_to_quat_batch(self.ee_rot)], axis=1),
@@ -245,6 +246,10 @@ class ManyRobots:
     def _sensed(self) -> np.ndarray:
         """The joint positions the sensors read (before noise): the limiter's output, for a kinematic robot."""
         return self.q
+
+    def _sensed_velocity(self) -> np.ndarray:
+        """The joint velocities the state reports (a copy): the limiter's, for a kinematic robot."""
+        return self.v.copy()
 
     # -- internals ---------------------------------------------------------------------------
     def _measure(self, rows=None) -> None:

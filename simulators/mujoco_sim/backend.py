@@ -14,8 +14,7 @@ from robot_env.backends.spec import BackendSpec, SafetyParams, ready_gripper
 from robot_env.control.commands import CHANNELS, RESET_OPTIONS
 from robot_env.control.safety import SafetyConfig
 from robot_env.errors import RequestError
-from robot_env.model.description import ARM, FETCH, HEAD, TORSO
-from robot_env.model.kinematics_batch import rot_to_quat_batch
+from robot_env.model.description import FETCH, HEAD
 
 from ..kernel_backend import KernelBackend
 from ..kinematic_many import ManyRobots
@@ -168,23 +167,16 @@ class PhysicsRobots(_OnPlant, ManyRobots):
     def _sensed(self) -> np.ndarray:
         return self.plant.q
 
+    def _sensed_velocity(self) -> np.ndarray:
+        return self.plant.dq.copy()
+
     def state(self) -> dict:
-        dq = self.plant.dq.copy()
-        ee_vel = np.matmul(self.jac, dq[:, ARM, None])[..., 0]
-        ee_vel[:, 2] += dq[:, TORSO]
-        return {
-            "time": self.time,
-            "q": self.q_meas,
-            "dq": dq,
-            "effort": self.plant.effort.copy(),
-            "target": self.target.copy(),
-            "ee": np.concatenate([self.ee_pos, rot_to_quat_batch(self.ee_rot)], axis=1),
-            "ee_vel": ee_vel,
-            "base": self.base.copy(),
-            "objects": self.plant.object_states(self.base),
-            "faults": _faults(self.unstable),
-            "clipped": _with_overspeed(self._clipped(), self.plant.overspeed()),
-        }
+        st = ManyRobots.state(self)
+        st["effort"] = self.plant.effort.copy()
+        st["objects"] = self.plant.object_states(self.base)
+        st["faults"] = _faults(self.unstable)
+        st["clipped"] = _with_overspeed(st["clipped"], self.plant.overspeed())
+        return st
 
 
 def _with_overspeed(clipped: dict, fast: np.ndarray) -> dict:
