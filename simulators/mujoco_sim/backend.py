@@ -310,6 +310,9 @@ class MujocoSim(KernelBackend):
     def faults(self) -> list:
         return _faults(self.kernel.unstable)
 
+    def physics_seconds(self) -> float:
+        return self.plant.physics_seconds()
+
     def reset_faults(self, reboot=()):
         """Clear `physics_unstable`: the robots were already put back at rest, where they hold."""
         self.kernel.unstable = set()

@@ -20,6 +20,7 @@ FLUNG = 20.0  # m/s: an object faster than this was flung by a contact blow-up M
 FOLLOWING_MARGIN = 0.016  # s of travel at full speed a goal may lead by (the steady lag is ~3 ms of it)
 _DIVERGED = [int(w) for w in (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQVEL,
                                mujoco.mjtWarning.mjWARN_BADQPOS)]
+_STEP_TIMER = int(mujoco.mjtTimer.mjTIMER_STEP)
 # Joint index (description order) -> its actuator; the gripper is the two fingers.
 _ACTUATED = [i for i in range(NJ) if i != GRIPPER]
 
@@ -58,6 +59,7 @@ class Plant:
         self._view = None  # the scratch data frames are rendered from
         self._warned = [0] * num_robots
         self.t_ctrl = self.t_phys = 0.0  # the trajectory's clock and the physics' (whole substeps)
+        self._physics_done = 0.0  # s inside mj_step before the last resets (mj_resetData zeroes the timer)
         self._base_set = [None] * num_robots
         self._glide = [None] * num_robots  # a moving base's mocap pose at each substep of this period
         # sensor reads: the actuated joints then the two fingers, mapped to description order by one product
@@ -93,7 +95,8 @@ class Plant:
             self.t_ctrl = self.t_phys = 0.0
         for k, i in enumerate(rows):
             d = self.datas[i]
-            mujoco.mj_resetData(m, d)  # (clears its warnings too)
+            self._physics_done += d.timer[_STEP_TIMER].duration
+            mujoco.mj_resetData(m, d)  # (clears its warnings and timers too)
             self._warned[i] = 0
             self._base_set[i] = (0.0, 0.0, 0.0)
             d.qpos[self.qadr] = q[k, _ACTUATED]
@@ -172,6 +175,11 @@ class Plant:
                 f.result()
         self._read(range(self.n))
         return self._unstable()
+
+    def physics_seconds(self) -> float:
+        """CPU seconds spent inside `mj_step` so far, every robot's (MuJoCo's own timer): what
+        `robot-env bench` sets apart from the Python around the physics."""
+        return self._physics_done + sum(d.timer[_STEP_TIMER].duration for d in self.datas)
 
     def overspeed(self) -> np.ndarray:
         """(N,) bool: a joint measured beyond 110 % of its speed limit (contact forced it: servo

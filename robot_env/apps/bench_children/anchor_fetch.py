@@ -28,14 +28,21 @@ def main(env_id: str, steps: int, warmup: int, seed: int) -> None:
         if term or trunc:
             env.reset()
     env.reset(seed=seed)
+    data = env.unwrapped.data
+    timer = data.timer[int(mujoco.mjtTimer.mjTIMER_STEP)]  # MuJoCo's own: time inside mj_step
+    physics = -timer.duration
     t0 = time.perf_counter()
     for a in actions:
         _, _, term, trunc, _ = env.step(a)
         if term or trunc:
+            physics += timer.duration  # a reset (mj_resetData) zeroes the timer
             env.reset()
+            physics -= timer.duration
     secs = time.perf_counter() - t0
+    physics += timer.duration
     env.close()
     print(json.dumps({"env": env_id, "steps": steps, "seconds": secs, "steps_per_s": steps / secs,
+                      "physics_seconds": physics,
                       "gymnasium": gym.__version__, "gymnasium_robotics": gymnasium_robotics.__version__,
                       "mujoco": mujoco.__version__, "python": platform.python_version(),
                       "executable": sys.executable}))
