@@ -20,6 +20,22 @@ def _check_latency(summary: dict, names=("rtt", "bridge", "action_to_obs")):
         assert s["p99_ms"] >= s["p50_ms"], name
 
 
+def _check_split(res: dict, physics: bool) -> None:
+    """The timed row's parts: every request of the run reached the server, each part took time, the
+    backend's calls lie inside the server's requests, and MuJoCo's timer (a physics backend's only) inside
+    those calls; the parts add up to the client's wall time per step."""
+    sp = res["split"]
+    assert sp["steps"] == res["ipc"]["steps"] + 300 and sp["requests"] > sp["steps"]
+    assert sp["client_and_transport_us"] > 0 and sp["server_loop_us"] > 0 and sp["backend_us"] > 0
+    if physics:
+        assert 0 < sp["physics_us"] < sp["backend_us"] and sp["control_us"] > 0
+        total = sp["client_and_transport_us"] + sp["server_loop_us"] + sp["control_us"] + sp["physics_us"]
+    else:
+        assert sp["physics_us"] is None and sp["control_us"] is None
+        total = sp["client_and_transport_us"] + sp["server_loop_us"] + sp["backend_us"]
+    assert total == pytest.approx(sp["step_us"], rel=1e-9)
+
+
 def test_bench_writes_json(tmp_path, capsys, anchor_python):
     out = tmp_path / "b.json"
     assert run_bench(steps=300, anchor=True, out=out) == 0  # the anchor Python found as a user's would be
@@ -37,6 +53,9 @@ def test_bench_writes_json(tmp_path, capsys, anchor_python):
     assert z["round_trips_per_s"] > 0
     assert z["request_bytes"] > 0 and z["reply_bytes"] > 0
     assert z["rtt"]["p99_ms"] >= z["rtt"]["p50_ms"] > 0
+
+    _check_split(res, physics=False)
+    assert "where a step goes (µs, means)" in text and "backend " in text
 
     assert "| robot-env ipc |" in text and "| robot-env tcp |" in text and "no-op backend" in text
     assert "bare zmq round trip" in text and "FetchReach-v4 in-process (anchor)" in text
@@ -82,6 +101,7 @@ def test_the_anchor_child_runs_other_fetch_envs(gr_id, anchor_python):
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["env"] == gr_id and res["steps"] == 200 and res["steps_per_s"] > 0
+    assert 0 < res["physics_seconds"] < res["seconds"]
     assert anchor_env._release(res["mujoco"]) < (3, 12) and res["executable"] == anchor_python
 
 
@@ -114,7 +134,11 @@ def test_bench_push_runs_on_mujoco_against_fetchpush_v4(tmp_path, capsys, anchor
     for key in ("ipc", "tcp", "noop"):
         assert res[key]["steps"] == 200 and res[key]["steps_per_s"] > 0
         assert res["ratio_vs_anchor"][key] == pytest.approx(res[key]["steps_per_s"] / res["anchor"]["steps_per_s"])
-    assert "FetchPush-v4 in-process (anchor)" in capsys.readouterr().out
+    _check_split(res, physics=True)
+    a = res["anchor"]
+    assert 0 < a["physics_seconds"] < a["seconds"]  # MuJoCo's timer, summed over the anchor's episodes
+    text = capsys.readouterr().out
+    assert "FetchPush-v4 in-process (anchor)" in text and "MuJoCo mj_step" in text and "1.5x its speed" in text
 
 
 def test_bench_runs_the_config_it_is_given(tmp_path):

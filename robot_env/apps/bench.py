@@ -9,6 +9,10 @@ sequence: nothing is hard-coded. Rows:
 - robot-env ipc, no-op backend: the same env, client and server loop, but the server's backend does
   no work (its state is fixed at reset): what the protocol, the server and the env cost in Python.
   No simulator can make a step faster than this row.
+- where a step goes (a line under the table, "split" in the JSON): the env over ipc once more, to a
+  server that times its requests, its backend's calls and, for MuJoCo, the time inside `mj_step`
+  (MuJoCo's own timer); the anchor's child reads the same timer. Means per step over every request of
+  that run (warm-up included): env and transport, server loop and protocol, control, physics.
 - bare zmq round trip: a DEALER in this process and a ROUTER in a child process on an abstract ipc
   endpoint, exchanging messages of the sizes a step request and its reply have. No msgpack, no
   simulator: the floor the transport puts under every step.
@@ -208,6 +212,43 @@ def _bench_noop(actions, env_id: str, config: str) -> dict:
     return res
 
 
+def _bench_split(actions, env_id: str, config: str) -> dict:
+    """Where a step's time goes: the env over ipc to a server that times its requests, its backend's
+    calls and the physics inside them (`bench_children.timed_server`), every request of the run
+    (warm-up included) on both sides, as means per env step in µs."""
+    import gymnasium as gym
+
+    from ..bridge.endpoints import private_ipc
+    from ..envs.registration import entry
+
+    endpoint, stream = private_ipc("timed")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "totals.json")
+        with _child("timed_server", [endpoint, stream, out, config, entry(env_id).task.needs.scene or ""],
+                    "timed robot server"):
+            env = gym.make(env_id, config=config, overrides={"client": {"endpoint": endpoint}})
+            try:
+                run = np.concatenate([actions[np.arange(WARMUP) % len(actions)], actions])
+                t0 = time.perf_counter()
+                env.reset(seed=SEED)
+                for a in run:
+                    _, _, term, trunc, _ = env.step(a)
+                    if term or trunc:
+                        env.reset()
+                wall = time.perf_counter() - t0
+            finally:
+                env.close()
+        with open(out) as fh:
+            totals = json.load(fh)
+    n = len(run)
+    us = {k: 1e6 * totals[k] / n for k in ("server", "backend")}
+    physics = None if totals["physics"] is None else 1e6 * totals["physics"] / n
+    return {"steps": n, "requests": totals["requests"], "step_us": 1e6 * wall / n,
+            "client_and_transport_us": 1e6 * wall / n - us["server"], "server_loop_us": us["server"] - us["backend"],
+            "backend_us": us["backend"], "physics_us": physics,
+            "control_us": None if physics is None else us["backend"] - physics}
+
+
 def _bench_zmq_echo(steps: int, request_size: int, reply_size: int) -> dict:
     """Round trips between a DEALER here and a ROUTER in a child process, over abstract ipc."""
     import zmq
@@ -388,6 +429,8 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
     res["tcp"] = _bench_tcp(actions, env_id, config)
     print("  robot-env over ipc, no-op backend ...", flush=True)
     res["noop"] = _bench_noop(actions, env_id, config)
+    print("  robot-env over ipc, timing where a step goes ...", flush=True)
+    res["split"] = _bench_split(actions, env_id, config)
     print("  bare zmq round trip ...", flush=True)
     res["zmq_echo"] = _bench_zmq_echo(steps, req_bytes, rep_bytes)
 
@@ -423,6 +466,7 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
           f"{res['backend'].split()[0]} "
           f"simulator adds {1e6 / ipc - 1e6 / noop:.0f} µs per step to the {1e6 / noop:.0f} µs the bridge "
           "itself costs.")
+    print(_split_text(res))
     if "note" in res["tcp"]:
         print(f"note: {res['tcp']['note']}")
     if a:
@@ -433,6 +477,26 @@ def run_bench(steps: int = 5000, anchor_python: str | None = None, anchor: bool 
               f"  to include it: {ANCHOR_HINT}")
     _markdown_and_json(rows, HEADER, res, out)
     return 0
+
+
+def _split_text(res: dict) -> str:
+    """The time of one step, part by part, ours and the anchor's, and what the anchor's speed times
+    1.5 would leave."""
+    sp = res["split"]
+    parts = [f"env and transport {sp['client_and_transport_us']:.0f}",
+             f"server loop and protocol {sp['server_loop_us']:.0f}"]
+    if sp["physics_us"] is None:
+        parts.append(f"backend {sp['backend_us']:.0f}")
+    else:
+        parts += [f"control (safety layer, IK, limiter, servo trajectory, state) {sp['control_us']:.0f}",
+                  f"MuJoCo mj_step {sp['physics_us']:.0f}"]
+    text = f"where a step goes (µs, means): {sp['step_us']:.0f} = " + " + ".join(parts)
+    a = res.get("anchor")
+    if a and a.get("physics_seconds") is not None:
+        step, phys = 1e6 * a["seconds"] / a["steps"], 1e6 * a["physics_seconds"] / a["steps"]
+        text += (f"\n  anchor: {step:.0f} = MuJoCo mj_step {phys:.0f} + Python and the rest {step - phys:.0f}; "
+                 f"1.5x its speed is {step / 1.5:.0f} µs a step")
+    return text
 
 
 def _markdown_and_json(rows, header, res: dict, out) -> None:

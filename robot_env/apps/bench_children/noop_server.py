@@ -11,6 +11,19 @@ from robot_env.bridge.server import RobotServer
 from robot_env.config import safety_config
 
 
+def config_from_args(argv: list) -> dict:
+    """[CONFIG [SCENE]] -> the loaded config, the scene (an object task's) put in its backend's table."""
+    cfg = config_mod.load(argv[0] if argv else "sim")
+    if len(argv) > 1 and argv[1]:
+        cfg[f"server.{cfg['server']['backend']}"]["scene"] = argv[1]
+    return cfg
+
+
+def backend_settings(cfg: dict) -> dict:
+    return dict(safety=safety_config(cfg), control_period=cfg["server"]["control_period"],
+                **cfg.get(f"server.{cfg['server']['backend']}", {}))
+
+
 def noop_backend(cfg: dict):
     """The config's backend class, with apply and advance doing nothing and the state fixed at reset."""
     base = backend_class(cfg["server"]["backend"])
@@ -30,16 +43,13 @@ def noop_backend(cfg: dict):
         def state(self):
             return dict(self._st)
 
-    settings = dict(cfg.get(f"server.{cfg['server']['backend']}", {}))
-    b = NoopBackend(safety=safety_config(cfg), control_period=cfg["server"]["control_period"], **settings)
+    b = NoopBackend(**backend_settings(cfg))
     b.reset(None, {})
     return b
 
 
 if __name__ == "__main__":
-    cfg = config_mod.load(sys.argv[3] if len(sys.argv) > 3 else "sim")
-    if len(sys.argv) > 4 and sys.argv[4]:
-        cfg[f"server.{cfg['server']['backend']}"]["scene"] = sys.argv[4]
-    server = RobotServer(noop_backend(cfg), sys.argv[1], sys.argv[2], watch_fd=0, exit_on_close=True)
+    server = RobotServer(noop_backend(config_from_args(sys.argv[3:])), sys.argv[1], sys.argv[2],
+                         watch_fd=0, exit_on_close=True)
     print("READY", flush=True)
     server.serve_forever()
