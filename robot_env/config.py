@@ -242,6 +242,13 @@ def safety_config(cfg: dict):
                         velocity_timeout=s["velocity_timeout"])
 
 
+def backend_kwargs(cfg: dict) -> dict:
+    """What the config's backend is built with: its safety config, the control period and its own
+    `[server.<backend>]` table (the server, the benchmarks and their children build it alike)."""
+    return dict(safety=safety_config(cfg), control_period=cfg["server"]["control_period"],
+                **cfg.get(f"server.{cfg['server']['backend']}", {}))
+
+
 def serial_port_override(config, port: str | None) -> dict:
     """`overrides` that set the config's backend's `serial_port` (the CLIs' --serial-port); {} for None."""
     if not port:

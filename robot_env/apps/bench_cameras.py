@@ -91,11 +91,10 @@ def _time_server(size: int, shadows: bool, antialias: bool, steps: int, block: i
 def _time_in_process(size: int, shadows: bool, antialias: bool, frames: int) -> float:
     """Median ms per `render([CAMERA])` of the backend itself (no server, no transport)."""
     from ..backends.registry import load_backend
-    from ..config import load, safety_config
+    from ..config import backend_kwargs, load
 
     cfg = load("mujoco", _overrides(size, shadows, antialias))
-    b = load_backend("mujoco", safety=safety_config(cfg), control_period=cfg["server"]["control_period"],
-                     **cfg["server.mujoco"])
+    b = load_backend("mujoco", **backend_kwargs(cfg))
     try:
         b.reset(SEED, {})
         b.advance(0.04)

@@ -762,7 +762,7 @@ def build_server(cfg: dict, *, endpoint: str | None = None, stream_endpoint: str
                  allow_client_keys=(), **kwargs) -> RobotServer:
     """Construct the backend a config names and the server around it (binding the sockets)."""
     from ..backends.registry import load_backend
-    from ..config import safety_config
+    from ..config import backend_kwargs
     from .endpoints import check_bind, private_ipc, stream_endpoint_for
     from .estop_latch import estop_path
     from .security import server_keys
@@ -775,9 +775,7 @@ def build_server(cfg: dict, *, endpoint: str | None = None, stream_endpoint: str
         warning = check_bind(e, srv["insecure"], secure=keys is not None)
         if warning:
             print(warning, file=sys.stderr, flush=True)
-    settings = dict(cfg.get(f"server.{srv['backend']}", {}))
-    backend = load_backend(srv["backend"], safety=safety_config(cfg), control_period=srv["control_period"],
-                           **settings)
+    backend = load_backend(srv["backend"], **backend_kwargs(cfg))
     try:
         return RobotServer(backend, ep, sep, clock=srv["clock"], control_period=srv["control_period"],
                            watchdog_timeout=cfg["server.safety"]["watchdog_timeout"], keys=keys,

@@ -8,7 +8,7 @@ import sys
 from robot_env import config as config_mod
 from robot_env.backends.registry import backend_class
 from robot_env.bridge.server import RobotServer
-from robot_env.config import safety_config
+from robot_env.config import backend_kwargs
 
 
 def config_from_args(argv: list) -> dict:
@@ -17,11 +17,6 @@ def config_from_args(argv: list) -> dict:
     if len(argv) > 1 and argv[1]:
         cfg[f"server.{cfg['server']['backend']}"]["scene"] = argv[1]
     return cfg
-
-
-def backend_settings(cfg: dict) -> dict:
-    return dict(safety=safety_config(cfg), control_period=cfg["server"]["control_period"],
-                **cfg.get(f"server.{cfg['server']['backend']}", {}))
 
 
 def noop_backend(cfg: dict):
@@ -43,7 +38,7 @@ def noop_backend(cfg: dict):
         def state(self):
             return dict(self._st)
 
-    b = NoopBackend(**backend_settings(cfg))
+    b = NoopBackend(**backend_kwargs(cfg))
     b.reset(None, {})
     return b
 

@@ -10,8 +10,9 @@ import time
 
 from robot_env.backends.registry import backend_class
 from robot_env.bridge.server import RobotServer
+from robot_env.config import backend_kwargs
 
-from .noop_server import backend_settings, config_from_args
+from .noop_server import config_from_args
 
 _clock = time.perf_counter
 TIMED = ("reset", "apply", "advance", "state", "render")
@@ -33,7 +34,7 @@ def timed_backend(cfg: dict, totals: dict):
         return call
 
     cls = type(f"Timed{base.__name__}", (base,), {name: timed(name) for name in TIMED if hasattr(base, name)})
-    return cls(**backend_settings(cfg))
+    return cls(**backend_kwargs(cfg))
 
 
 class TimedServer(RobotServer):
