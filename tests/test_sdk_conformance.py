@@ -31,6 +31,15 @@ class RecordingPort(dxl.PortHandler):
         self.sent: list[bytes] = []
 
     max_wait_ms = None  # cap the SDK's fixed waits (its broadcast ping listens ~0.8 s)
+    # The SDK gives a reply ~34 ms (two 16 ms USB latency timers + 2 ms) before it reports
+    # COMM_RX_TIMEOUT. The emulator answers from a thread of this process, and on a loaded machine
+    # that thread can miss such a window (CI once got a timeout for a ping of servo 1). These tests
+    # check what the SDK and the emulator say to each other, not how fast the machine is.
+    min_reply_wait_ms = 1000.0
+
+    def setPacketTimeout(self, packet_length):
+        super().setPacketTimeout(packet_length)
+        self.packet_timeout = max(self.packet_timeout, self.min_reply_wait_ms)
 
     def writePort(self, packet):
         self.sent.append(bytes(packet))
